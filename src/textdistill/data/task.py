@@ -1,0 +1,141 @@
+"""The task: a DatasetDict (train/test, `text`, optional `text_pair`, `label` as ClassLabel) and its spec."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    classes: tuple[str, ...]
+    max_length: int = 64
+    metric: str = "accuracy"
+    source: str = ""
+    pair: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    data: DatasetDict = field(repr=False)
+    origin: dict = field(default_factory=dict)  # the get_task arguments that load it again
+
+    def describe(self) -> dict:
+        """What an artifact records about its source task."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "spec": self.spec.to_dict(), "origin": self.origin}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def train(self) -> Dataset:
+        return self.data["train"]
+
+    @property
+    def test(self) -> Dataset:
+        return self.data["test"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+    def columns(self, split: str) -> tuple[list[str], list[str] | None, list[int]]:
+        """(texts, pairs or None, labels) of a split as plain lists."""
+        ds = self.data[split]
+        pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
+        return list(ds["text"]), pairs, list(ds["label"])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Content hash of both splits: caches and artifacts are keyed by it."""
+        h = hashlib.sha256()
+        for split in ("train", "test"):
+            ds = self.data[split]
+            pairs = ds["text_pair"] if "text_pair" in ds.column_names else [""] * len(ds)
+            for text, pair, label in zip(ds["text"], pairs, ds["label"]):
+                h.update(f"{split}\x1f{text}\x1f{pair}\x1f{label}\x1e".encode())
+        h.update(repr(self.spec.classes).encode())
+        return h.hexdigest()[:16]
+
+    def subset(self, train_per_class: int | None = None, test_size: int | None = None, seed: int = 0) -> "Task":
+        """A smaller task (for tests and quick runs): the first n shuffled examples of each class."""
+        rng = np.random.default_rng(seed)
+        data = {}
+        for split, per_class, total in (("train", train_per_class, None), ("test", None, test_size)):
+            ds = self.data[split]
+            order = rng.permutation(len(ds))
+            if per_class is not None:
+                labels = np.asarray(ds["label"])[order]
+                keep = np.concatenate([order[labels == c][:per_class] for c in range(self.num_classes)])
+                order = np.sort(keep)
+            elif total is not None:
+                order = np.sort(order[:total])
+            data[split] = ds.select(order.tolist())
+        spec = TaskSpec(**{**self.spec.to_dict(), "name": f"{self.spec.name}-subset"})
+        origin = {**self.origin, "subset": {"train_per_class": train_per_class, "test_size": test_size, "seed": seed}}
+        return Task(spec, DatasetDict(data), origin)
+
+
+def build_task(
+    spec: TaskSpec,
+    train: tuple[list[str], list[str] | None, list[int]],
+    test: tuple[list[str], list[str] | None, list[int]],
+) -> Task:
+    """Validate (text, text_pair, label) columns and wrap them as a Task."""
+    features = {"text": Value("string")}
+    if spec.pair:
+        features["text_pair"] = Value("string")
+    features["label"] = ClassLabel(names=list(spec.classes))
+    splits = {}
+    for split, (texts, pairs, labels) in (("train", train), ("test", test)):
+        if not texts:
+            raise DataError(f"{spec.name}: the {split} split is empty")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{spec.name}: {split} example {i} has an empty text")
+        columns = {"text": texts, "label": labels}
+        if spec.pair:
+            assert pairs is not None
+            columns["text_pair"] = pairs
+        splits[split] = Dataset.from_dict(columns, features=Features(features))
+    present = Counter(train[2])
+    if len(present) < 2:
+        raise DataError(f"{spec.name}: the training data has a single class ({spec.classes[next(iter(present))]!r}); "
+                        "classification needs at least two")
+    return Task(spec, DatasetDict(splits))
+
+
+def stratified_split(labels: list[int], test_size: int | float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of a seeded stratified train/test split (sorted, so the order is the source order)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=labels)
+    return sorted(tr.tolist()), sorted(te.tolist())
+
+
+def dedupe(texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
+    """Keep the first copy of each text; drop texts that appear with more than one label."""
+    seen: dict[str, set[str]] = {}
+    for t, y in zip(texts, labels):
+        seen.setdefault(t, set()).add(y)
+    out_t, out_y, done = [], [], set()
+    for t, y in zip(texts, labels):
+        if len(seen[t]) == 1 and t not in done:
+            done.add(t)
+            out_t.append(t)
+            out_y.append(y)
+    return out_t, out_y
