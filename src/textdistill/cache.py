@@ -1,0 +1,52 @@
+"""Disk caches keyed by content hashes (vectors as .npy, results as .json): no pickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .resources import cache_dir
+
+
+def key_of(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()[:20]
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached_array(kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    path = cache_dir() / kind / f"{key}.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    value = np.ascontiguousarray(compute())
+    _atomic_write(path, lambda p: np.save(p, value, allow_pickle=False))
+    return value
+
+
+def cached_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:
+    path = cache_dir() / kind / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    _atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=1)))
+    return value

@@ -1,0 +1,101 @@
+"""Learners: models that train on a (distilled) set, built fresh from a seed, with a functional forward."""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..cache import cached_array, key_of
+from ..train import Params, Recipe
+
+
+class Learner(ABC):
+    """A model family. ``forward`` takes one of three input kinds: ``input_ids`` (+ ``attention_mask``),
+    ``inputs_embeds`` (+ ``attention_mask``) or ``features`` (sentence vectors)."""
+
+    name: str
+    input_kind: str = "tokens"  # tokens | features
+    max_length: int = 64
+
+    @property
+    @abstractmethod
+    def default_recipe(self) -> Recipe: ...
+
+    @abstractmethod
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        """A fresh model: pretrained weights with a new seeded head, or a seeded random init."""
+
+    @abstractmethod
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for texts (padded to the longest, at most ``max_length``)."""
+
+    @abstractmethod
+    def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of ``model`` evaluated with ``params`` (``torch.func.functional_call``)."""
+
+    @abstractmethod
+    def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
+
+    def sentence_vectors(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """The learner's embedding space for texts (coresets, nearest examples), cached on disk."""
+        texts, pairs = list(texts), None if pairs is None else list(pairs)
+        key = key_of(self.embedding_id, self.max_length, texts, pairs)
+        return cached_array("vectors", key, lambda: self._sentence_vectors(texts, pairs))
+
+    @property
+    def embedding_id(self) -> str:
+        return self.name
+
+    def vocabulary(self) -> tuple[list[str], torch.Tensor]:
+        """Tokens and their input embeddings, for learners with a token-embedding space."""
+        raise NotImplementedError(f"learner {self.name!r} has no token-embedding space")
+
+    def nearest_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[list[str]]:
+        """The vocabulary token nearest (cosine) to each position of a token-embedding set."""
+        tokens, table = self.vocabulary()
+        table = torch.nn.functional.normalize(table.float(), dim=-1)
+        out = []
+        for row, m in zip(embeds.float(), mask.bool()):
+            ids = (torch.nn.functional.normalize(row[m], dim=-1) @ table.T).argmax(-1)
+            out.append([tokens[i] for i in ids.tolist()])
+        return out
+
+    def describe(self) -> dict:
+        """What a model-bound artifact records about its learner."""
+        return {"id": self.name, "max_length": self.max_length, "input_kind": self.input_kind}
+
+
+LEARNERS: dict[str, Callable[[], Learner]] = {}
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_learner(name: str, description: str) -> Callable:
+    def wrap(factory: Callable[[], Learner]) -> Callable[[], Learner]:
+        LEARNERS[name] = factory
+        DESCRIPTIONS[name] = description
+        return factory
+
+    return wrap
+
+
+def list_learners(pattern: str = "*") -> list[str]:
+    return [n for n in LEARNERS if fnmatch.fnmatch(n, pattern)]
+
+
+_instances: dict[str, Learner] = {}
+
+
+def get_learner(name: str) -> Learner:
+    """A registered learner, or any Hugging Face encoder id / local path as a fine-tuned transformer."""
+    if name not in _instances:
+        from .transformer import TransformerLearner
+
+        _instances[name] = LEARNERS[name]() if name in LEARNERS else TransformerLearner(name)
+    return _instances[name]
+
+
+from . import frozen, glove, transformer  # noqa: E402,F401  (registration)

@@ -1,0 +1,51 @@
+"""A linear head on frozen sentence vectors: the cheapest learner, and the `features` space."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from ..train import Params, Recipe
+from . import Learner, register_learner
+from .transformer import TransformerLearner
+
+
+class FrozenEncoderLearner(Learner):
+    input_kind = "features"
+
+    def __init__(self, name: str, encoder: str) -> None:
+        self.name = name
+        self.encoder = TransformerLearner(encoder)
+        self.max_length = self.encoder.max_length
+
+    @property
+    def default_recipe(self) -> Recipe:
+        return Recipe(steps=300, lr=1e-2, warmup=0.1, schedule="cosine", weight_decay=0.0)
+
+    @property
+    def embedding_id(self) -> str:
+        return self.encoder.embedding_id  # same vectors as the encoder's coreset space: one cache
+
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        dim = int(self.encoder.sentence_vectors(["a"]).shape[1])
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return torch.nn.Linear(dim, num_labels)
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return {"features": torch.from_numpy(self.sentence_vectors(texts, pairs))}
+
+    def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(model, params, (inputs["features"],))
+
+    def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        return self.encoder.sentence_vectors(texts, pairs)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "encoder": self.encoder.describe()}
+
+
+@register_learner("minilm-frozen", "linear head on frozen mean-pooled all-MiniLM-L6-v2 vectors (cheap)")
+def _minilm_frozen() -> Learner:
+    return FrozenEncoderLearner("minilm-frozen", "minilm")

@@ -1,0 +1,113 @@
+"""Fine-tuned transformer encoders (all-MiniLM-L6-v2 offline; any Hugging Face encoder id on a GPU)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from ..errors import ResourceMissing
+from ..resources import model_revision, resolve_model
+from ..train import Params, Recipe
+from . import Learner, register_learner
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+class TransformerLearner(Learner):
+    """``AutoModelForSequenceClassification`` with a new seeded head, fully fine-tuned."""
+
+    input_kind = "tokens"
+
+    def __init__(self, model_id: str, max_length: int = 64) -> None:
+        self.name = model_id
+        self.max_length = max_length
+
+    @property
+    def default_recipe(self) -> Recipe:
+        # The DiLM evaluation protocol (200 steps, AdamW 1e-4, half warm-up, cosine), batch min(64, n).
+        return Recipe(steps=200, lr=1e-4, warmup=0.5, schedule="cosine", weight_decay=0.01)
+
+    @cached_property
+    def path(self) -> str:
+        return resolve_model(self.name)
+
+    @cached_property
+    def tokenizer(self):
+        _quiet_transformers()
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.path)
+        except OSError as e:
+            raise ResourceMissing(f"cannot load tokenizer {self.name!r} ({e}); offline, use a local path or "
+                                  "a named model such as 'minilm'") from None
+
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        _quiet_transformers()
+        from transformers import AutoModelForSequenceClassification
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)  # the new head's initialisation
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    self.path, num_labels=num_labels, attn_implementation="eager")
+            except OSError as e:
+                raise ResourceMissing(f"cannot load model {self.name!r} ({e})") from None
+        return model
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        texts, pairs = list(texts), None if pairs is None else list(pairs)
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length, padding=True,
+                             return_tensors="pt")
+        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
+                attentions: bool = False):
+        """Logits, or (logits, attention probabilities per layer) with ``attentions=True``."""
+        out = functional_call(model, params, args=(), kwargs={**inputs, "output_attentions": attentions})
+        return (out.logits, out.attentions) if attentions else out.logits
+
+    def input_embeddings(self, model: torch.nn.Module, params: Params, input_ids: torch.Tensor) -> torch.Tensor:
+        """Word embeddings of token ids (the space of a token-embedding synthetic set)."""
+        name = next(k for k, v in model.named_parameters() if v is model.get_input_embeddings().weight)
+        return torch.nn.functional.embedding(input_ids, params[name])
+
+    def vocabulary(self) -> tuple[list[str], torch.Tensor]:
+        model = self.build(2, 0)
+        ids = range(len(self.tokenizer))
+        return self.tokenizer.convert_ids_to_tokens(list(ids)), model.get_input_embeddings().weight.detach()
+
+    @torch.no_grad()
+    def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        """Mean-pooled last hidden states of the pretrained encoder, L2-normalised (sentence-transformers style)."""
+        from transformers import AutoModel
+
+        _quiet_transformers()
+        encoder = AutoModel.from_pretrained(self.path).eval()
+        out = []
+        for start in range(0, len(texts), 128):
+            batch = self.encode(texts[start : start + 128], None if pairs is None else pairs[start : start + 128])
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(out).numpy()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "revision": model_revision(self.name),
+                "tokenizer": type(self.tokenizer).__name__}
+
+
+@register_learner("minilm", "all-MiniLM-L6-v2 with a new head, fully fine-tuned (CPU default)")
+def _minilm() -> Learner:
+    return TransformerLearner("minilm")

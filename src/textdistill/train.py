@@ -1,0 +1,187 @@
+"""The one training loop: functional AdamW over a learner's parameters, used by evaluation and inner loops.
+
+A step is a pure function of (params, grads, state), so a bi-level method can differentiate through
+it (``differentiable=True``) and evaluation can run it without a graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, TextDistillError
+
+if TYPE_CHECKING:
+    from .learners import Learner
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass
+class Recipe:
+    """How a learner trains on a (small) set: part of every evaluation result and artifact."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int | None = None  # None: min(64, n)
+    warmup: float = 0.5  # fraction of steps with a linear warm-up
+    schedule: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON gives a list
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"recipe schedule must be cosine, linear or constant, not {self.schedule!r}")
+        if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1:
+            raise ConfigError(f"recipe needs steps >= 1, lr > 0 and 0 <= warmup <= 1, got {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def lr_at(self, step: int) -> float:
+        warm = int(self.warmup * self.steps)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, self.steps - warm)
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.schedule == "linear":
+            return self.lr * (1 - progress)
+        return self.lr
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against hard labels (long [n]) or label distributions (float [n, C])."""
+    if labels.dtype == torch.long:
+        return F.cross_entropy(logits, labels)
+    return -(labels * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def adamw_init(params: Params) -> dict[str, Params]:
+    return {"m": {k: torch.zeros_like(v) for k, v in params.items()},
+            "v": {k: torch.zeros_like(v) for k, v in params.items()}}
+
+
+def adamw_step(params: Params, grads: Params, state: dict[str, Params], step: int, lr: float | torch.Tensor,
+               recipe: Recipe) -> tuple[Params, dict[str, Params]]:
+    """One AdamW step (decoupled weight decay, bias correction), returning new tensors: the same maths as
+    ``torch.optim.AdamW``, differentiable with respect to params, grads and ``lr``. ``step`` counts from 1."""
+    b1, b2 = recipe.betas
+    c1, c2 = 1 - b1**step, 1 - b2**step
+    new_p, new_m, new_v = {}, {}, {}
+    for k, p in params.items():
+        g = grads[k]
+        m = b1 * state["m"][k] + (1 - b1) * g
+        v = b2 * state["v"][k] + (1 - b2) * g * g
+        denom = (v / c2).sqrt() + recipe.eps
+        new_p[k] = p * (1 - lr * recipe.weight_decay) - lr * (m / c1) / denom
+        new_m[k], new_v[k] = m, v
+    return new_p, {"m": new_m, "v": new_v}
+
+
+@torch.no_grad()
+def adamw_step_(params: Params, grads: Params, state: dict[str, Params], step: int, lr: float,
+                recipe: Recipe) -> None:
+    """The same step in place with fused multi-tensor ops: the fast path when no graph is needed."""
+    b1, b2 = recipe.betas
+    c1, c2 = 1 - b1**step, 1 - b2**step
+    p, g = list(params.values()), [grads[k] for k in params]
+    m, v = [state["m"][k] for k in params], [state["v"][k] for k in params]
+    torch._foreach_mul_(m, b1)
+    torch._foreach_add_(m, g, alpha=1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - b2)
+    torch._foreach_mul_(p, 1 - lr * recipe.weight_decay)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, math.sqrt(c2))
+    torch._foreach_add_(denom, recipe.eps)
+    torch._foreach_addcdiv_(p, m, denom, value=-lr / c1)
+
+
+def batch_of(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows of every input; token inputs are trimmed to the longest sequence in the batch."""
+    out = {k: v[idx] for k, v in inputs.items()}
+    if "attention_mask" in out:
+        length = int(out["attention_mask"].sum(1).max())
+        out = {k: v[:, :length] if v.dim() >= 2 and k != "features" else v for k, v in out.items()}
+    return out
+
+
+def train(
+    learner: "Learner",
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    recipe: Recipe,
+    *,
+    seed: int,
+    lrs: torch.Tensor | None = None,
+    differentiable: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Params:
+    """Train ``model``'s parameters on (inputs, labels) and return them (the module is not modified).
+
+    ``lrs`` gives one learning rate per step (a distilled schedule) instead of the recipe's.
+    With ``differentiable=True`` the returned parameters keep the graph back to ``inputs``, ``labels``
+    and ``lrs``, for unrolled (bi-level) optimisation.
+    """
+    n = labels.shape[0]
+    batch_size = min(recipe.batch_size or 64, n)
+    steps = len(lrs) if lrs is not None else recipe.steps
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    model.to(device).train()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters() if v.requires_grad}
+    fixed = {k: v for k, v in model.named_parameters() if not v.requires_grad}
+    fixed.update(dict(model.named_buffers()))
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    labels = labels.to(device)
+    state = adamw_init(params)
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos : pos + batch_size].to(device)
+        pos += batch_size
+        logits = learner.forward(model, {**fixed, **params}, batch_of(inputs, idx))
+        loss = loss_fn(logits, labels[idx])
+        if not torch.isfinite(loss):
+            raise TextDistillError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)))
+        lr = lrs[step] if lrs is not None else recipe.lr_at(step)
+        if differentiable:
+            params, state = adamw_step(params, grads, state, step + 1, lr, recipe)
+        else:
+            adamw_step_(params, grads, state, step + 1, float(lr), recipe)
+    return {**fixed, **params}
+
+
+@torch.no_grad()
+def predict(learner: "Learner", model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
+            batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Predicted class ids for every row of ``inputs`` (dropout off)."""
+    model.to(device).eval()
+    n = next(iter(inputs.values())).shape[0]
+    preds = []
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(n, start + batch_size))
+        batch = {k: v.to(device) for k, v in batch_of(inputs, idx).items()}
+        preds.append(learner.forward(model, params, batch).argmax(-1).cpu())
+    return torch.cat(preds)

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from textdistill.errors import TextDistillError
+from textdistill.learners import get_learner
+from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, loss_fn, train
+
+
+def tiny_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
+    return model, x, y
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_functional_step_equals_optimizer_step(in_place):
+    model, x, y = tiny_problem()
+    recipe = Recipe(lr=0.05, weight_decay=0.1)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    state = adamw_init(params)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
+                            weight_decay=recipe.weight_decay)
+    for step in range(1, 6):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        grads = {k: v.grad.clone() for k, v in model.named_parameters()}
+        opt.step()
+        if in_place:
+            adamw_step_(params, grads, state, step, recipe.lr, recipe)
+        else:
+            params, state = adamw_step(params, grads, state, step, recipe.lr, recipe)
+        for k, v in model.named_parameters():
+            torch.testing.assert_close(params[k], v.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_differentiable_step_reaches_learning_rates():
+    model, x, y = tiny_problem()
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    lr = torch.tensor(0.1, requires_grad=True)
+    grads = dict(zip(params, torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()), create_graph=True)))
+    new, _ = adamw_step(params, grads, adamw_init(params), 1, lr, Recipe())
+    (g,) = torch.autograd.grad(torch.func.functional_call(model, new, (x,)).sum(), lr)
+    assert torch.isfinite(g) and g != 0
+
+
+def test_soft_labels_equal_hard_for_one_hot():
+    logits = torch.randn(6, 3)
+    y = torch.tensor([0, 2, 1, 1, 0, 2])
+    torch.testing.assert_close(loss_fn(logits, y), loss_fn(logits, torch.nn.functional.one_hot(y, 3).float()))
+
+
+def test_training_is_deterministic_and_learns(mr_small):
+    learner = get_learner("textcnn-glove")
+    texts, _, labels = mr_small.columns("train")
+    inputs, y = learner.encode(texts), torch.tensor(labels)
+    recipe = Recipe(steps=30, lr=1e-2, warmup=0.1)
+    runs = [train(learner, learner.build(2, seed=1), inputs, y, recipe, seed=1) for _ in range(2)]
+    for k in runs[0]:
+        torch.testing.assert_close(runs[0][k], runs[1][k])
+    model = learner.build(2, seed=1)
+    before = loss_fn(learner.forward(model.eval(), dict(model.named_parameters()), inputs), y)
+    after = loss_fn(learner.forward(model.eval(), runs[0], inputs), y)
+    assert after < before
+
+
+def test_schedule_shapes():
+    r = Recipe(steps=10, lr=1.0, warmup=0.5)
+    assert [round(r.lr_at(s), 2) for s in (0, 4, 5)] == [0.2, 1.0, 1.0] and r.lr_at(9) < 0.1
+    assert Recipe(steps=10, lr=1.0, warmup=0, schedule="linear").lr_at(5) == 0.5
+
+
+def test_nan_loss_is_a_clear_error():
+    learner = get_learner("minilm-frozen")
+    model = learner.build(2, 0)
+    inputs = {"features": torch.full((4, 384), float("nan"))}
+    with pytest.raises(TextDistillError, match="loss became nan at step 0"):
+        train(learner, model, inputs, torch.tensor([0, 1, 0, 1]), Recipe(steps=3), seed=0)
+
+
+def test_bad_recipe():
+    with pytest.raises(Exception, match="schedule"):
+        Recipe(schedule="step")
