@@ -1,0 +1,96 @@
+"""The evaluation protocol: M fresh learners (seeds) trained on a set, test accuracy mean, std and every run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cache import cached_json, key_of
+from .data import Task
+from .learners import Learner, get_learner
+from .synthetic import DistilledDataset
+from .train import Recipe, predict, train
+
+
+@dataclass
+class EvalResult:
+    task: str
+    learner: str
+    accuracy_mean: float
+    accuracy_std: float
+    runs: list[dict]
+    recipe: dict
+    train_set: dict = field(default_factory=dict)  # method, size, fingerprint (or "full")
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides: dict | None) -> Recipe:
+    """The learner's default, then the artifact's own recipe (for the learner it is bound to), then overrides."""
+    values = learner.default_recipe.to_dict()
+    if source is not None and source.recipe and (source.kind == "text" or (source.learner or {}).get("id") == learner.name):
+        values.update(source.recipe)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return Recipe.from_dict(values)
+
+
+def evaluate(
+    task: Task,
+    source: DistilledDataset | None = None,
+    learners: list[str] | None = None,
+    seeds: int = 5,
+    recipe: dict | None = None,
+    device: str = "cpu",
+    cache: bool = True,
+    progress: bool = True,
+) -> list[EvalResult]:
+    """Train ``seeds`` fresh copies of each learner on ``source`` (None: the full training split) and test them.
+
+    Every run is cached on disk by (task, learner, recipe, training set, seed) unless ``cache=False``.
+    """
+    learners = learners or ["minilm"]
+    test_texts, test_pairs, test_labels = task.columns("test")
+    y_test = torch.tensor(test_labels)
+    if source is None:
+        texts, pairs, labels = task.columns("train")
+        train_set = {"method": "full", "size": len(labels), "fingerprint": task.fingerprint}
+    else:
+        train_set = {"method": source.method, "size": len(source), "fingerprint": source.fingerprint()}
+    results = []
+    for name in learners:
+        learner = get_learner(name)
+        rec = resolve_recipe(learner, source, recipe)
+        if source is None:
+            inputs, labels_t = learner.encode(texts, pairs), torch.tensor(labels)
+        else:
+            inputs, labels_t = source.inputs_for(learner), source.labels
+        lrs = source.lrs if source is not None and source.kind != "text" else None
+        test_inputs = None
+        runs = []
+        start = time.time()
+        bar = tqdm(range(seeds), desc=f"evaluate {train_set['method']} with {name}", disable=not progress)
+        for seed in bar:
+            def run() -> dict:
+                nonlocal test_inputs
+                if test_inputs is None:
+                    test_inputs = learner.encode(test_texts, test_pairs)
+                t0 = time.time()
+                model = learner.build(task.num_classes, seed)
+                params = train(learner, model, inputs, labels_t, rec, seed=seed, lrs=lrs, device=device,
+                               progress=progress and len(labels_t) > 256)
+                preds = predict(learner, model, params, test_inputs, device=device)
+                return {"seed": seed, "accuracy": float((preds == y_test).float().mean()),
+                        "seconds": round(time.time() - t0, 2)}
+
+            key = key_of(task.fingerprint, learner.describe(), rec.to_dict(), train_set, lrs is not None, seed)
+            runs.append(cached_json("evals", key, run) if cache else run())
+        accs = np.array([r["accuracy"] for r in runs])
+        results.append(EvalResult(task.name, name, float(accs.mean()), float(accs.std()), runs, rec.to_dict(),
+                                  train_set, round(time.time() - start, 2)))
+    return results

@@ -1,0 +1,95 @@
+"""Distillation methods: a registry of Distiller classes, each with one config dataclass."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import ClassVar
+
+import numpy as np
+
+from ..data import Task
+from ..errors import ConfigError, DataError
+from ..learners import Learner
+from ..synthetic import DistilledDataset
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config. Fields carry ``metadata={"help": ...}``: the CLI and YAML come from them."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MethodConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown option(s) {sorted(unknown)} for {cls.__name__}; known: {sorted(known) or 'none'}")
+        return cls(**values)
+
+    @classmethod
+    def options(cls) -> list[tuple[str, type, object, str]]:
+        """(name, type, default, help) per field."""
+        out = []
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            out.append((f.name, type(default) if default is not None else str, default, f.metadata.get("help", "")))
+        return out
+
+
+class Distiller:
+    """A method: the constructor stores the config; ``distill`` does the work."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        raise NotImplementedError
+
+    def _artifact(self, task: Task, seed: int, **kw) -> DistilledDataset:
+        return DistilledDataset(label_names=list(task.spec.classes), method=self.name, config=self.config.to_dict(),
+                                seed=seed, task=task.describe(), **kw)
+
+
+METHODS: dict[str, type[Distiller]] = {}
+
+
+def register_method(cls: type[Distiller]) -> type[Distiller]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return [n for n in METHODS if fnmatch.fnmatch(n, pattern)]
+
+
+def get_method(name: str, **options) -> Distiller:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    return cls(cls.Config.from_dict(options))
+
+
+def class_indices(labels: list[int] | np.ndarray, classes: tuple[str, ...], dpc: int) -> list[np.ndarray]:
+    """Row indices per class, checking that every class can supply ``dpc`` examples."""
+    if dpc < 1:
+        raise ConfigError(f"examples per class must be >= 1, got {dpc}")
+    labels = np.asarray(labels)
+    out = []
+    for c, name in enumerate(classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) == 0:
+            raise DataError(f"class {name!r} has no training examples")
+        if len(idx) < dpc:
+            raise DataError(f"class {name!r} has {len(idx)} training examples, fewer than the budget of {dpc} per class")
+        out.append(idx)
+    return out
+
+
+from . import coreset  # noqa: E402,F401  (registration)

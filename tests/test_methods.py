@@ -1,0 +1,87 @@
+"""Conformance: every registered method distils a real slice of MR, round-trips, and evaluates."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from textdistill.errors import ConfigError, DataError
+from textdistill.evaluate import evaluate
+from textdistill.learners import get_learner
+from textdistill.methods import get_method, list_methods
+from textdistill.synthetic import DistilledDataset
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_method_conformance(method, mr_small, tmp_path):
+    learner = get_learner("minilm-frozen")
+    ds = get_method(method).distill(mr_small, 3, learner, seed=0)
+    assert ds.method == method and ds.task["fingerprint"] == mr_small.fingerprint
+    assert Counter(ds.hard_labels.tolist()) == {0: 3, 1: 3}
+    ds.save(tmp_path / "set")
+    back = DistilledDataset.load(tmp_path / "set")
+    assert back.fingerprint() == ds.fingerprint() and back.config == ds.config
+    (result,) = evaluate(mr_small, back, ["minilm-frozen"], seeds=2, cache=False, progress=False)
+    assert len(result.runs) == 2 and 0.0 <= result.accuracy_mean <= 1.0
+    again = get_method(method).distill(mr_small, 3, learner, seed=0)
+    assert again.fingerprint() == ds.fingerprint()  # same seed, same artifact
+
+
+@pytest.mark.parametrize("method", ["kcenter", "kmeans", "herding"])
+def test_selection_is_real_and_distinct(method, mr_small):
+    ds = get_method(method).distill(mr_small, 5, get_learner("minilm-frozen"), seed=1)
+    texts, _, labels = mr_small.columns("train")
+    assert len(set(ds.source_indices)) == 10
+    assert [texts[i] for i in ds.source_indices] == ds.texts
+    assert [labels[i] for i in ds.source_indices] == ds.labels.tolist()
+
+
+def test_herding_matches_the_class_mean_better_than_random(mr_small):
+    learner = get_learner("minilm-frozen")
+    texts, _, labels = mr_small.columns("train")
+    vectors, labels = learner.sentence_vectors(texts), np.array(labels)
+
+    def gap(ds):
+        picked = np.array(ds.source_indices)
+        return sum(np.linalg.norm(vectors[labels == c].mean(0) - vectors[picked[labels[picked] == c]].mean(0))
+                   for c in (0, 1))
+
+    assert gap(get_method("herding").distill(mr_small, 4, learner)) < gap(get_method("random").distill(mr_small, 4, learner))
+
+
+def test_budget_larger_than_a_class(mr_small):
+    with pytest.raises(DataError, match="has 12 training examples, fewer than the budget of 13"):
+        get_method("random").distill(mr_small, 13, get_learner("minilm-frozen"))
+
+
+def test_empty_class(mr_small):
+    from datasets import DatasetDict
+
+    from textdistill.data import Task
+
+    only_pos = mr_small.train.filter(lambda r: r["label"] == 1)
+    task = Task(mr_small.spec, DatasetDict(train=only_pos, test=mr_small.test))
+    with pytest.raises(DataError, match="class 'negative' has no training examples"):
+        get_method("kmeans").distill(task, 1, get_learner("minilm-frozen"))
+
+
+def test_unknown_method_and_option():
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        get_method("nope")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['k'\]"):
+        get_method("kmeans", k=3)
+
+
+def test_evaluate_full_data_and_cross_architecture(mr_small):
+    results = evaluate(mr_small, None, ["minilm-frozen", "textcnn-glove"], seeds=2, cache=False, progress=False,
+                       recipe={"steps": 20})
+    assert [r.learner for r in results] == ["minilm-frozen", "textcnn-glove"]
+    assert results[0].train_set["method"] == "full" and results[0].recipe["steps"] == 20
+    assert results[0].runs[0]["seed"] == 0 and results[0].runs[1]["seed"] == 1
+
+
+def test_minilm_trains_on_a_text_set(mr_small):
+    ds = get_method("kmeans").distill(mr_small, 2, get_learner("minilm"), seed=0)
+    (r,) = evaluate(mr_small, ds, ["minilm"], seeds=1, cache=False, progress=False, recipe={"steps": 3})
+    assert r.recipe["lr"] == 1e-4 and 0 <= r.accuracy_mean <= 1
