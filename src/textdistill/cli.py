@@ -1,0 +1,246 @@
+"""Command line: the same names as the Python API (list, distill, evaluate, show, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError, TextDistillError
+
+
+def _task_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("task")
+    g.add_argument("--task", required=required, help="a task name (textdistill list tasks) or a CSV/TSV/JSONL/Parquet file")
+    g.add_argument("--data-dir", help="local copy of a standard benchmark (GLUE or HF layout)")
+    g.add_argument("--text-col", help="text column of a data file (default: text)")
+    g.add_argument("--label-col", help="label column of a data file (default: label)")
+    g.add_argument("--pair-col", help="second text column of a pair task")
+    g.add_argument("--test-file", help="test file for a data file (default: a seeded stratified split)")
+    g.add_argument("--test-size", type=float, help="test fraction when splitting a data file (default: 0.2)")
+
+
+def _load_task(args: argparse.Namespace):
+    from .data import get_task
+
+    return get_task(args.task, data_dir=args.data_dir, text_col=args.text_col, label_col=args.label_col,
+                    pair_col=args.pair_col, test_file=args.test_file, test_size=args.test_size)
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training recipe overrides (default: each learner's own, see docs)")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--batch-size", type=int)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.what == "tasks":
+        from .data import list_tasks
+
+        print(f"{'task':<14}{'classes':>8}  {'train / test':<20}source")
+        for t in list_tasks():
+            print(f"{t.name:<14}{t.classes:>8}  {t.size:<20}{t.source}")
+    elif args.what == "learners":
+        from .learners import DESCRIPTIONS
+
+        for name, desc in DESCRIPTIONS.items():
+            print(f"{name:<16}{desc}")
+        print(f"{'<hf-id or path>':<16}any Hugging Face encoder (e.g. bert-base-uncased), fully fine-tuned")
+    else:
+        from .methods import METHODS
+
+        for name, cls in METHODS.items():
+            print(f"{name:<16}{cls.description}")
+            for opt, _, default, help_ in cls.Config.options():
+                print(f"{'':<18}--{opt.replace('_', '-')} (default {default}): {help_}")
+
+
+def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
+    from .learners import get_learner
+    from .methods import METHODS, get_method
+
+    options: dict = {}
+    if args.config:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{args.config}: cannot read the config ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{args.config}: expected a mapping of option: value")
+        options.update(loaded)
+    if args.method not in METHODS:
+        raise ConfigError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
+    method_parser = argparse.ArgumentParser(prog=f"textdistill distill --method {args.method}")
+    for opt, typ, default, help_ in METHODS[args.method].Config.options():
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if typ is bool else typ
+        method_parser.add_argument(f"--{opt.replace('_', '-')}", dest=opt, type=kind, default=None, help=help_)
+    options.update({k: v for k, v in vars(method_parser.parse_args(extra)).items() if v is not None})
+
+    task = _load_task(args)
+    learner = get_learner(args.learner)
+    distiller = get_method(args.method, **options)
+    start = time.time()
+    ds = distiller.distill(task, args.dpc, learner, seed=args.seed)
+    path = ds.save(args.out, overwrite=args.overwrite)
+    print(f"distilled {task.name} with {args.method}: {len(ds)} examples ({args.dpc} per class) in "
+          f"{time.time() - start:.1f}s -> {path}")
+
+
+def _load_artifact_task(ds, args: argparse.Namespace):
+    from .data import get_task
+
+    if args.task:
+        task = _load_task(args)
+    else:
+        origin = dict(ds.task.get("origin") or {})
+        if not origin:
+            raise ConfigError("the set does not record how to load its task: pass --task")
+        task = get_task(**origin)
+    if task.fingerprint != ds.task.get("fingerprint"):
+        print(f"warning: task {task.name} has fingerprint {task.fingerprint}, the set was distilled from "
+              f"{ds.task.get('fingerprint')}", file=sys.stderr)
+    return task
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+    from .synthetic import DistilledDataset
+
+    if args.full == (args.dir is not None):
+        raise ConfigError("evaluate takes a distilled set DIR, or --task TASK --full")
+    if args.full:
+        if not args.task:
+            raise ConfigError("--full needs --task")
+        task, source = _load_task(args), None
+    else:
+        source = DistilledDataset.load(args.dir)
+        task = _load_artifact_task(source, args)
+    recipe = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size}
+    results = evaluate(task, source, args.learner or ["minilm"], seeds=args.seeds, recipe=recipe,
+                       device=args.device, cache=not args.no_cache)
+    for r in results:
+        runs = ", ".join(f"{100 * x['accuracy']:.1f}" for x in r.runs)
+        print(f"{r.task} | {r.train_set['method']} ({r.train_set['size']} examples) | {r.learner}: "
+              f"{100 * r.accuracy_mean:.2f} ± {100 * r.accuracy_std:.2f}  [{runs}]")
+    if args.json:
+        payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from .synthetic import DistilledDataset
+
+    ds = DistilledDataset.load(args.dir)
+    print(f"{args.dir}: {ds.kind} set, {len(ds)} examples, method {ds.method}, task {ds.task.get('name')}, "
+          f"seed {ds.seed}{', soft labels' if ds.labels.dtype.is_floating_point else ''}")
+    if ds.kind == "text":
+        rows = [(ds.label_names[y], t if p is None else f"{t} ||| {p}")
+                for y, t, p in zip(ds.hard_labels.tolist(), ds.texts, ds.text_pairs or [None] * len(ds))]
+    elif ds.kind == "token-embeddings":
+        from .learners import get_learner
+
+        learner = get_learner(ds.learner["id"])
+        tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], ds.tensors["attention_mask"])
+        rows = [(ds.label_names[y], " ".join(t)) for y, t in zip(ds.hard_labels.tolist(), tokens)]
+    else:
+        rows = [(ds.label_names[y], f"<{ds.kind} vector>") for y in ds.hard_labels.tolist()]
+    for label, text in rows[: args.limit]:
+        print(f"[{label}] {text}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Distil mr at 10 per class, evaluate beside random and the full data, print one table."""
+    from .data import get_task
+    from .evaluate import evaluate
+    from .learners import get_learner
+    from .methods import get_method
+
+    task, learner = get_task("mr"), get_learner(args.learner)
+    print(f"task mr: {len(task.train)} train / {len(task.test)} test; learner {args.learner}; "
+          f"{args.dpc} examples per class; {args.seeds} learner seeds per set")
+    rows = []
+    for method in (args.method, "random"):
+        t0 = time.time()
+        ds = get_method(method).distill(task, args.dpc, learner, seed=0)
+        out = Path(args.out) / f"mr-{method}-{args.dpc}"
+        ds.save(out, overwrite=True)
+        (r,) = evaluate(task, ds, [args.learner], seeds=args.seeds)
+        rows.append((method, len(ds), r, time.time() - t0, str(out)))
+    t0 = time.time()
+    (full,) = evaluate(task, None, [args.learner], seeds=args.full_seeds)
+    rows.append(("full data", len(task.train), full, time.time() - t0, "(cached after the first run)"))
+    print(f"\n| train set | examples | accuracy % (mean ± std) | % of full | seconds | saved |")
+    print("|---|---|---|---|---|---|")
+    for name, n, r, secs, where in rows:
+        frac = 100 * r.accuracy_mean / full.accuracy_mean
+        print(f"| {name} | {n} | {100 * r.accuracy_mean:.1f} ± {100 * r.accuracy_std:.1f} | {frac:.0f} | {secs:.0f} | {where} |")
+    print(f"\nrecipe: {json.dumps(full.recipe)}; full data uses {args.full_seeds} seed(s). Evaluations are cached "
+          "in the user cache (TEXTDISTILL_CACHE), so a second run prints the same table in seconds.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="textdistill", description="Text dataset distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list methods, tasks or learners")
+    s.add_argument("what", choices=["methods", "tasks", "learners"])
+
+    s = sub.add_parser("distill", help="distil a task into a few examples per class",
+                       epilog="Method options (textdistill list methods) follow as --name value.")
+    _task_args(s, required=True)
+    s.add_argument("--method", required=True)
+    s.add_argument("--dpc", type=int, required=True, help="examples per class")
+    s.add_argument("--out", required=True, help="directory to write the distilled set to")
+    s.add_argument("--learner", default="minilm", help="learner whose space the method works in (default minilm)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--config", help="YAML file of method options (command-line options win)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    s = sub.add_parser("evaluate", help="train fresh learners on a set (or the full data) and test them")
+    s.add_argument("dir", nargs="?", help="a distilled set directory")
+    _task_args(s, required=False)
+    s.add_argument("--full", action="store_true", help="train on the task's full training split")
+    s.add_argument("--learner", action="append", help="learner (repeat for a cross-architecture table)")
+    s.add_argument("--seeds", type=int, default=5, help="learner seeds (default 5)")
+    s.add_argument("--json", help="write the results here")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-cache", action="store_true", help="recompute cached runs")
+    _recipe_args(s)
+
+    s = sub.add_parser("show", help="print a distilled set's examples")
+    s.add_argument("dir")
+    s.add_argument("--limit", type=int, default=50)
+
+    s = sub.add_parser("demo", help="the README's main job: distil mr and compare with random and full data")
+    s.add_argument("--method", default="kmeans")
+    s.add_argument("--learner", default="minilm")
+    s.add_argument("--dpc", type=int, default=10)
+    s.add_argument("--seeds", type=int, default=2)
+    s.add_argument("--full-seeds", type=int, default=1)
+    s.add_argument("--out", default="runs/demo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "distill":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "distill":
+            cmd_distill(args, extra)
+        else:
+            {"list": cmd_list, "evaluate": cmd_evaluate, "show": cmd_show, "demo": cmd_demo}[args.command](args)
+    except TextDistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from textdistill.cli import main
+
+
+@pytest.fixture
+def csv_task(tmp_path, mr_small):
+    texts, _, labels = mr_small.columns("train")
+    f = tmp_path / "reviews.csv"
+    with open(f, "w") as out:
+        out.write("review,sentiment\n")
+        for t, y in zip(texts, labels):
+            out.write('"{}",{}\n'.format(t.replace('"', '""'), ["neg", "pos"][y]))
+    return f
+
+
+def test_list(capsys):
+    assert main(["list", "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "mr" in out and "3,000 / 1,000" in out and "ag_news" in out
+    assert main(["list", "methods"]) == 0
+    assert "--n-init" in capsys.readouterr().out
+    assert main(["list", "learners"]) == 0
+    assert "minilm-frozen" in capsys.readouterr().out
+
+
+def test_distill_evaluate_show_on_a_user_csv(tmp_path, csv_task, capsys):
+    out = tmp_path / "set"
+    config = tmp_path / "kmeans.yaml"
+    config.write_text("n_init: 3\n")
+    args = ["distill", "--task", str(csv_task), "--text-col", "review", "--label-col", "sentiment", "--method", "kmeans",
+            "--dpc", "2", "--out", str(out), "--learner", "minilm-frozen", "--config", str(config), "--n-init", "2"]
+    assert main(args) == 0
+    assert json.loads((out / "manifest.json").read_text())["config"] == {"n_init": 2}  # the command line wins
+    report = tmp_path / "r.json"
+    assert main(["evaluate", str(out), "--learner", "minilm-frozen", "--learner", "textcnn-glove", "--seeds", "2",
+                 "--steps", "10", "--json", str(report), "--no-cache"]) == 0
+    results = json.loads(report.read_text())["results"]
+    assert [r["learner"] for r in results] == ["minilm-frozen", "textcnn-glove"]
+    assert {"task", "accuracy_mean", "accuracy_std", "runs", "recipe"} <= set(results[0])
+    assert results[0]["runs"][1]["seed"] == 1 and results[0]["recipe"]["steps"] == 10
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "[neg]" in shown and "[pos]" in shown
+    single = tmp_path / "one.json"
+    assert main(["evaluate", "--task", str(csv_task), "--text-col", "review", "--label-col", "sentiment", "--full",
+                 "--learner", "minilm-frozen", "--seeds", "1", "--json", str(single)]) == 0
+    assert json.loads(single.read_text())["learner"] == "minilm-frozen"
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["distill", "--task", "mr", "--method", "nope", "--dpc", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "is not a distilled set" in capsys.readouterr().err
+    assert main(["distill", "--task", str(tmp_path / "none.csv"), "--method", "random", "--dpc", "1",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
