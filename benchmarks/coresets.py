@@ -20,16 +20,64 @@ from textdistill.learners import get_learner
 from textdistill.methods import get_method
 
 
+def pivot_seconds(r) -> float:
+    return sum(x["seconds"] for x in r["runs"]) / len(r["runs"])
+
+
+def pool(results):
+    """K sets x M learner seeds as one result: every run, mean and std over all of them."""
+    first = results[0]
+    runs = [{**x, "set_seed": k} for k, r in enumerate(results) for x in r.runs]
+    accs = [x["accuracy"] for x in runs]
+    mean = sum(accs) / len(accs)
+    std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
+    return type(first)(first.task, first.learner, mean, std, runs, first.recipe, first.train_set,
+                       sum(r.seconds for r in results))
+
+
+def pivot(records: list[dict]) -> str:
+    """One table per (task, learner): methods x examples per class, then full data."""
+    out = []
+    groups = sorted({(r["task"], r["learner"]) for r in records}, key=lambda g: (g[0] != "mr", g))
+    for task, learner in groups:
+        rs = [r for r in records if (r["task"], r["learner"]) == (task, learner)]
+        dpcs = sorted({r["dpc"] for r in rs if r["dpc"]})
+        seeds = max(len(r["runs"]) for r in rs)
+        out.append(f"**{task}, {learner}** (test accuracy %, mean ± std over {seeds} runs: distilled sets x "
+                   "learner seeds)\n")
+        out.append("| method | " + " | ".join(f"{d}/class" for d in dpcs) + " |")
+        out.append("|---|" + "---|" * len(dpcs))
+        for method in dict.fromkeys(r["method"] for r in rs if r["dpc"]):
+            cells = {r["dpc"]: r for r in rs if r["method"] == method}
+            out.append(f"| {method} | " + " | ".join(
+                f"{100 * cells[d]['accuracy_mean']:.1f} ± {100 * cells[d]['accuracy_std']:.1f}" if d in cells else "-"
+                for d in dpcs) + " |")
+        for r in rs:
+            if r["method"] == "full":
+                secs = pivot_seconds(r)
+                out.append(f"| full data ({r['train_set']['size']}) | {100 * r['accuracy_mean']:.1f} ± "
+                           f"{100 * r['accuracy_std']:.1f} ({len(r['runs'])} seeds, {secs:.0f} s a run) |"
+                           + " |" * (len(dpcs) - 1))
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["mr", "bbc"])
     ap.add_argument("--learners", nargs="+", default=["minilm-frozen"])
     ap.add_argument("--methods", nargs="+", default=["random", "kcenter", "kmeans", "herding"])
     ap.add_argument("--dpc", nargs="+", type=int, default=[1, 5, 10, 20])
-    ap.add_argument("--seeds", type=int, default=5, help="learner seeds per cell")
+    ap.add_argument("--seeds", type=int, default=5, help="learner seeds per distilled set")
+    ap.add_argument("--sets", type=int, default=1, help="distilled sets per cell (distillation seeds 0..K-1)")
     ap.add_argument("--full-seeds", type=int, default=None, help="learner seeds for full data (default: --seeds)")
     ap.add_argument("--json", default=None, help="write every result here")
+    ap.add_argument("--from-json", default=None, help="only print the tables of an earlier --json file")
     args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(pivot(json.load(f)["results"]))
+        return
 
     rows, records = [], []
     for task_name in args.tasks:
@@ -38,10 +86,14 @@ def main() -> None:
             learner = get_learner(learner_name)
             for method in args.methods:
                 for dpc in args.dpc:
-                    t0 = time.time()
-                    ds = get_method(method).distill(task, dpc, learner, seed=0)
-                    distill_s = time.time() - t0
-                    (r,) = evaluate(task, ds, [learner_name], seeds=args.seeds, progress=False)
+                    results, distill_s = [], 0.0
+                    for set_seed in range(args.sets):
+                        t0 = time.time()
+                        ds = get_method(method).distill(task, dpc, learner, seed=set_seed)
+                        distill_s += (time.time() - t0) / args.sets
+                        (one,) = evaluate(task, ds, [learner_name], seeds=args.seeds, progress=False)
+                        results.append(one)
+                    r = pool(results)
                     run_s = sum(x["seconds"] for x in r.runs) / len(r.runs)
                     rows.append((task_name, learner_name, method, dpc, r.accuracy_mean, r.accuracy_std, distill_s, run_s))
                     records.append({**r.to_dict(), "method": method, "dpc": dpc, "distill_seconds": distill_s})
@@ -53,7 +105,8 @@ def main() -> None:
             print(f"| {task_name} | {learner_name} | full | all | {100 * r.accuracy_mean:.1f} ± "
                   f"{100 * r.accuracy_std:.1f} | - | {run_s:.1f} |", flush=True)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    print(f"\nmachine: {machine}")
+    print(f"\nmachine: {machine}\n")
+    print(pivot(records))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "results": records}, f, indent=1)

@@ -153,6 +153,15 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(f"[{label}] {text}")
 
 
+def cmd_decode(args: argparse.Namespace) -> None:
+    from .decode import decode_to_text
+    from .synthetic import DistilledDataset
+
+    text = decode_to_text(DistilledDataset.load(args.dir))
+    text.save(args.out, overwrite=args.overwrite)
+    print(f"decoded {len(text)} examples to text -> {args.out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Distil mr at 10 per class, evaluate beside random and the full data, print one table."""
     from .data import get_task
@@ -216,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--limit", type=int, default=50)
 
+    s = sub.add_parser("decode", help="turn a token-embedding set into a text set (nearest tokens)")
+    s.add_argument("dir")
+    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true")
+
     s = sub.add_parser("demo", help="the README's main job: distil mr and compare with random and full data")
     s.add_argument("--method", default="kmeans")
     s.add_argument("--learner", default="minilm")
@@ -235,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "distill":
             cmd_distill(args, extra)
         else:
-            {"list": cmd_list, "evaluate": cmd_evaluate, "show": cmd_show, "demo": cmd_demo}[args.command](args)
+            {"list": cmd_list, "evaluate": cmd_evaluate, "show": cmd_show, "decode": cmd_decode,
+             "demo": cmd_demo}[args.command](args)
     except TextDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

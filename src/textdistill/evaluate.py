@@ -71,6 +71,7 @@ def evaluate(
         else:
             inputs, labels_t = source.inputs_for(learner), source.labels
         lrs = source.lrs if source is not None and source.kind != "text" else None
+        attention_labels = source.attention_labels if source is not None else None
         test_inputs = None
         runs = []
         start = time.time()
@@ -82,7 +83,8 @@ def evaluate(
                     test_inputs = learner.encode(test_texts, test_pairs)
                 t0 = time.time()
                 model = learner.build(task.num_classes, seed)
-                params = train(learner, model, inputs, labels_t, rec, seed=seed, lrs=lrs, device=device,
+                params = train(learner, model, inputs, labels_t, rec, seed=seed, lrs=lrs,
+                               attention_labels=attention_labels, device=device,
                                progress=progress and len(labels_t) > 256)
                 preds = predict(learner, model, params, test_inputs, device=device)
                 return {"seed": seed, "accuracy": float((preds == y_test).float().mean()),

@@ -52,6 +52,7 @@ class DistilledDataset:
     task: dict = field(default_factory=dict)  # name, fingerprint, spec, how to load it again
     recipe: dict | None = None  # how to train on it; None: the learner's default
     source_indices: list[int] | None = None  # rows of the training split a coreset picked
+    log: dict = field(default_factory=dict)  # what the method measured on the way (e.g. its loss curve)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = field(default_factory=_version)
 
@@ -117,7 +118,7 @@ class DistilledDataset:
             "format": FORMAT, "kind": self.kind, "size": len(self), "label_names": self.label_names,
             "soft_labels": self.labels.dtype != torch.long, "learner": self.learner, "method": self.method,
             "config": self.config, "seed": self.seed, "task": self.task, "recipe": self.recipe,
-            "source_indices": self.source_indices, "created": self.created, "version": self.version,
+            "source_indices": self.source_indices, "log": self.log, "created": self.created, "version": self.version,
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -180,7 +181,8 @@ class DistilledDataset:
                 tensors={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("examples.")},
                 lrs=tensors.get("lrs"), attention_labels=tensors.get("attention_labels"), learner=m["learner"],
                 method=m["method"], config=m["config"], seed=m["seed"], task=m["task"], recipe=m["recipe"],
-                source_indices=m.get("source_indices"), created=m["created"], version=m["version"],
+                source_indices=m.get("source_indices"), log=m.get("log", {}), created=m["created"],
+                version=m["version"],
             )
         except KeyError as e:
             raise ArtifactError(f"{files[0]}: missing field {e}") from None

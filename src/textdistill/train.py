@@ -34,9 +34,14 @@ class Recipe:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    optimizer: str = "adamw"  # adamw | sgd (unrolled methods learn SGD step sizes: Adam's first step is sign(g))
+    dropout: bool = True  # False: train in eval mode (what unrolled inner loops do)
+    attention_weight: float = 1.0  # weight of the attention-label KL term, for sets that carry attention labels
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON gives a list
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"recipe optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"recipe schedule must be cosine, linear or constant, not {self.schedule!r}")
         if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1:
@@ -70,6 +75,20 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if labels.dtype == torch.long:
         return F.cross_entropy(logits, labels)
     return -(labels * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def attention_kl(target: torch.Tensor, attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """KL(attention labels || model attention), averaged over examples, layers and heads.
+
+    ``target`` is [n, layers, heads, L] (the CLS row) or [n, layers, heads, L, L] (all rows), already a
+    distribution over the last dimension; ``attentions`` is the model's per-layer [n, heads, L, L]."""
+    model = torch.stack(attentions, 1)  # [n, layers, heads, L, L]
+    if target.dim() == 4:
+        model = model[:, :, :, 0]
+    length = model.shape[-1]
+    target = target[..., :length]
+    kl = (target * (target.clamp_min(1e-12).log() - model.clamp_min(1e-12).log())).sum(-1)
+    return kl.mean()
 
 
 def adamw_init(params: Params) -> dict[str, Params]:
@@ -113,6 +132,18 @@ def adamw_step_(params: Params, grads: Params, state: dict[str, Params], step: i
     torch._foreach_addcdiv_(p, m, denom, value=-lr / c1)
 
 
+def sgd_step(params: Params, grads: Params, lr: float | torch.Tensor, weight_decay: float = 0.0) -> Params:
+    """Plain SGD with L2 weight decay (``torch.optim.SGD``'s maths), differentiable."""
+    return {k: p - lr * (grads[k] + weight_decay * p) for k, p in params.items()}
+
+
+@torch.no_grad()
+def sgd_step_(params: Params, grads: Params, lr: float, weight_decay: float = 0.0) -> Params:
+    for k, p in params.items():
+        p.add_(grads[k] + weight_decay * p, alpha=-lr)
+    return params
+
+
 def batch_of(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rows of every input; token inputs are trimmed to the longest sequence in the batch."""
     out = {k: v[idx] for k, v in inputs.items()}
@@ -131,6 +162,8 @@ def train(
     *,
     seed: int,
     lrs: torch.Tensor | None = None,
+    attention_labels: torch.Tensor | None = None,
+    params: Params | None = None,
     differentiable: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -138,6 +171,8 @@ def train(
     """Train ``model``'s parameters on (inputs, labels) and return them (the module is not modified).
 
     ``lrs`` gives one learning rate per step (a distilled schedule) instead of the recipe's.
+    ``attention_labels`` (one per example) add ``recipe.attention_weight * attention_kl`` to the loss.
+    ``params`` starts from these parameters instead of the model's (to continue a run).
     With ``differentiable=True`` the returned parameters keep the graph back to ``inputs``, ``labels``
     and ``lrs``, for unrolled (bi-level) optimisation.
     """
@@ -146,13 +181,18 @@ def train(
     steps = len(lrs) if lrs is not None else recipe.steps
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
-    model.to(device).train()
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters() if v.requires_grad}
+    model.to(device).train(recipe.dropout)
+    start = params if params is not None else dict(model.named_parameters())
+    trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+    if differentiable and params is not None:
+        params = {k: start[k] for k in trainable}  # keep the graph of a previous segment
+    else:
+        params = {k: start[k].detach().clone().requires_grad_(True) for k in trainable}
     fixed = {k: v for k, v in model.named_parameters() if not v.requires_grad}
     fixed.update(dict(model.named_buffers()))
     inputs = {k: v.to(device) for k, v in inputs.items()}
     labels = labels.to(device)
-    state = adamw_init(params)
+    state = adamw_init(params) if recipe.optimizer == "adamw" else {}
     order = torch.randperm(n, generator=gen)
     pos = 0
     for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
@@ -160,13 +200,21 @@ def train(
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + batch_size].to(device)
         pos += batch_size
-        logits = learner.forward(model, {**fixed, **params}, batch_of(inputs, idx))
-        loss = loss_fn(logits, labels[idx])
+        if attention_labels is None:
+            loss = loss_fn(learner.forward(model, {**fixed, **params}, batch_of(inputs, idx)), labels[idx])
+        else:
+            logits, attentions = learner.forward(model, {**fixed, **params}, batch_of(inputs, idx), attentions=True)
+            loss = loss_fn(logits, labels[idx]) + recipe.attention_weight * attention_kl(attention_labels[idx], attentions)
         if not torch.isfinite(loss):
             raise TextDistillError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
-        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)))
+        raw = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable, allow_unused=True)
+        # A parameter the batch does not reach (word embeddings under inputs_embeds) gets a zero gradient.
+        grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), raw)}
         lr = lrs[step] if lrs is not None else recipe.lr_at(step)
-        if differentiable:
+        if recipe.optimizer == "sgd":
+            params = sgd_step(params, grads, lr, recipe.weight_decay) if differentiable else sgd_step_(
+                params, grads, float(lr), recipe.weight_decay)
+        elif differentiable:
             params, state = adamw_step(params, grads, state, step + 1, lr, recipe)
         else:
             adamw_step_(params, grads, state, step + 1, float(lr), recipe)

@@ -54,6 +54,10 @@ class Learner(ABC):
         """Tokens and their input embeddings, for learners with a token-embedding space."""
         raise NotImplementedError(f"learner {self.name!r} has no token-embedding space")
 
+    def detokenize(self, tokens: list[str]) -> str:
+        """Text from vocabulary tokens (special tokens dropped)."""
+        return " ".join(t for t in tokens if not (t.startswith("[") and t.endswith("]")))
+
     def nearest_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[list[str]]:
         """The vocabulary token nearest (cosine) to each position of a token-embedding set."""
         tokens, table = self.vocabulary()

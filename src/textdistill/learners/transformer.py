@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import cached_property
 
 import numpy as np
@@ -29,6 +30,7 @@ class TransformerLearner(Learner):
     def __init__(self, model_id: str, max_length: int = 64) -> None:
         self.name = model_id
         self.max_length = max_length
+        self._templates: dict[int, tuple[torch.nn.Module, list[str]]] = {}
 
     @property
     def default_recipe(self) -> Recipe:
@@ -50,17 +52,31 @@ class TransformerLearner(Learner):
             raise ResourceMissing(f"cannot load tokenizer {self.name!r} ({e}); offline, use a local path or "
                                   "a named model such as 'minilm'") from None
 
-    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
-        _quiet_transformers()
-        from transformers import AutoModelForSequenceClassification
+    def _pretrained(self, num_labels: int) -> tuple[torch.nn.Module, list[str]]:
+        """The pretrained model with a head for ``num_labels`` and the names of the new head's parameters."""
+        key = num_labels
+        if key not in self._templates:
+            _quiet_transformers()
+            from transformers import AutoModelForSequenceClassification
 
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)  # the new head's initialisation
             try:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    self.path, num_labels=num_labels, attn_implementation="eager")
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    self.path, num_labels=num_labels, attn_implementation="eager", output_loading_info=True)
             except OSError as e:
                 raise ResourceMissing(f"cannot load model {self.name!r} ({e})") from None
+            self._templates[key] = (model, list(info["missing_keys"]))
+        return self._templates[key]
+
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        """A copy of the pretrained model whose new head is initialised from ``seed`` (loaded from disk once)."""
+        template, new = self._pretrained(num_labels)
+        model = copy.deepcopy(template)
+        std = getattr(model.config, "initializer_range", 0.02)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in new:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std if p.dim() > 1 else torch.zeros_like(p))
         return model
 
     def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -87,6 +103,10 @@ class TransformerLearner(Learner):
         model = self.build(2, 0)
         ids = range(len(self.tokenizer))
         return self.tokenizer.convert_ids_to_tokens(list(ids)), model.get_input_embeddings().weight.detach()
+
+    def detokenize(self, tokens: list[str]) -> str:
+        special = set(self.tokenizer.all_special_tokens)
+        return self.tokenizer.convert_tokens_to_string([t for t in tokens if t not in special]).strip()
 
     @torch.no_grad()
     def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:

@@ -92,4 +92,4 @@ def class_indices(labels: list[int] | np.ndarray, classes: tuple[str, ...], dpc:
     return out
 
 
-from . import coreset  # noqa: E402,F401  (registration)
+from . import attention_labels, bptt, coreset  # noqa: E402,F401  (registration)

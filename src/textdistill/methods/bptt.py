@@ -1,0 +1,198 @@
+"""bptt: learn synthetic token-embedding sentences, labels and step sizes by unrolling a learner's training.
+
+Wang et al. 2018 (dataset distillation); Sucholutsky & Schonlau 2019 (text, learnable soft labels);
+Li & Li 2021 (soft labels and step sizes for text). Each outer step takes a fresh learner, trains it for
+T SGD steps on the synthetic set (the one training loop, differentiably), measures its loss on a batch
+of real data, and moves the synthetic embeddings, labels and learning rates down that loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import Task
+from ..errors import ConfigError, TextDistillError
+from ..learners import Learner
+from ..synthetic import DistilledDataset
+from ..train import Params, Recipe, batch_of, train
+from . import Distiller, MethodConfig, class_indices, register_method
+
+
+@dataclass
+class BPTTConfig(MethodConfig):
+    labels: str = field(default="soft", metadata={"help": "hard (fixed), soft (learned distribution) or "
+                                                           "unrestricted (learned real vector)"})
+    inner_steps: int = field(default=1, metadata={"help": "unrolled SGD steps T on the synthetic set"})
+    truncate: int = field(default=0, metadata={"help": "back-propagate through the last k inner steps only (0: all)"})
+    outer_steps: int = field(default=100, metadata={"help": "outer optimisation steps (one fresh learner each)"})
+    outer_lr: float = field(default=0.01, metadata={"help": "outer learning rate for embeddings and labels"})
+    lr_lr: float = field(default=0.01, metadata={"help": "outer learning rate for the (softplus) step sizes"})
+    outer_optimizer: str = field(default="adam", metadata={"help": "adam or adamw"})
+    clip: float = field(default=1.0, metadata={"help": "clip the outer gradient norm (0: off)"})
+    init: str = field(default="real", metadata={"help": "real (embeddings of random real examples) or noise"})
+    init_lr: float = field(default=0.01, metadata={"help": "initial inner step size"})
+    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence"})
+    real_batch: int = field(default=128, metadata={"help": "real examples per outer step"})
+    chunk: int = field(default=64, metadata={"help": "real examples per forward pass of the outer loss (memory)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        if self.labels not in ("hard", "soft", "unrestricted"):
+            raise ConfigError(f"labels must be hard, soft or unrestricted, not {self.labels!r}")
+        if self.init not in ("real", "noise"):
+            raise ConfigError(f"init must be real or noise, not {self.init!r}")
+        if self.outer_optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"outer_optimizer must be adam or adamw, not {self.outer_optimizer!r}")
+        if self.inner_steps < 1 or not 0 <= self.truncate <= self.inner_steps:
+            raise ConfigError("need inner_steps >= 1 and 0 <= truncate <= inner_steps")
+
+
+def inverse_softplus(x: float) -> float:
+    return x + math.log(-math.expm1(-x))
+
+
+def inner_recipe(n: int, steps: int, lr: float) -> Recipe:
+    """Full-batch SGD with learned per-step rates and no dropout: how the set is trained, then and later."""
+    return Recipe(steps=steps, lr=lr, batch_size=n, warmup=0.0, schedule="constant", weight_decay=0.0,
+                  optimizer="sgd", dropout=False)
+
+
+def unroll(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+           lrs: torch.Tensor, truncate: int, seed: int, attention_labels: torch.Tensor | None = None,
+           attention_weight: float = 1.0) -> Params:
+    """Train ``model`` on the synthetic set with ``lrs``, keeping the graph through the last ``truncate`` steps
+    (all when 0)."""
+    steps = len(lrs)
+    recipe = inner_recipe(labels.shape[0], steps, float(lrs.detach().mean()))
+    recipe.attention_weight = attention_weight
+    cut = steps - truncate if truncate else 0
+    params = None
+    if cut:
+        params = train(learner, model, {k: v.detach() for k, v in inputs.items()}, labels.detach(), recipe, seed=seed,
+                       lrs=lrs[:cut].detach(), attention_labels=None if attention_labels is None else attention_labels.detach())
+    return train(learner, model, inputs, labels, recipe, seed=seed, lrs=lrs[cut:], params=params,
+                 attention_labels=attention_labels, differentiable=True)
+
+
+def real_loss(learner: Learner, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
+              labels: torch.Tensor, chunk: int, backward: bool) -> float:
+    """Loss of the trained learner on a real batch, in chunks; with ``backward`` each chunk back-propagates
+    at once, so only one chunk's activations are alive beside the unrolled graph."""
+    n, total = labels.shape[0], 0.0
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(n, start + chunk))
+        part = F.cross_entropy(learner.forward(model, params, batch_of(inputs, idx)), labels[idx]) * len(idx) / n
+        if backward:
+            part.backward(retain_graph=start + chunk < n)
+        total += float(part.detach())
+    return total
+
+
+@register_method
+class BPTT(Distiller):
+    name = "bptt"
+    description = "token-embedding sentences, soft labels and step sizes learned through unrolled training"
+    Config = BPTTConfig
+
+    # -- the synthetic set as learnable tensors ----------------------------------------------------
+    def initial_set(self, task: Task, dpc: int, learner: Learner, rng: np.random.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs_embeds [n, L, d], attention_mask [n, L], hard labels [n])."""
+        cfg = self.config
+        texts, pairs, labels = task.columns("train")
+        per_class = class_indices(labels, task.spec.classes, dpc)
+        picked = np.concatenate([rng.choice(idx, size=dpc, replace=False) for idx in per_class])
+        y = torch.tensor([labels[i] for i in picked])
+        enc = learner.encode([texts[i] for i in picked], None if pairs is None else [pairs[i] for i in picked])
+        ids = F.pad(enc["input_ids"], (0, max(0, cfg.length - enc["input_ids"].shape[1])))[:, : cfg.length]
+        mask = F.pad(enc["attention_mask"], (0, max(0, cfg.length - enc["attention_mask"].shape[1])))[:, : cfg.length]
+        model = learner.build(task.num_classes, seed=0)
+        with torch.no_grad():
+            embeds = learner.input_embeddings(model, dict(model.named_parameters()), ids).float()
+            if cfg.init == "noise":
+                gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+                embeds = torch.randn(embeds.shape, generator=gen) * embeds[mask.bool()].std()
+                mask = torch.ones_like(mask)
+        return embeds, mask, y
+
+    def extra_parameters(self, learner: Learner, task: Task, embeds: torch.Tensor, mask: torch.Tensor
+                         ) -> dict[str, torch.Tensor]:
+        """More learnable tensors (attention labels in the subclass)."""
+        return {}
+
+    def attention_targets(self, extra: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def check_learner(self, learner: Learner) -> None:
+        if not hasattr(learner, "input_embeddings") or learner.input_kind != "tokens":
+            raise ConfigError(f"{self.name} needs a learner with token embeddings (minilm, an HF encoder, "
+                              f"textcnn-glove, bilstm-glove), not {learner.name!r}")
+
+    # -- the outer loop ---------------------------------------------------------------------------
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        cfg = self.config
+        self.check_learner(learner)
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        embeds, mask, hard = self.initial_set(task, dpc, learner, rng)
+        n, classes = len(hard), task.num_classes
+        x = embeds.to(cfg.device).requires_grad_(True)
+        mask = mask.to(cfg.device)
+        label_param = (F.one_hot(hard, classes).float() * (3.0 if cfg.labels == "soft" else 1.0)).to(cfg.device)
+        label_param.requires_grad_(cfg.labels != "hard")
+        raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=cfg.device, requires_grad=True)
+        extra = {k: v.to(cfg.device).requires_grad_(True) for k, v in self.extra_parameters(learner, task, x, mask).items()}
+
+        groups = [{"params": [x, *extra.values()] + ([label_param] if cfg.labels != "hard" else []), "lr": cfg.outer_lr},
+                  {"params": [raw_lrs], "lr": cfg.lr_lr}]
+        opt = (torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.AdamW)(groups)
+
+        texts, pairs, labels = task.columns("train")
+        real = learner.encode(texts, pairs)
+        real_y = torch.tensor(labels)
+
+        def current_labels() -> torch.Tensor:
+            if cfg.labels == "hard":
+                return hard.to(cfg.device)
+            return label_param.softmax(-1) if cfg.labels == "soft" else label_param
+
+        history = []
+        bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
+        for step in bar:
+            model = learner.build(classes, seed=seed * 1_000_003 + step).to(cfg.device)
+            opt.zero_grad()
+            trained = unroll(learner, model, {"inputs_embeds": x, "attention_mask": mask}, current_labels(),
+                             F.softplus(raw_lrs), cfg.truncate, seed=step,
+                             attention_labels=self.attention_targets(extra, mask),
+                             attention_weight=getattr(cfg, "attention_weight", 1.0))
+            idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
+            batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
+            loss = real_loss(learner, model, trained, batch, real_y[idx].to(cfg.device), cfg.chunk, backward=True)
+            if not math.isfinite(loss):
+                raise TextDistillError(f"{self.name}: the real loss became {loss} at outer step {step}; "
+                                       "lower --outer-lr or --init-lr")
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip)
+            opt.step()
+            history.append(loss)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{float(F.softplus(raw_lrs).mean()):.4f}")
+
+        lrs = F.softplus(raw_lrs).detach().cpu()
+        attention = self.attention_targets(extra, mask)
+        recipe = inner_recipe(n, cfg.inner_steps, float(lrs.mean())).to_dict()
+        if attention is not None:
+            recipe["attention_weight"] = cfg.attention_weight  # type: ignore[attr-defined]
+        return self._artifact(
+            task, seed, kind="token-embeddings",
+            labels=hard if cfg.labels == "hard" else current_labels().detach().cpu(),
+            tensors={"inputs_embeds": x.detach().cpu(), "attention_mask": mask.cpu()},
+            lrs=lrs, attention_labels=None if attention is None else attention.detach().cpu(),
+            learner=learner.describe(), recipe=recipe,
+            log={"real_loss": [round(h, 4) for h in history[:: max(1, len(history) // 50)]]},
+        )

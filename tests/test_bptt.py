@@ -1,0 +1,129 @@
+"""bptt and attention-labels: the hypergradient, truncation, reload, binding and decoding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from textdistill.decode import decode_to_text
+from textdistill.errors import ArtifactError, ConfigError
+from textdistill.evaluate import evaluate
+from textdistill.learners import Learner, get_learner
+from textdistill.methods import get_method
+from textdistill.methods.bptt import real_loss, unroll
+from textdistill.synthetic import DistilledDataset
+from textdistill.train import Recipe
+
+
+class TinyLearner(Learner):
+    """Masked mean of 3-d embeddings -> tanh layer -> 2 logits, in float64."""
+
+    name = "tiny"
+
+    @property
+    def default_recipe(self):
+        return Recipe()
+
+    def build(self, num_labels, seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, num_labels)).double()
+
+    def encode(self, texts, pairs=None):
+        raise NotImplementedError
+
+    def forward(self, model, params, inputs):
+        mask = inputs["attention_mask"].unsqueeze(-1).to(inputs["inputs_embeds"].dtype)
+        pooled = (inputs["inputs_embeds"] * mask).sum(1) / mask.sum(1)
+        return functional_call(model, params, (pooled,))
+
+    def _sentence_vectors(self, texts, pairs):
+        raise NotImplementedError
+
+
+def hyper_loss(x, label_logits, raw_lrs, truncate=0):
+    learner = TinyLearner()
+    model = learner.build(2, seed=0)
+    mask = torch.ones(x.shape[:2], dtype=torch.long)
+    params = unroll(learner, model, {"inputs_embeds": x, "attention_mask": mask}, label_logits.softmax(-1),
+                    F.softplus(raw_lrs), truncate, seed=0)
+    g = torch.Generator().manual_seed(1)
+    real = {"inputs_embeds": torch.randn(6, 2, 3, generator=g, dtype=torch.float64),
+            "attention_mask": torch.ones(6, 2, dtype=torch.long)}
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    return F.cross_entropy(learner.forward(model, params, real), y)
+
+
+def test_hypergradient_gradcheck_through_two_unrolled_steps():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    raw = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(hyper_loss, (x, z, raw), eps=1e-6, atol=1e-5)
+
+
+def test_truncation_cuts_the_early_steps():
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    z = torch.zeros(4, 2, dtype=torch.float64, requires_grad=True)
+    raw = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    hyper_loss(x, z, raw, truncate=1).backward()
+    assert raw.grad[0] == 0 and raw.grad[1] != 0
+
+
+def test_chunked_real_loss_equals_one_pass():
+    learner = TinyLearner()
+    model = learner.build(2, 0)
+    params = dict(model.named_parameters())
+    inputs = {"inputs_embeds": torch.randn(10, 2, 3, dtype=torch.float64),
+              "attention_mask": torch.ones(10, 2, dtype=torch.long)}
+    y = torch.randint(0, 2, (10,))
+    whole = real_loss(learner, model, params, inputs, y, chunk=10, backward=True)
+    grads = [p.grad.clone() for p in params.values()]
+    model.zero_grad()
+    chunked = real_loss(learner, model, params, inputs, y, chunk=3, backward=True)
+    assert abs(whole - chunked) < 1e-12
+    for g, p in zip(grads, params.values()):
+        torch.testing.assert_close(g, p.grad)
+
+
+@pytest.fixture(scope="module")
+def bptt_set(mr_small):
+    return get_method("bptt", outer_steps=3, length=8, real_batch=16, labels="soft").distill(
+        mr_small, 2, get_learner("textcnn-glove"), seed=0)
+
+
+def test_bptt_set_reloads_and_trains_the_same(bptt_set, mr_small, tmp_path):
+    assert bptt_set.kind == "token-embeddings" and bptt_set.labels.dtype == torch.float32
+    assert bptt_set.recipe["optimizer"] == "sgd" and len(bptt_set.lrs) == 1
+    bptt_set.save(tmp_path / "b")
+    back = DistilledDataset.load(tmp_path / "b")
+    torch.testing.assert_close(back.lrs, bptt_set.lrs)
+    kw = dict(learners=["textcnn-glove"], seeds=2, cache=False, progress=False)
+    a, b = evaluate(mr_small, bptt_set, **kw)[0], evaluate(mr_small, back, **kw)[0]
+    assert a.runs == [dict(r, seconds=x["seconds"]) for r, x in zip(b.runs, a.runs)]
+    assert a.recipe["lr"] == pytest.approx(float(bptt_set.lrs.mean()))
+    with pytest.raises(ArtifactError, match="bound to learner 'textcnn-glove'"):
+        evaluate(mr_small, back, ["bilstm-glove"], seeds=1, cache=False, progress=False)
+
+
+def test_decode_gives_a_text_set_any_learner_trains(bptt_set, mr_small):
+    text = decode_to_text(bptt_set)
+    assert text.kind == "text" and len(text.texts) == 4 and all(isinstance(t, str) and t for t in text.texts)
+    (r,) = evaluate(mr_small, text, ["minilm-frozen"], seeds=1, cache=False, progress=False)
+    assert 0 <= r.accuracy_mean <= 1
+
+
+def test_attention_labels_on_minilm(mr_small):
+    ds = get_method("attention-labels", outer_steps=1, length=8, real_batch=8).distill(
+        mr_small, 1, get_learner("minilm"), seed=0)
+    assert ds.attention_labels.shape == (2, 6, 12, 8)  # examples, layers, heads, CLS-row positions
+    torch.testing.assert_close(ds.attention_labels.sum(-1), torch.ones(2, 6, 12))
+    assert ds.recipe["attention_weight"] == 1.0
+
+
+def test_learner_checks():
+    with pytest.raises(ConfigError, match="needs a learner with token embeddings"):
+        get_method("bptt").check_learner(get_learner("minilm-frozen"))
+    with pytest.raises(ConfigError, match="needs a transformer learner"):
+        get_method("attention-labels").check_learner(get_learner("textcnn-glove"))
+    with pytest.raises(ConfigError, match="labels must be"):
+        get_method("bptt", labels="fuzzy")
