@@ -87,8 +87,11 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     start = time.time()
     ds = distiller.distill(task, args.dpc, learner, seed=args.seed)
     path = ds.save(args.out, overwrite=args.overwrite)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"distilled {task.name} with {args.method}: {len(ds)} examples ({args.dpc} per class) in "
-          f"{time.time() - start:.1f}s -> {path}")
+          f"{time.time() - start:.1f}s, peak memory {peak:.0f} MiB (process) -> {path}")
 
 
 def _load_artifact_task(ds, args: argparse.Namespace):

@@ -7,13 +7,14 @@ it (``differentiable=True``) and evaluation can run it without a graph.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .config import Config
 from .errors import ConfigError, TextDistillError
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ Params = dict[str, torch.Tensor]
 
 
 @dataclass
-class Recipe:
+class Recipe(Config):
     """How a learner trains on a (small) set: part of every evaluation result and artifact."""
 
     steps: int = 200
@@ -46,17 +47,6 @@ class Recipe:
             raise ConfigError(f"recipe schedule must be cosine, linear or constant, not {self.schedule!r}")
         if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1:
             raise ConfigError(f"recipe needs steps >= 1, lr > 0 and 0 <= warmup <= 1, got {self}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
 
     def lr_at(self, step: int) -> float:
         warm = int(self.warmup * self.steps)

@@ -3,40 +3,19 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import MISSING, asdict, dataclass, fields
 from typing import ClassVar
 
 import numpy as np
 
+from ..config import Config
 from ..data import Task
 from ..errors import ConfigError, DataError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 
 
-@dataclass
-class MethodConfig:
-    """Base of every method's config. Fields carry ``metadata={"help": ...}``: the CLI and YAML come from them."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "MethodConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown option(s) {sorted(unknown)} for {cls.__name__}; known: {sorted(known) or 'none'}")
-        return cls(**values)
-
-    @classmethod
-    def options(cls) -> list[tuple[str, type, object, str]]:
-        """(name, type, default, help) per field."""
-        out = []
-        for f in fields(cls):
-            default = f.default if f.default is not MISSING else None
-            out.append((f.name, type(default) if default is not None else str, default, f.metadata.get("help", "")))
-        return out
+class MethodConfig(Config):
+    """Base of every method's config (a dataclass; help text in each field's metadata)."""
 
 
 class Distiller:

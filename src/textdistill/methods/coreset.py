@@ -38,32 +38,20 @@ class CoresetDistiller(Distiller):
         )
 
 
-@dataclass
-class RandomConfig(MethodConfig):
-    pass
-
-
 @register_method
 class RandomSelection(CoresetDistiller):
     name = "random"
     description = "uniformly random real examples per class"
-    Config = RandomConfig
     needs_vectors = False
 
     def select(self, vectors, k, rng):
         return rng.choice(len(vectors), size=k, replace=False)
 
 
-@dataclass
-class KCenterConfig(MethodConfig):
-    pass
-
-
 @register_method
 class KCenter(CoresetDistiller):
     name = "kcenter"
     description = "greedy farthest-point (k-center) selection from a seeded random start"
-    Config = KCenterConfig
 
     def select(self, vectors, k, rng):
         picked = [int(rng.integers(len(vectors)))]
@@ -97,16 +85,10 @@ class KMeansNearest(CoresetDistiller):
         return np.array(picked)
 
 
-@dataclass
-class HerdingConfig(MethodConfig):
-    pass
-
-
 @register_method
 class Herding(CoresetDistiller):
     name = "herding"
     description = "herding (Welling 2009): greedily keep the running mean closest to the class mean"
-    Config = HerdingConfig
 
     def select(self, vectors, k, rng):
         mean = vectors.mean(0)
