@@ -181,7 +181,7 @@ class BPTT(Distiller):
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip)
             opt.step()
             history.append(loss)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{float(F.softplus(raw_lrs).mean()):.4f}")
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{float(F.softplus(raw_lrs.detach()).mean()):.4f}")
 
         lrs = F.softplus(raw_lrs).detach().cpu()
         attention = self.attention_targets(extra, mask)
