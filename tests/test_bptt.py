@@ -87,13 +87,13 @@ def test_chunked_real_loss_equals_one_pass():
 
 @pytest.fixture(scope="module")
 def bptt_set(mr_small):
-    return get_method("bptt", outer_steps=3, length=8, real_batch=16, labels="soft").distill(
+    return get_method("bptt", outer_steps=3, inner_steps=2, length=8, real_batch=16, labels="soft").distill(
         mr_small, 2, get_learner("textcnn-glove"), seed=0)
 
 
 def test_bptt_set_reloads_and_trains_the_same(bptt_set, mr_small, tmp_path):
     assert bptt_set.kind == "token-embeddings" and bptt_set.labels.dtype == torch.float32
-    assert bptt_set.recipe["optimizer"] == "sgd" and len(bptt_set.lrs) == 1
+    assert bptt_set.recipe["optimizer"] == "sgd" and len(bptt_set.lrs) == 2
     bptt_set.save(tmp_path / "b")
     back = DistilledDataset.load(tmp_path / "b")
     torch.testing.assert_close(back.lrs, bptt_set.lrs)
@@ -113,7 +113,7 @@ def test_decode_gives_a_text_set_any_learner_trains(bptt_set, mr_small):
 
 
 def test_attention_labels_on_minilm(mr_small):
-    ds = get_method("attention-labels", outer_steps=1, length=8, real_batch=8).distill(
+    ds = get_method("attention-labels", outer_steps=1, inner_steps=1, length=8, real_batch=8).distill(
         mr_small, 1, get_learner("minilm"), seed=0)
     assert ds.attention_labels.shape == (2, 6, 12, 8)  # examples, layers, heads, CLS-row positions
     torch.testing.assert_close(ds.attention_labels.sum(-1), torch.ones(2, 6, 12))

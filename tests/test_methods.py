@@ -15,8 +15,8 @@ from textdistill.synthetic import DistilledDataset
 
 # The learner each method is checked with (default minilm-frozen) and options that keep the check small.
 CONFORMANCE = {
-    "bptt": ("textcnn-glove", {"outer_steps": 2, "length": 8, "real_batch": 16}),
-    "attention-labels": ("minilm", {"outer_steps": 1, "length": 6, "real_batch": 8}),
+    "bptt": ("textcnn-glove", {"outer_steps": 2, "inner_steps": 2, "length": 8, "real_batch": 16}),
+    "attention-labels": ("minilm", {"outer_steps": 1, "inner_steps": 1, "length": 6, "real_batch": 8}),
 }
 
 

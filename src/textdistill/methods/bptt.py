@@ -28,15 +28,15 @@ from . import Distiller, MethodConfig, class_indices, register_method
 class BPTTConfig(MethodConfig):
     labels: str = field(default="soft", metadata={"help": "hard (fixed), soft (learned distribution) or "
                                                            "unrestricted (learned real vector)"})
-    inner_steps: int = field(default=1, metadata={"help": "unrolled SGD steps T on the synthetic set"})
+    inner_steps: int = field(default=10, metadata={"help": "unrolled SGD steps T on the synthetic set"})
     truncate: int = field(default=0, metadata={"help": "back-propagate through the last k inner steps only (0: all)"})
-    outer_steps: int = field(default=100, metadata={"help": "outer optimisation steps (one fresh learner each)"})
+    outer_steps: int = field(default=300, metadata={"help": "outer optimisation steps (one fresh learner each)"})
     outer_lr: float = field(default=0.01, metadata={"help": "outer learning rate for embeddings and labels"})
     lr_lr: float = field(default=0.01, metadata={"help": "outer learning rate for the (softplus) step sizes"})
     outer_optimizer: str = field(default="adam", metadata={"help": "adam or adamw"})
     clip: float = field(default=1.0, metadata={"help": "clip the outer gradient norm (0: off)"})
     init: str = field(default="real", metadata={"help": "real (embeddings of random real examples) or noise"})
-    init_lr: float = field(default=0.01, metadata={"help": "initial inner step size"})
+    init_lr: float = field(default=0.1, metadata={"help": "initial inner step size"})
     length: int = field(default=32, metadata={"help": "tokens per synthetic sentence"})
     real_batch: int = field(default=128, metadata={"help": "real examples per outer step"})
     chunk: int = field(default=64, metadata={"help": "real examples per forward pass of the outer loss (memory)"})

@@ -1,6 +1,6 @@
-"""Coreset baselines and full data under the evaluation protocol; prints a Markdown table.
+"""Methods, coreset baselines and full data under the evaluation protocol; prints Markdown tables.
 
-    python benchmarks/coresets.py --tasks mr bbc --learners minilm-frozen --dpc 1 5 10 20 --seeds 5
+    python benchmarks/compare.py --tasks mr bbc --learners minilm-frozen --dpc 1 5 10 20 --seeds 5
 
 Evaluations are cached (see textdistill.cache), so an interrupted run resumes where it stopped.
 """
@@ -15,6 +15,7 @@ import time
 import torch
 
 from textdistill.data import get_task
+from textdistill.decode import decode_to_text
 from textdistill.evaluate import evaluate
 from textdistill.learners import get_learner
 from textdistill.methods import get_method
@@ -71,6 +72,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="learner seeds per distilled set")
     ap.add_argument("--sets", type=int, default=1, help="distilled sets per cell (distillation seeds 0..K-1)")
     ap.add_argument("--full-seeds", type=int, default=None, help="learner seeds for full data (default: --seeds)")
+    ap.add_argument("--options", default="{}", help='method options as JSON, e.g. \'{"bptt": {"labels": "hard"}}\'')
+    ap.add_argument("--decode", action="store_true", help="also evaluate token-embedding sets decoded to text")
     ap.add_argument("--json", default=None, help="write every result here")
     ap.add_argument("--from-json", default=None, help="only print the tables of an earlier --json file")
     args = ap.parse_args()
@@ -79,26 +82,30 @@ def main() -> None:
             print(pivot(json.load(f)["results"]))
         return
 
-    rows, records = [], []
+    records = []
+    options = json.loads(args.options)
     for task_name in args.tasks:
         task = get_task(task_name)
         for learner_name in args.learners:
             learner = get_learner(learner_name)
             for method in args.methods:
                 for dpc in args.dpc:
-                    results, distill_s = [], 0.0
+                    results, decoded, distill_s = [], [], 0.0
                     for set_seed in range(args.sets):
                         t0 = time.time()
-                        ds = get_method(method).distill(task, dpc, learner, seed=set_seed)
+                        ds = get_method(method, **options.get(method, {})).distill(task, dpc, learner, seed=set_seed)
                         distill_s += (time.time() - t0) / args.sets
-                        (one,) = evaluate(task, ds, [learner_name], seeds=args.seeds, progress=False)
-                        results.append(one)
-                    r = pool(results)
-                    run_s = sum(x["seconds"] for x in r.runs) / len(r.runs)
-                    rows.append((task_name, learner_name, method, dpc, r.accuracy_mean, r.accuracy_std, distill_s, run_s))
-                    records.append({**r.to_dict(), "method": method, "dpc": dpc, "distill_seconds": distill_s})
-                    print(f"| {task_name} | {learner_name} | {method} | {dpc} | {100 * r.accuracy_mean:.1f} ± "
-                          f"{100 * r.accuracy_std:.1f} | {distill_s:.1f} | {run_s:.1f} |", flush=True)
+                        results += evaluate(task, ds, [learner_name], seeds=args.seeds, progress=False)
+                        if args.decode and ds.kind == "token-embeddings":
+                            decoded += evaluate(task, decode_to_text(ds), [learner_name], seeds=args.seeds, progress=False)
+                    for name, group in ((method, results), (f"{method}+decode", decoded)):
+                        if not group:
+                            continue
+                        r = pool(group)
+                        run_s = sum(x["seconds"] for x in r.runs) / len(r.runs)
+                        records.append({**r.to_dict(), "method": name, "dpc": dpc, "distill_seconds": distill_s})
+                        print(f"| {task_name} | {learner_name} | {name} | {dpc} | {100 * r.accuracy_mean:.1f} ± "
+                              f"{100 * r.accuracy_std:.1f} | {distill_s:.1f} | {run_s:.1f} |", flush=True)
             (r,) = evaluate(task, None, [learner_name], seeds=args.full_seeds or args.seeds, progress=False)
             run_s = sum(x["seconds"] for x in r.runs) / len(r.runs)
             records.append({**r.to_dict(), "method": "full", "dpc": None})
