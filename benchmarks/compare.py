@@ -21,8 +21,8 @@ from textdistill.learners import get_learner
 from textdistill.methods import get_method
 
 
-def pivot_seconds(r) -> float:
-    return sum(x["seconds"] for x in r["runs"]) / len(r["runs"])
+def seconds_per_run(runs: list[dict]) -> float:
+    return sum(x["seconds"] for x in runs) / len(runs)
 
 
 def pool(results):
@@ -55,7 +55,7 @@ def pivot(records: list[dict]) -> str:
                 for d in dpcs) + " |")
         for r in rs:
             if r["method"] == "full":
-                secs = pivot_seconds(r)
+                secs = seconds_per_run(r["runs"])
                 out.append(f"| full data ({r['train_set']['size']}) | {100 * r['accuracy_mean']:.1f} ± "
                            f"{100 * r['accuracy_std']:.1f} ({len(r['runs'])} seeds, {secs:.0f} s a run) |"
                            + " |" * (len(dpcs) - 1))
@@ -102,12 +102,12 @@ def main() -> None:
                         if not group:
                             continue
                         r = pool(group)
-                        run_s = sum(x["seconds"] for x in r.runs) / len(r.runs)
+                        run_s = seconds_per_run(r.runs)
                         records.append({**r.to_dict(), "method": name, "dpc": dpc, "distill_seconds": distill_s})
                         print(f"| {task_name} | {learner_name} | {name} | {dpc} | {100 * r.accuracy_mean:.1f} ± "
                               f"{100 * r.accuracy_std:.1f} | {distill_s:.1f} | {run_s:.1f} |", flush=True)
             (r,) = evaluate(task, None, [learner_name], seeds=args.full_seeds or args.seeds, progress=False)
-            run_s = sum(x["seconds"] for x in r.runs) / len(r.runs)
+            run_s = seconds_per_run(r.runs)
             records.append({**r.to_dict(), "method": "full", "dpc": None})
             print(f"| {task_name} | {learner_name} | full | all | {100 * r.accuracy_mean:.1f} ± "
                   f"{100 * r.accuracy_std:.1f} | - | {run_s:.1f} |", flush=True)
