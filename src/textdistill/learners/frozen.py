@@ -28,7 +28,9 @@ class FrozenEncoderLearner(Learner):
         return self.encoder.embedding_id  # same vectors as the encoder's coreset space: one cache
 
     def build(self, num_labels: int, seed: int) -> torch.nn.Module:
-        dim = int(self.encoder.sentence_vectors(["a"]).shape[1])
+        from transformers import AutoConfig
+
+        dim = AutoConfig.from_pretrained(self.encoder.path).hidden_size
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             return torch.nn.Linear(dim, num_labels)
@@ -40,7 +42,8 @@ class FrozenEncoderLearner(Learner):
         return functional_call(model, params, (inputs["features"],))
 
     def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        return self.encoder.sentence_vectors(texts, pairs)
+        # Same embedding_id and max_length as the encoder: one cache entry, computed and written once.
+        return self.encoder._sentence_vectors(texts, pairs)
 
     def describe(self) -> dict:
         return {**super().describe(), "encoder": self.encoder.describe()}

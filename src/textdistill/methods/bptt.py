@@ -162,6 +162,7 @@ class BPTT(Distiller):
                 return hard.to(cfg.device)
             return label_param.softmax(-1) if cfg.labels == "soft" else label_param
 
+        attention_weight = getattr(cfg, "attention_weight", 0.0)  # set by attention-labels
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
@@ -170,7 +171,7 @@ class BPTT(Distiller):
             trained = unroll(learner, model, {"inputs_embeds": x, "attention_mask": mask}, current_labels(),
                              F.softplus(raw_lrs), cfg.truncate, seed=step,
                              attention_labels=self.attention_targets(extra, mask),
-                             attention_weight=getattr(cfg, "attention_weight", 1.0))
+                             attention_weight=attention_weight)
             idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
             batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
             loss = real_loss(learner, model, trained, batch, real_y[idx].to(cfg.device), cfg.chunk, backward=True)
@@ -187,7 +188,7 @@ class BPTT(Distiller):
         attention = self.attention_targets(extra, mask)
         recipe = inner_recipe(n, cfg.inner_steps, float(lrs.mean())).to_dict()
         if attention is not None:
-            recipe["attention_weight"] = cfg.attention_weight  # type: ignore[attr-defined]
+            recipe["attention_weight"] = attention_weight
         return self._artifact(
             task, seed, kind="token-embeddings",
             labels=hard if cfg.labels == "hard" else current_labels().detach().cpu(),
