@@ -22,7 +22,7 @@ def key_of(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     os.close(fd)
@@ -39,7 +39,7 @@ def cached_array(kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.n
     if path.exists():
         return np.load(path, allow_pickle=False)
     value = np.ascontiguousarray(compute())
-    _atomic_write(path, lambda p: np.save(p, value, allow_pickle=False))
+    atomic_write(path, lambda p: np.save(p, value, allow_pickle=False))
     return value
 
 
@@ -48,5 +48,5 @@ def cached_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:
     if path.exists():
         return json.loads(path.read_text())
     value = compute()
-    _atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=1)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=1)))
     return value

@@ -1,4 +1,4 @@
-"""Command line: the same names as the Python API (list, distill, evaluate, show, demo)."""
+"""Command line: the same names as the Python API (list, distill, evaluate, show, decode, demo, bench, report, compare)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     from .learners import get_learner
+    from .measure import Meter
     from .methods import METHODS, get_method
 
     options: dict = {}
@@ -84,14 +85,12 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     task = _load_task(args)
     learner = get_learner(args.learner)
     distiller = get_method(args.method, **options)
-    start = time.time()
-    ds = distiller.distill(task, args.dpc, learner, seed=args.seed)
+    with Meter() as meter:
+        ds = distiller.distill(task, args.dpc, learner, seed=args.seed)
+    ds.log["distill_step"] = meter.result()
     path = ds.save(args.out, overwrite=args.overwrite)
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"distilled {task.name} with {args.method}: {len(ds)} examples ({args.dpc} per class) in "
-          f"{time.time() - start:.1f}s, peak memory {peak:.0f} MiB (process) -> {path}")
+          f"{meter.summary()} -> {path}")
 
 
 def _load_artifact_task(ds, args: argparse.Namespace):
@@ -195,6 +194,42 @@ def cmd_demo(args: argparse.Namespace) -> None:
           "in the user cache (TEXTDISTILL_CACHE), so a second run prints the same table in seconds.")
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import collect, load_suite, run_suite
+    from .report import write_report
+
+    suite = load_suite(args.suite)
+    if args.report_only:
+        collect(suite, args.out)
+    else:
+        run_suite(suite, args.out, device=args.device, shard=_parse_shard(args.shard))
+    md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}")
+    print(f"report: {md} and {page}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    md, page = write_report(args.dir, command=args.command_line)
+    print(f"report: {md} and {page}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .report import compare
+
+    print(compare(args.a, args.b))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="textdistill", description="Text dataset distillation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -241,6 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--full-seeds", type=int, default=5)
     s.add_argument("--out", default="runs/demo")
+
+    s = sub.add_parser("bench", help="run (or resume) a benchmark suite and write its report")
+    s.add_argument("suite", help="a suite YAML file (see benchmarks/*.yaml)")
+    s.add_argument("--out", required=True, help="result directory (cells/, sets/, results.json, report.*)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (distillation and evaluation)")
+    s.add_argument("--shard", default="0/1", help="I/N: run every N-th cell from the I-th (parallel processes)")
+    s.add_argument("--report-only", action="store_true", help="collect finished cells and render, run nothing")
+
+    s = sub.add_parser("report", help="render report.md and report.html again from DIR/results.json")
+    s.add_argument("dir")
+    s.add_argument("--command-line", help="the command that produced the results, shown at the top")
+
+    s = sub.add_parser("compare", help="compare two benchmark result directories cell by cell")
+    s.add_argument("a")
+    s.add_argument("b")
     return p
 
 
@@ -254,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_distill(args, extra)
         else:
             {"list": cmd_list, "evaluate": cmd_evaluate, "show": cmd_show, "decode": cmd_decode,
-             "demo": cmd_demo}[args.command](args)
+             "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report, "compare": cmd_compare}[args.command](args)
     except TextDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,288 @@
+"""Benchmark suites: tasks x methods x examples per class x learners x seeds, from one YAML file.
+
+Every finished cell is one JSON file under ``OUT/cells`` named by the fingerprint of its configuration, so an
+interrupted run (or one split into shards over several processes) resumes without redoing finished cells;
+distilled sets are saved under ``OUT/sets`` and evaluations go through the shared evaluation cache.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from .cache import atomic_write, key_of
+from .errors import ArtifactError, ConfigError
+
+
+@dataclass
+class Entry:
+    """One method column of a suite: a registered method with options, under a label."""
+
+    label: str
+    method: str
+    options: dict = field(default_factory=dict)
+    learner: str | None = None  # the space it distils in (default: the suite's first learner)
+    decode: bool = False  # also evaluate a token-embedding set decoded to text
+
+
+@dataclass
+class Published:
+    """A published number shown beside ours: dpc is an int or "full"."""
+
+    task: str
+    method: str
+    dpc: int | str
+    accuracy: float
+    source: str
+    learner: str | None = None
+
+
+@dataclass
+class Suite:
+    name: str
+    tasks: list[dict]  # {name, data_dir?, subset?}
+    learners: list[str]
+    methods: list[Entry]
+    dpc: list[int]
+    sets: int = 1  # distillation seeds 0..sets-1
+    seeds: int = 5  # learner seeds per set
+    full_seeds: int | None = None  # learner seeds on the full data (default: seeds)
+    recipe: dict = field(default_factory=dict)  # training recipe overrides for every evaluation
+    published: list[Published] = field(default_factory=list)
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_keys(where: str, values: dict, cls) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+
+
+def _entry(where: str, raw) -> Entry:
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    if not isinstance(raw, dict) or "method" not in raw:
+        raise ConfigError(f"{where}: a method is a name or a mapping with 'method'")
+    _check_keys(where, raw, Entry)
+    return Entry(**{"label": raw["method"], **raw})
+
+
+def parse_suite(raw: dict, where: str = "suite") -> Suite:
+    """A Suite from a YAML mapping, with every name and option checked before anything runs."""
+    from .methods import METHODS, get_method
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _check_keys(where, raw, Suite)
+    missing = [k for k in ("tasks", "learners", "methods", "dpc") if not raw.get(k)]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    tasks = [{"name": t} if isinstance(t, str) else t for t in raw["tasks"]]
+    for t in tasks:
+        if not isinstance(t, dict) or "name" not in t or set(t) - {"name", "data_dir", "subset"}:
+            raise ConfigError(f"{where}: a task is a name or a mapping of name, data_dir, subset; got {t!r}")
+    entries = [_entry(f"{where}: methods[{i}]", m) for i, m in enumerate(raw["methods"])]
+    if not any(e.method == "random" for e in entries):  # random is the floor every table is read against
+        entries.insert(0, Entry("random", "random"))
+    labels = [e.label for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: method labels must be unique, got {labels}")
+    for e in entries:
+        if e.method not in METHODS:
+            raise ConfigError(f"{where}: unknown method {e.method!r}; known: {', '.join(METHODS)}")
+        get_method(e.method, **e.options)  # checks the options
+    dpc = raw["dpc"] if isinstance(raw["dpc"], list) else [raw["dpc"]]
+    if not all(isinstance(d, int) and d >= 1 for d in dpc):
+        raise ConfigError(f"{where}: dpc must be positive integers, got {dpc}")
+    published = []
+    for i, p in enumerate(raw.get("published") or []):
+        _check_keys(f"{where}: published[{i}]", p, Published)
+        published.append(Published(**p))
+    learners = raw["learners"] if isinstance(raw["learners"], list) else [raw["learners"]]
+    return Suite(**{**raw, "tasks": tasks, "learners": learners, "methods": entries, "dpc": dpc,
+                    "published": published, "name": raw.get("name") or where})
+
+
+def load_suite(path: str | Path) -> Suite:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the suite ({e})") from None
+    if isinstance(raw, dict):
+        raw.setdefault("name", Path(path).stem)
+    return parse_suite(raw, str(path))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a distilled set (entry, dpc, set seed) with its evaluations, or the full data."""
+
+    task: int  # index into suite.tasks
+    entry: int | None = None  # index into suite.methods; None: full data
+    dpc: int | None = None
+    set_seed: int | None = None
+
+    def key(self, suite: Suite) -> str:
+        task = suite.tasks[self.task]
+        if self.entry is None:
+            return key_of("full", task, suite.learners, suite.full_seeds or suite.seeds, suite.recipe)
+        entry = suite.methods[self.entry]
+        return key_of("set", task, asdict(entry), entry.learner or suite.learners[0], self.dpc, self.set_seed,
+                      suite.learners, suite.seeds, suite.recipe)
+
+    def describe(self, suite: Suite) -> str:
+        task = suite.tasks[self.task]["name"]
+        if self.entry is None:
+            return f"{task} full data"
+        return f"{task} {suite.methods[self.entry].label} {self.dpc}/class set {self.set_seed}"
+
+
+def plan(suite: Suite) -> list[Cell]:
+    cells = []
+    for t in range(len(suite.tasks)):
+        cells += [Cell(t, e, d, s) for e in range(len(suite.methods)) for d in suite.dpc for s in range(suite.sets)]
+        cells.append(Cell(t))
+    return cells
+
+
+class Runner:
+    """Runs a suite's cells into ``out``; tasks and learners are loaded once per process."""
+
+    def __init__(self, suite: Suite, out: str | Path, device: str = "cpu") -> None:
+        self.suite, self.out, self.device = suite, Path(out), device
+        self._tasks: dict[int, object] = {}
+        self._learners: dict[str, object] = {}
+
+    def task(self, i: int):
+        from .data import get_task
+
+        if i not in self._tasks:
+            spec = self.suite.tasks[i]
+            self._tasks[i] = get_task(spec["name"], data_dir=spec.get("data_dir"), subset=spec.get("subset"))
+        return self._tasks[i]
+
+    def learner(self, name: str):
+        from .learners import get_learner
+
+        if name not in self._learners:
+            self._learners[name] = get_learner(name)
+        return self._learners[name]
+
+    def _evaluate(self, task, source, learner: str, seeds: int) -> tuple[dict, dict]:
+        from .evaluate import evaluate
+        from .measure import Meter
+
+        with Meter() as m:
+            (r,) = evaluate(task, source, [learner], seeds=seeds, recipe=self.suite.recipe, device=self.device,
+                            progress=False)
+        return r.to_dict(), m.result()
+
+    def _distilled(self, cell: Cell, key: str):
+        """The cell's distilled set: loaded when a finished one is on disk, else distilled and saved."""
+        from .measure import Meter
+        from .methods import get_method
+        from .synthetic import DistilledDataset
+
+        entry = self.suite.methods[cell.entry]
+        task = self.task(cell.task)
+        path = self.out / "sets" / f"{task.name}-{entry.label}-{cell.dpc}-s{cell.set_seed}"
+        if (path / "manifest.json").exists():
+            try:
+                ds = DistilledDataset.load(path)
+                if ds.log.get("bench_key") == key:
+                    return ds, path
+            except ArtifactError:
+                pass  # a damaged set is distilled again
+        method = get_method(entry.method, **entry.options)
+        if hasattr(method.config, "device"):
+            method.config.device = self.device
+        with Meter() as m:
+            ds = method.distill(task, cell.dpc, self.learner(entry.learner or self.suite.learners[0]),
+                                seed=cell.set_seed)
+        ds.log.update(bench_key=key, distill_step=m.result())
+        ds.save(path, overwrite=True)
+        return ds, path
+
+    def run_cell(self, cell: Cell) -> list[dict]:
+        from .decode import decode_to_text
+        from .measure import Meter
+
+        suite, task, key = self.suite, self.task(cell.task), cell.key(self.suite)
+        if cell.entry is None:
+            records = []
+            for name in suite.learners:
+                result, step = self._evaluate(task, None, name, suite.full_seeds or suite.seeds)
+                records.append({**result, "task": task.name, "method": "full", "dpc": None, "set_seed": None,
+                                "steps": {"evaluate": step}})
+            return records
+        entry = suite.methods[cell.entry]
+        ds, path = self._distilled(cell, key)
+        sets = [(entry.label, ds, {"distill": ds.log.get("distill_step")})]
+        if entry.decode and ds.kind == "token-embeddings":
+            with Meter() as m:
+                text = decode_to_text(ds)
+            sets.append((f"{entry.label}+text", text, {"decode": m.result()}))
+        records = []
+        for label, source, steps in sets:
+            bound = source.kind != "text" and (source.learner or {}).get("id")
+            for name in [bound] if bound else suite.learners:
+                result, step = self._evaluate(task, source, name, suite.seeds)
+                records.append({**result, "task": task.name, "method": label, "base_method": entry.method,
+                                "options": entry.options, "distill_learner": entry.learner or suite.learners[0],
+                                "dpc": cell.dpc, "set_seed": cell.set_seed, "kind": source.kind,
+                                "artifact": str(path.relative_to(self.out)),
+                                "steps": {**steps, "evaluate": step}})
+        return records
+
+
+def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[int, int] = (0, 1),
+              progress: bool = True) -> dict:
+    """Run (or resume) every cell of this shard, then write ``results.json`` from all finished cells."""
+    from .measure import environment
+
+    out = Path(out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "suite.json", lambda p: p.write_text(json.dumps(suite.to_dict(), indent=1)))
+    index, count = shard
+    mine = [c for i, c in enumerate(plan(suite)) if i % count == index]
+    todo = [c for c in mine if not (out / "cells" / f"{c.key(suite)}.json").exists()]
+    runner = Runner(suite, out, device)
+    env = environment()
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
+               disable=not progress)
+    for cell in todo:
+        bar.set_postfix_str(cell.describe(suite))
+        records = runner.run_cell(cell)
+        doc = {"key": cell.key(suite), "cell": cell.describe(suite), "environment": env, "device": device,
+               "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "records": records}
+        atomic_write(out / "cells" / f"{doc['key']}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
+        bar.update()
+    bar.close()
+    return collect(suite, out)
+
+
+def collect(suite: Suite, out: str | Path) -> dict:
+    """``results.json``: the suite, the environment, and every finished cell's records in plan order."""
+    out = Path(out)
+    records, missing, envs = [], [], []
+    for cell in plan(suite):
+        path = out / "cells" / f"{cell.key(suite)}.json"
+        if not path.exists():
+            missing.append(cell.describe(suite))
+            continue
+        doc = json.loads(path.read_text())
+        records += [{**r, "device": doc.get("device", "cpu")} for r in doc["records"]]
+        if doc["environment"] not in envs:
+            envs.append(doc["environment"])
+    results = {"suite": suite.to_dict(), "environments": envs, "records": records, "missing": missing}
+    atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(results, indent=1)))
+    return results

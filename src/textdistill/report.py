@@ -1,0 +1,261 @@
+"""Reports from a benchmark's ``results.json``: Markdown and self-contained HTML with PNG plots; comparisons."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import ConfigError
+
+# A report is a list of blocks, rendered once as Markdown and once as HTML:
+# ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", relative path, caption).
+
+
+def load_results(path: str | Path) -> dict:
+    path = Path(path)
+    path = path / "results.json" if path.is_dir() else path
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a benchmark results file ({e})") from None
+    if "records" not in results:
+        raise ConfigError(f"{path}: not a benchmark results file (no 'records')")
+    return results
+
+
+def aggregate(records: list[dict]) -> dict[tuple, dict]:
+    """(task, learner, method, dpc) -> every run pooled over distilled sets, with costs. dpc None is full data."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["learner"], r["method"], r["dpc"])].append(r)
+    out = {}
+    for key, rs in groups.items():
+        accs = [100 * x["accuracy"] for r in rs for x in r["runs"]]
+        mean = sum(accs) / len(accs)
+        distill = [r["steps"].get("distill") or r["steps"].get("decode") for r in rs]
+        distill = [d for d in distill if d]
+        out[key] = {
+            "mean": mean, "std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5, "runs": len(accs),
+            "sets": len(rs), "size": rs[0]["train_set"]["size"], "device": rs[0].get("device", "cpu"),
+            "distill_s": sum(d["seconds"] for d in distill) / len(distill) if distill else None,
+            "distill_mib": max(d["peak_rss_mib"] for d in distill) if distill else None,
+            "distill_cuda_mib": max((d.get("peak_cuda_mib") or 0) for d in distill) if distill else None,
+            "run_s": sum(x["seconds"] for r in rs for x in r["runs"]) / len(accs),
+        }
+    return out
+
+
+def _pm(cell: dict | None) -> str:
+    return "-" if cell is None else f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+
+
+def _ordered(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _plot_curves(path: Path, title: str, dpcs: list[int], series: dict[str, dict], full: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, cells in series.items():
+        xs = [d for d in dpcs if d in cells]
+        style = {"color": "gray", "linestyle": "--"} if method == "random" else {}
+        ax.errorbar(xs, [cells[d]["mean"] for d in xs], yerr=[cells[d]["std"] for d in xs], marker="o",
+                    capsize=3, label=method, **style)
+    if full:
+        ax.axhline(full["mean"], color="black", linestyle=":", label="full data")
+    ax.set_xscale("log")
+    ax.set_xticks(dpcs, [str(d) for d in dpcs])
+    ax.set_xlabel("examples per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_heatmap(path: Path, title: str, rows: list[str], cols: list[str], values: list[list[float | None]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(cols), 1 + 0.45 * len(rows)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=20)
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report_blocks(results: dict, out: Path, command: str | None = None) -> list[tuple]:
+    """The report's content; writes its PNG plots under ``out/plots``."""
+    suite, agg = results["suite"], aggregate(results["records"])
+    blocks: list[tuple] = [("h1", f"Benchmark report: {suite['name']}")]
+    if suite.get("description"):
+        blocks.append(("p", suite["description"]))
+    if command:
+        blocks.append(("p", f"Produced by `{command}`."))
+    for env in results.get("environments", []):
+        blocks.append(("p", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())))
+    if results.get("missing"):
+        blocks.append(("p", f"**Incomplete**: {len(results['missing'])} cell(s) not run yet: "
+                            + "; ".join(results["missing"][:10])))
+    blocks.append(("p", "Cells: test accuracy % (mean ± std over distilled sets x learner seeds), then the gain over "
+                        "random at the same budget in points and the fraction of full-data accuracy."))
+    tasks = _ordered(k[0] for k in agg)
+    for task in tasks:
+        blocks.append(("h2", task))
+        learners = _ordered(k[1] for k in agg if k[0] == task)
+        for learner in learners:
+            cells = {k: v for k, v in agg.items() if k[0] == task and k[1] == learner}
+            dpcs = sorted({k[3] for k in cells if k[3] is not None})
+            methods = _ordered(k[2] for k in cells if k[3] is not None)
+            full = cells.get((task, learner, "full", None))
+            rows = []
+            for m in methods:
+                row = [m]
+                for d in dpcs:
+                    c, base = cells.get((task, learner, m, d)), cells.get((task, learner, "random", d))
+                    text = _pm(c)
+                    if c and base and m != "random":
+                        text += f" ({c['mean'] - base['mean']:+.1f}"
+                        text += f", {100 * c['mean'] / full['mean']:.0f}%)" if full else ")"
+                    elif c and full:
+                        text += f" ({100 * c['mean'] / full['mean']:.0f}%)"
+                    row.append(text)
+                rows.append(row)
+            if full:
+                rows.append([f"full data ({full['size']})", _pm(full) + f" ({full['runs']} runs)"]
+                            + [""] * (len(dpcs) - 1))
+            blocks.append(("h3", f"{task}, learner {learner}"))
+            blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
+            if dpcs:
+                plot = Path("plots") / f"{task}-{learner}.png".replace("/", "_")
+                series = {m: {d: cells[(task, learner, m, d)] for d in dpcs if (task, learner, m, d) in cells}
+                          for m in methods}
+                _plot_curves(out / plot, f"{task}, {learner}", dpcs, series, full)
+                blocks.append(("img", str(plot), f"{task}, {learner}: accuracy against examples per class"))
+        blocks += _cross_architecture(agg, task, learners, out)
+        blocks += _costs(agg, task)
+    blocks += _published(results, agg)
+    return blocks
+
+
+def _cross_architecture(agg: dict, task: str, learners: list[str], out: Path) -> list[tuple]:
+    if len(learners) < 2:
+        return []
+    dpc = max(k[3] for k in agg if k[0] == task and k[3] is not None)
+    methods = _ordered(k[2] for k in agg if k[0] == task and k[3] == dpc)
+    methods = [m for m in methods if sum((task, l, m, dpc) in agg for l in learners) > 1] + ["full"]
+    values = [[agg[(task, l, m, None if m == "full" else dpc)]["mean"]
+               if (task, l, m, None if m == "full" else dpc) in agg else None for l in learners] for m in methods]
+    plot = Path("plots") / f"{task}-cross-architecture.png"
+    _plot_heatmap(out / plot, f"{task}: text sets at {dpc}/class across learners", methods, learners, values)
+    rows = [[m] + ["-" if v is None else f"{v:.1f}" for v in vs] for m, vs in zip(methods, values)]
+    return [("h3", f"{task}: cross-architecture ({dpc} per class; sets that any learner can read)"),
+            ("table", ["train set"] + learners, rows),
+            ("img", str(plot), f"{task}: cross-architecture heat map")]
+
+
+def _costs(agg: dict, task: str) -> list[tuple]:
+    rows = []
+    for (t, learner, method, dpc), c in agg.items():
+        if t != task or c["distill_s"] is None or method == "random":
+            continue
+        gpu = f", GPU {c['distill_cuda_mib']:.0f} MiB" if c["distill_cuda_mib"] else ""
+        rows.append([method, str(dpc), learner, f"{c['distill_s']:.1f}", f"{c['distill_mib']:.0f}{gpu}",
+                     f"{c['run_s']:.1f}", c["device"]])
+    if not rows:
+        return []
+    return [("h3", f"{task}: costs"),
+            ("table", ["method", "per class", "evaluated with", "distil s", "distil peak MiB", "s per eval run",
+                       "device"], rows)]
+
+
+def _published(results: dict, agg: dict) -> list[tuple]:
+    rows = []
+    for p in results["suite"].get("published", []):
+        dpc = None if p["dpc"] == "full" else p["dpc"]
+        ours = [v for k, v in agg.items() if k[0] == p["task"] and k[2] == p["method"] and k[3] == dpc
+                and (p.get("learner") is None or k[1] == p["learner"])]
+        rows.append([p["task"], p["method"], str(p["dpc"]), _pm(ours[0]) if ours else "not run",
+                     f"{p['accuracy']:.1f}", p["source"]])
+    if not rows:
+        return []
+    return [("h2", "Beside the published numbers"),
+            ("table", ["task", "method", "per class", "ours", "published", "source"], rows)]
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        if b[0] in ("h1", "h2", "h3"):
+            out.append("#" * int(b[0][1]) + " " + b[1])
+        elif b[0] == "p":
+            out.append(b[1])
+        elif b[0] == "table":
+            out.append("| " + " | ".join(b[1]) + " |\n|" + "---|" * len(b[1]))
+            out[-1] += "".join("\n| " + " | ".join(r) + " |" for r in b[2])
+        elif b[0] == "img":
+            out.append(f"![{b[2]}]({b[1]})")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[tuple], root: Path) -> str:
+    """One file that opens without a server: the plots are embedded as data URIs."""
+    body = []
+    for b in blocks:
+        if b[0] in ("h1", "h2", "h3", "p"):
+            body.append(f"<{b[0]}>{html.escape(b[1])}</{b[0]}>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif b[0] == "img":
+            data = base64.b64encode((root / b[1]).read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}figure{margin:1em 0}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>textdistill report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(out: str | Path, command: str | None = None) -> tuple[Path, Path]:
+    """Render ``out/report.md`` and ``out/report.html`` (with ``out/plots/*.png``) from ``out/results.json``."""
+    out = Path(out)
+    results = load_results(out)
+    blocks = report_blocks(results, out, command)
+    (out / "report.md").write_text(to_markdown(blocks))
+    (out / "report.html").write_text(to_html(blocks, out))
+    return out / "report.md", out / "report.html"
+
+
+def compare(a: str | Path, b: str | Path) -> str:
+    """A Markdown table of the cells two result directories share, with the difference, and those only one has."""
+    agg_a, agg_b = aggregate(load_results(a)["records"]), aggregate(load_results(b)["records"])
+    rows = []
+    for key in _ordered([*agg_a, *agg_b]):
+        ca, cb = agg_a.get(key), agg_b.get(key)
+        diff = f"{cb['mean'] - ca['mean']:+.1f}" if ca and cb else "only in " + ("A" if ca else "B")
+        rows.append([key[0], key[1], key[2], "full" if key[3] is None else str(key[3]), _pm(ca), _pm(cb), diff])
+    return to_markdown([("p", f"A: {a}  \nB: {b}"),
+                        ("table", ["task", "learner", "method", "per class", "A", "B", "B - A"], rows)])

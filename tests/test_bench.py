@@ -1,0 +1,155 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from textdistill.bench import Runner, collect, load_suite, parse_suite, plan, run_suite
+from textdistill.cli import main
+from textdistill.errors import ConfigError
+from textdistill.report import compare, write_report
+
+SUITES = Path(__file__).parent.parent / "benchmarks"
+SLICE = {"train_per_class": 12, "test_size": 60, "seed": 0}
+
+
+def tiny_smoke(**changes):
+    """benchmarks/smoke.yaml on a small slice of MR with fewer seeds (the CI run of the smoke suite)."""
+    raw = yaml.safe_load((SUITES / "smoke.yaml").read_text())
+    raw.update(tasks=[{"name": "mr", "subset": SLICE}], dpc=[2], sets=1, seeds=2, **changes)
+    return parse_suite(raw, "smoke")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh cache for evaluations and vectors that still sees the downloaded MR sdist."""
+    from textdistill.resources import cache_dir
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "downloads").symlink_to(cache_dir() / "downloads")
+    monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path / "cache"))
+
+
+def test_every_suite_in_benchmarks_parses():
+    for path in SUITES.glob("*.yaml"):
+        suite = load_suite(path)
+        assert suite.methods[0].method == "random" or any(e.method == "random" for e in suite.methods), path
+
+
+def test_smoke_suite_runs_and_reports(tmp_path, cache):
+    suite = tiny_smoke()
+    results = run_suite(suite, tmp_path / "out", progress=False)
+    assert not results["missing"]
+    methods = {(r["method"], r["dpc"]) for r in results["records"]}
+    assert methods == {("random", 2), ("herding", 2), ("kmeans", 2), ("full", None)}
+    for r in results["records"]:
+        assert len(r["runs"]) == 2 and 0 <= r["accuracy_mean"] <= 1
+        assert r["steps"]["evaluate"]["seconds"] >= 0 and r["steps"]["evaluate"]["peak_rss_mib"] > 0
+    md, page = write_report(tmp_path / "out")
+    assert "| herding |" in md.read_text() and "data:image/png;base64," in page.read_text()
+
+
+def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path, cache, monkeypatch):
+    suite, out = tiny_smoke(), tmp_path / "out"
+    calls = []
+    real = Runner.run_cell
+
+    def dies_on_the_third(self, cell):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(cell)
+        return real(self, cell)
+
+    monkeypatch.setattr(Runner, "run_cell", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, out, progress=False)
+    assert len(list((out / "cells").glob("*.json"))) == 2
+    assert len(collect(suite, out)["missing"]) == len(plan(suite)) - 2
+
+    resumed = []
+    monkeypatch.setattr(Runner, "run_cell", lambda self, cell: resumed.append(cell) or real(self, cell))
+    results = run_suite(suite, out, progress=False)
+    assert set(resumed) == set(plan(suite)) - set(calls) and not results["missing"]
+
+
+def test_shards_split_the_cells(tmp_path, cache):
+    suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
+    first = run_suite(suite, out, shard=(0, 2), progress=False)
+    assert first["missing"] and len(first["missing"]) < len(plan(suite))
+    assert not run_suite(suite, out, shard=(1, 2), progress=False)["missing"]
+
+
+def fake_results(shift=0.0):
+    """A results.json with two learners, two budgets, full data and a published number."""
+    records = []
+    for learner in ("minilm", "textcnn-glove"):
+        for method, base in (("random", 0.55), ("kmeans", 0.60), ("bptt+text", 0.58)):
+            for dpc in (1, 10):
+                acc = base + 0.01 * dpc + shift
+                records.append({"task": "mr", "learner": learner, "method": method, "dpc": dpc, "set_seed": 0,
+                                "train_set": {"size": 2 * dpc},
+                                "runs": [{"seed": s, "accuracy": acc + 0.01 * s, "seconds": 1.0} for s in range(3)],
+                                "steps": {"distill": {"seconds": 5.0, "peak_rss_mib": 700}, "evaluate": {}}})
+        records.append({"task": "mr", "learner": learner, "method": "full", "dpc": None, "set_seed": None,
+                        "train_set": {"size": 3000}, "runs": [{"seed": 0, "accuracy": 0.75, "seconds": 9.0}],
+                        "steps": {"evaluate": {}}})
+    published = [{"task": "mr", "method": "kmeans", "dpc": 10, "accuracy": 70.0, "source": "a paper",
+                  "learner": "minilm"}]
+    return {"suite": {"name": "fixture", "published": published}, "environments": [{"torch": "x"}],
+            "records": records, "missing": []}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(fake_results()))
+    return out
+
+
+def test_report_renders_tables_plots_and_published_numbers(results_dir):
+    md, page = write_report(results_dir, command="textdistill bench x.yaml --out a")
+    text = md.read_text()
+    assert "| kmeans | 62.0 ± 0.8 (+5.0, 83%) | 71.0 ± 0.8 (+5.0, 95%) |" in text
+    assert "| full data (3000) | 75.0 ± 0.0 (1 runs) |" in text
+    assert "| mr | kmeans | 10 | 71.0 ± 0.8 | 70.0 | a paper |" in text
+    assert "cross-architecture" in text and "`textdistill bench x.yaml --out a`" in text
+    plots = sorted(p.name for p in (results_dir / "plots").glob("*.png"))
+    assert plots == ["mr-cross-architecture.png", "mr-minilm.png", "mr-textcnn-glove.png"]
+    assert page.read_text().count("data:image/png;base64,") == 3
+
+
+def test_compare_two_result_directories(tmp_path, results_dir, capsys):
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps(fake_results(shift=0.02)))
+    table = compare(results_dir, other)
+    assert "| mr | minilm | kmeans | 10 | 71.0 ± 0.8 | 73.0 ± 0.8 | +2.0 |" in table
+    assert main(["compare", str(results_dir), str(other)]) == 0
+    assert "+2.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus": 1}, "unknown key"),
+    ({"methods": ["nope"]}, "unknown method 'nope'"),
+    ({"methods": [{"method": "kmeans", "options": {"n_clusters": 3}}]}, "unknown option"),
+    ({"dpc": [0]}, "positive integers"),
+    ({"methods": ["kmeans", {"method": "kmeans"}]}, "unique"),
+    ({"tasks": [{"name": "mr", "split": 1}]}, "a task is"),
+])
+def test_bad_suites_are_refused_before_anything_runs(change, message):
+    raw = yaml.safe_load((SUITES / "smoke.yaml").read_text())
+    raw.update(change)
+    with pytest.raises(ConfigError, match=message):
+        parse_suite(raw)
+
+
+def test_cli_bench_and_report(tmp_path, cache, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"tasks": [{"name": "mr", "subset": SLICE}], "learners": ["minilm-frozen"],
+                                     "methods": ["herding"], "dpc": [1], "seeds": 1}))
+    assert main(["bench", str(suite), "--out", str(tmp_path / "o")]) == 0
+    assert main(["report", str(tmp_path / "o")]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert main(["bench", str(suite), "--out", str(tmp_path / "o"), "--shard", "2/2"]) == 2
+    assert main(["report", str(tmp_path / "nothing")]) == 2
