@@ -147,11 +147,9 @@ class Cell:
 
 
 def plan(suite: Suite) -> list[Cell]:
-    cells = []
-    for t in range(len(suite.tasks)):
-        cells += [Cell(t, e, d, s) for e in range(len(suite.methods)) for d in suite.dpc for s in range(suite.sets)]
-        cells.append(Cell(t))
-    return cells
+    """Full data first, then budget by budget in the suite's order (list the budgets that matter most first)."""
+    tasks, methods, sets = range(len(suite.tasks)), range(len(suite.methods)), range(suite.sets)
+    return [Cell(t) for t in tasks] + [Cell(t, e, d, s) for d in suite.dpc for t in tasks for e in methods for s in sets]
 
 
 class Runner:

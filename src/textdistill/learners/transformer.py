@@ -61,7 +61,8 @@ class TransformerLearner(Learner):
 
             try:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
-                    self.path, num_labels=num_labels, attn_implementation="eager", output_loading_info=True)
+                    self.path, num_labels=num_labels, attn_implementation="eager", output_loading_info=True,
+                    dtype=torch.float32)  # float32 even for checkpoints stored in half precision
             except OSError as e:
                 raise ResourceMissing(f"cannot load model {self.name!r} ({e})") from None
             self._templates[key] = (model, list(info["missing_keys"]))
@@ -114,7 +115,7 @@ class TransformerLearner(Learner):
         from transformers import AutoModel
 
         _quiet_transformers()
-        encoder = AutoModel.from_pretrained(self.path).eval()
+        encoder = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval()
         out = []
         for start in range(0, len(texts), 128):
             batch = self.encode(texts[start : start + 128], None if pairs is None else pairs[start : start + 128])
