@@ -17,6 +17,10 @@ from textdistill.synthetic import DistilledDataset
 CONFORMANCE = {
     "bptt": ("textcnn-glove", {"outer_steps": 2, "inner_steps": 2, "length": 8, "real_batch": 16}),
     "attention-labels": ("minilm", {"outer_steps": 1, "inner_steps": 1, "length": 6, "real_batch": 8}),
+    "dc": ("textcnn-glove", {"outer_loops": 2, "inner_loops": 2, "length": 8, "real_batch": 8}),
+    "dm": ("minilm-frozen", {"iterations": 5}),
+    "mtt": ("minilm-frozen", {"iterations": 3, "experts": 1, "expert_epochs": 2, "max_start_epoch": 1,
+                              "match_epochs": 1, "syn_steps": 3, "eval_steps": 5}),
 }
 
 

@@ -37,6 +37,24 @@ class Learner(ABC):
     def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of ``model`` evaluated with ``params`` (``torch.func.functional_call``)."""
 
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The classifier head: what it reads is the learner's representation (``embed``)."""
+        return model.head
+
+    def head_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        own = {id(p) for p in self.head(model).parameters()}
+        return [k for k, p in model.named_parameters() if id(p) in own]
+
+    def embed(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The representation the head reads [n, d], through the same functional forward as the logits."""
+        seen: list[torch.Tensor] = []
+        hook = self.head(model).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        try:
+            self.forward(model, params, inputs)
+        finally:
+            hook.remove()
+        return seen[0][:, 0] if seen[0].dim() == 3 else seen[0]  # heads that read every position: the first
+
     @abstractmethod
     def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
 

@@ -41,6 +41,9 @@ class FrozenEncoderLearner(Learner):
     def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return functional_call(model, params, (inputs["features"],))
 
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model  # the whole model is the linear head; its input is the frozen sentence vector
+
     def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         # Same embedding_id and max_length as the encoder: one cache entry, computed and written once.
         return self.encoder._sentence_vectors(texts, pairs)

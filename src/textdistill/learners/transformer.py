@@ -95,6 +95,9 @@ class TransformerLearner(Learner):
         out = functional_call(model, params, args=(), kwargs={**inputs, "output_attentions": attentions})
         return (out.logits, out.attentions) if attentions else out.logits
 
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.classifier  # BERT-like heads read the pooled first token; RoBERTa-like read every position
+
     def input_embeddings(self, model: torch.nn.Module, params: Params, input_ids: torch.Tensor) -> torch.Tensor:
         """Word embeddings of token ids (the space of a token-embedding synthetic set)."""
         name = next(k for k, v in model.named_parameters() if v is model.get_input_embeddings().weight)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import ClassVar
 
 import numpy as np
 
 from ..config import Config
 from ..data import Task
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, TextDistillError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 
@@ -71,4 +72,15 @@ def class_indices(labels: list[int] | np.ndarray, classes: tuple[str, ...], dpc:
     return out
 
 
-from . import attention_labels, bptt, coreset  # noqa: E402,F401  (registration)
+def check_finite(method: str, loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise TextDistillError(f"{method}: the loss became {loss} at outer step {step}; lower the outer learning "
+                               "rate (--outer-lr) or the initial step size")
+
+
+def thin(history: list[float], points: int = 50) -> list[float]:
+    """A loss curve kept in the artifact's log at about ``points`` points."""
+    return [round(h, 4) for h in history[:: max(1, len(history) // points)]]
+
+
+from . import attention_labels, bptt, coreset, dc, dm, mtt  # noqa: E402,F401  (registration)

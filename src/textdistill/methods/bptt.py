@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import Task
-from ..errors import ConfigError, TextDistillError
+from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import Params, Recipe, batch_of, train
-from . import Distiller, MethodConfig, class_indices, register_method
+from . import Distiller, MethodConfig, check_finite, register_method, thin
+from .space import SyntheticSet, check_labels_and_init, real_inputs
 
 
 @dataclass
@@ -43,10 +44,7 @@ class BPTTConfig(MethodConfig):
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
-        if self.labels not in ("hard", "soft", "unrestricted"):
-            raise ConfigError(f"labels must be hard, soft or unrestricted, not {self.labels!r}")
-        if self.init not in ("real", "noise"):
-            raise ConfigError(f"init must be real or noise, not {self.init!r}")
+        check_labels_and_init(self.labels, self.init)
         if self.outer_optimizer not in ("adam", "adamw"):
             raise ConfigError(f"outer_optimizer must be adam or adamw, not {self.outer_optimizer!r}")
         if self.inner_steps < 1 or not 0 <= self.truncate <= self.inner_steps:
@@ -100,27 +98,6 @@ class BPTT(Distiller):
     description = "token-embedding sentences, soft labels and step sizes learned through unrolled training"
     Config = BPTTConfig
 
-    # -- the synthetic set as learnable tensors ----------------------------------------------------
-    def initial_set(self, task: Task, dpc: int, learner: Learner, rng: np.random.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inputs_embeds [n, L, d], attention_mask [n, L], hard labels [n])."""
-        cfg = self.config
-        texts, pairs, labels = task.columns("train")
-        per_class = class_indices(labels, task.spec.classes, dpc)
-        picked = np.concatenate([rng.choice(idx, size=dpc, replace=False) for idx in per_class])
-        y = torch.tensor([labels[i] for i in picked])
-        enc = learner.encode([texts[i] for i in picked], None if pairs is None else [pairs[i] for i in picked])
-        ids = F.pad(enc["input_ids"], (0, max(0, cfg.length - enc["input_ids"].shape[1])))[:, : cfg.length]
-        mask = F.pad(enc["attention_mask"], (0, max(0, cfg.length - enc["attention_mask"].shape[1])))[:, : cfg.length]
-        model = learner.build(task.num_classes, seed=0)
-        with torch.no_grad():
-            embeds = learner.input_embeddings(model, dict(model.named_parameters()), ids).float()
-            if cfg.init == "noise":
-                gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-                embeds = torch.randn(embeds.shape, generator=gen) * embeds[mask.bool()].std()
-                mask = torch.ones_like(mask)
-        return embeds, mask, y
-
     def extra_parameters(self, learner: Learner, task: Task, embeds: torch.Tensor, mask: torch.Tensor
                          ) -> dict[str, torch.Tensor]:
         """More learnable tensors (attention labels in the subclass)."""
@@ -140,44 +117,29 @@ class BPTT(Distiller):
         self.check_learner(learner)
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
-        embeds, mask, hard = self.initial_set(task, dpc, learner, rng)
-        n, classes = len(hard), task.num_classes
-        x = embeds.to(cfg.device).requires_grad_(True)
-        mask = mask.to(cfg.device)
-        label_param = (F.one_hot(hard, classes).float() * (3.0 if cfg.labels == "soft" else 1.0)).to(cfg.device)
-        label_param.requires_grad_(cfg.labels != "hard")
+        syn = SyntheticSet(task, dpc, learner, rng, labels=cfg.labels, init=cfg.init, length=cfg.length,
+                           device=cfg.device)
+        x, mask = syn.x, syn.fixed["attention_mask"]
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=cfg.device, requires_grad=True)
         extra = {k: v.to(cfg.device).requires_grad_(True) for k, v in self.extra_parameters(learner, task, x, mask).items()}
 
-        groups = [{"params": [x, *extra.values()] + ([label_param] if cfg.labels != "hard" else []), "lr": cfg.outer_lr},
+        groups = [{"params": syn.parameters() + list(extra.values()), "lr": cfg.outer_lr},
                   {"params": [raw_lrs], "lr": cfg.lr_lr}]
         opt = (torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.AdamW)(groups)
-
-        texts, pairs, labels = task.columns("train")
-        real = learner.encode(texts, pairs)
-        real_y = torch.tensor(labels)
-
-        def current_labels() -> torch.Tensor:
-            if cfg.labels == "hard":
-                return hard.to(cfg.device)
-            return label_param.softmax(-1) if cfg.labels == "soft" else label_param
+        real, real_y, _ = real_inputs(task, learner)
 
         attention_weight = getattr(cfg, "attention_weight", 0.0)  # set by attention-labels
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
-            model = learner.build(classes, seed=seed * 1_000_003 + step).to(cfg.device)
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + step).to(cfg.device)
             opt.zero_grad()
-            trained = unroll(learner, model, {"inputs_embeds": x, "attention_mask": mask}, current_labels(),
-                             F.softplus(raw_lrs), cfg.truncate, seed=step,
-                             attention_labels=self.attention_targets(extra, mask),
-                             attention_weight=attention_weight)
+            trained = unroll(learner, model, syn.inputs(), syn.labels(), F.softplus(raw_lrs), cfg.truncate, seed=step,
+                             attention_labels=self.attention_targets(extra, mask), attention_weight=attention_weight)
             idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
             batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
             loss = real_loss(learner, model, trained, batch, real_y[idx].to(cfg.device), cfg.chunk, backward=True)
-            if not math.isfinite(loss):
-                raise TextDistillError(f"{self.name}: the real loss became {loss} at outer step {step}; "
-                                       "lower --outer-lr or --init-lr")
+            check_finite(self.name, loss, step)
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip)
             opt.step()
@@ -186,14 +148,9 @@ class BPTT(Distiller):
 
         lrs = F.softplus(raw_lrs).detach().cpu()
         attention = self.attention_targets(extra, mask)
-        recipe = inner_recipe(n, cfg.inner_steps, float(lrs.mean())).to_dict()
+        recipe = inner_recipe(len(syn.hard), cfg.inner_steps, float(lrs.mean())).to_dict()
         if attention is not None:
             recipe["attention_weight"] = attention_weight
-        return self._artifact(
-            task, seed, kind="token-embeddings",
-            labels=hard if cfg.labels == "hard" else current_labels().detach().cpu(),
-            tensors={"inputs_embeds": x.detach().cpu(), "attention_mask": mask.cpu()},
-            lrs=lrs, attention_labels=None if attention is None else attention.detach().cpu(),
-            learner=learner.describe(), recipe=recipe,
-            log={"real_loss": [round(h, 4) for h in history[:: max(1, len(history) // 50)]]},
-        )
+        return syn.artifact(self, task, seed, lrs=lrs, recipe=recipe,
+                            attention_labels=None if attention is None else attention.detach().cpu(),
+                            log={"real_loss": thin(history)})

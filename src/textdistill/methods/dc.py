@@ -1,0 +1,119 @@
+"""dc, gradient matching (Zhao, Mopuri & Bilen 2021) on token embeddings or frozen sentence vectors.
+
+Per class, the learner's gradient on a synthetic batch is pulled towards its gradient on a real batch
+(layer-wise cosine distance, or squared error). Each outer loop starts a fresh learner; within it, matching
+steps alternate with a few training steps of the learner on the (detached) synthetic set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Task
+from ..errors import ConfigError
+from ..learners import Learner
+from ..synthetic import DistilledDataset
+from ..train import Params, Recipe, batch_of, loss_fn, train
+from . import Distiller, MethodConfig, check_finite, register_method, thin
+from .space import SyntheticSet, check_labels_and_init, fresh_parameters, real_inputs
+
+
+@dataclass
+class DCConfig(MethodConfig):
+    labels: str = field(default="hard", metadata={"help": "hard, soft (learned distribution) or unrestricted"})
+    distance: str = field(default="cos", metadata={"help": "cos (layer-wise 1 - cosine) or mse"})
+    classifier_only: bool = field(default=False, metadata={"help": "match only the head's gradients (as DiLM)"})
+    outer_loops: int = field(default=100, metadata={"help": "fresh learner initialisations"})
+    inner_loops: int = field(default=10, metadata={"help": "matching steps per initialisation"})
+    net_steps: int = field(default=1, metadata={"help": "learner training steps on the set after each match"})
+    net_lr: float = field(default=0.01, metadata={"help": "SGD step size of those training steps"})
+    outer_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the synthetic inputs and labels"})
+    real_batch: int = field(default=64, metadata={"help": "real examples per class per matching step"})
+    init: str = field(default="real", metadata={"help": "real or noise"})
+    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        check_labels_and_init(self.labels, self.init)
+        if self.distance not in ("cos", "mse"):
+            raise ConfigError(f"distance must be cos or mse, not {self.distance!r}")
+
+
+def gradient_distance(a: list[torch.Tensor], b: list[torch.Tensor], kind: str = "cos") -> torch.Tensor:
+    """Sum over parameter tensors of the distance between two gradients; zero when they are equal.
+
+    cos: each tensor is viewed as [output units, rest] and contributes sum(1 - cosine) over its rows.
+    """
+    total = a[0].new_zeros(())
+    for ga, gb in zip(a, b):
+        if kind == "mse":
+            total = total + ((ga - gb) ** 2).sum()
+        else:
+            ra, rb = ga.reshape(ga.shape[0], -1) if ga.dim() > 1 else ga[None], gb.reshape(gb.shape[0], -1) if gb.dim() > 1 else gb[None]
+            cos = (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1) + 1e-8)
+            total = total + (1 - cos).sum()
+    return total
+
+
+def class_gradients(learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
+                    inputs: dict[str, torch.Tensor], labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+    loss = loss_fn(learner.forward(model, params, inputs), labels)
+    grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)]
+
+
+@register_method
+class DC(Distiller):
+    name = "dc"
+    description = "gradient matching per class (token embeddings or frozen sentence vectors)"
+    Config = DCConfig
+
+    def matching_loss(self, learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
+                      syn: SyntheticSet, real: dict[str, torch.Tensor], real_y: torch.Tensor,
+                      per_class: list[np.ndarray], rng: np.random.Generator) -> torch.Tensor:
+        """The mean over classes of the distance between synthetic and real gradients."""
+        cfg, total = self.config, 0.0
+        labels = syn.labels()
+        for c, rows in enumerate(per_class):
+            idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
+            batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
+            g_real = [g.detach() for g in class_gradients(learner, model, params, names, batch,
+                                                          real_y[idx].to(cfg.device), create_graph=False)]
+            own = syn.rows_of(c)
+            g_syn = class_gradients(learner, model, params, names, syn.inputs(own), labels[own], create_graph=True)
+            total = total + gradient_distance(g_syn, g_real, cfg.distance)
+        return total / len(per_class)
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        syn = SyntheticSet(task, dpc, learner, rng, labels=cfg.labels, init=cfg.init, length=cfg.length,
+                           device=cfg.device)
+        real, real_y, per_class = real_inputs(task, learner)
+        opt = torch.optim.Adam(syn.parameters(), lr=cfg.outer_lr)
+        net_recipe = Recipe(steps=max(1, cfg.net_steps), lr=cfg.net_lr, batch_size=len(syn.hard), warmup=0.0,
+                            schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
+        history = []
+        bar = tqdm(range(cfg.outer_loops), desc=f"dc {task.name} {dpc}/class", leave=False)
+        for outer in bar:
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(cfg.device).eval()
+            params = fresh_parameters(model)
+            names = learner.head_parameter_names(model) if cfg.classifier_only else [
+                k for k, v in model.named_parameters() if v.requires_grad]
+            for inner in range(cfg.inner_loops):
+                loss = self.matching_loss(learner, model, params, names, syn, real, real_y, per_class, rng)
+                check_finite(self.name, loss.item(), outer)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                history.append(loss.item())
+                if cfg.net_steps and inner < cfg.inner_loops - 1:
+                    params = train(learner, model, syn.inputs(detach=True), syn.labels(detach=True), net_recipe,
+                                   seed=outer, params=params, device=cfg.device)
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+        return syn.artifact(self, task, seed, log={"matching_loss": thin(history)})

@@ -1,0 +1,108 @@
+"""dm, distribution matching (Zhao & Bilen 2023) on token embeddings or frozen sentence vectors.
+
+Per class, the mean representation (what the learner's head reads) of the synthetic examples is pulled to
+that of a real batch, under a freshly initialised learner each step (for pretrained transformers the body
+stays pretrained, so the space is fixed); optionally the MMD with a Gaussian kernel. With minilm-frozen the
+representation is the frozen sentence vector itself: this is the first stage of LM-embedding-space
+distillation (Tao et al. 2024). The labels play no part in the objective: soft labels come from a teacher
+(the learner trained on the full data with its own recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Task
+from ..errors import ConfigError
+from ..learners import Learner
+from ..synthetic import DistilledDataset
+from ..train import batch_of, train
+from . import Distiller, MethodConfig, check_finite, register_method, thin
+from .space import SyntheticSet, check_labels_and_init, fresh_parameters, real_inputs
+
+
+@dataclass
+class DMConfig(MethodConfig):
+    labels: str = field(default="hard", metadata={"help": "hard, or soft (a teacher's predicted distribution)"})
+    kernel: str = field(default="mean", metadata={"help": "mean (squared distance of class means) or mmd (Gaussian)"})
+    bandwidth: float = field(default=0.0, metadata={"help": "MMD kernel width (0: the median pairwise distance)"})
+    iterations: int = field(default=1000, metadata={"help": "matching steps (a fresh learner each)"})
+    outer_lr: float = field(default=0.05, metadata={"help": "Adam learning rate of the synthetic inputs"})
+    real_batch: int = field(default=128, metadata={"help": "real examples per class per step"})
+    init: str = field(default="real", metadata={"help": "real or noise"})
+    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        check_labels_and_init(self.labels, self.init)
+        if self.labels == "unrestricted":
+            raise ConfigError("dm does not learn labels: use hard or soft (a teacher's distribution)")
+        if self.kernel not in ("mean", "mmd"):
+            raise ConfigError(f"kernel must be mean or mmd, not {self.kernel!r}")
+
+
+def mmd(a: torch.Tensor, b: torch.Tensor, bandwidth: float = 0.0) -> torch.Tensor:
+    """Squared maximum mean discrepancy between two samples under a Gaussian kernel (biased estimate)."""
+    both = torch.cat([a, b])
+    d2 = torch.cdist(both, both).pow(2)
+    if not bandwidth:
+        bandwidth = float(d2.detach()[d2.detach() > 0].median().sqrt()) if (d2.detach() > 0).any() else 1.0
+    k = torch.exp(-d2 / (2 * bandwidth**2))
+    n = len(a)
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+def distribution_distance(syn: torch.Tensor, real: torch.Tensor, kernel: str, bandwidth: float = 0.0) -> torch.Tensor:
+    if kernel == "mmd":
+        return mmd(syn, real, bandwidth)
+    return ((syn.mean(0) - real.mean(0)) ** 2).sum()
+
+
+def teacher_labels(learner: Learner, task: Task, inputs: dict[str, torch.Tensor], device: str, seed: int) -> torch.Tensor:
+    """Soft labels for synthetic inputs: the softmax of the learner trained on the full training split."""
+    real, real_y, _ = real_inputs(task, learner)
+    model = learner.build(task.num_classes, seed)
+    params = train(learner, model, real, real_y, learner.default_recipe, seed=seed, device=device)
+    model.eval()
+    with torch.no_grad():
+        return learner.forward(model, params, {k: v.to(device) for k, v in inputs.items()}).softmax(-1).cpu()
+
+
+@register_method
+class DM(Distiller):
+    name = "dm"
+    description = "distribution matching of per-class representations (mean or MMD) under fresh learners"
+    Config = DMConfig
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        syn = SyntheticSet(task, dpc, learner, rng, labels="hard", init=cfg.init, length=cfg.length, device=cfg.device)
+        real, _, per_class = real_inputs(task, learner)
+        opt = torch.optim.Adam([syn.x], lr=cfg.outer_lr)
+        history = []
+        bar = tqdm(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
+        for it in bar:
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(cfg.device).eval()
+            params = fresh_parameters(model)
+            loss = 0.0
+            for c, rows in enumerate(per_class):
+                idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
+                with torch.no_grad():
+                    real_emb = learner.embed(model, params, {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()})
+                syn_emb = learner.embed(model, params, syn.inputs(syn.rows_of(c)))
+                loss = loss + distribution_distance(syn_emb, real_emb, cfg.kernel, cfg.bandwidth)
+            loss = loss / len(per_class)
+            check_finite(self.name, loss.item(), it)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+        labels = teacher_labels(learner, task, syn.inputs(detach=True), cfg.device, seed) if cfg.labels == "soft" else None
+        return syn.artifact(self, task, seed, labels=labels, log={"matching_loss": thin(history)})

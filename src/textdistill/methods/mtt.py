@@ -1,0 +1,148 @@
+"""mtt, trajectory matching (Cazenavette et al. 2022) on token embeddings or frozen sentence vectors.
+
+A buffer step trains expert learners on the real data with SGD and saves their parameters after every epoch
+(one file per expert in the cache, so an interrupted buffer resumes with the experts it lacks). Each
+distillation step starts a student at a random expert epoch, trains it S steps on the synthetic set with a
+learnable step size, and pulls its parameters towards the expert's M epochs later (squared distance
+normalised by how far the expert itself moved).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..cache import atomic_write, key_of
+from ..data import Task
+from ..errors import ConfigError
+from ..learners import Learner
+from ..resources import cache_dir
+from ..synthetic import DistilledDataset
+from ..train import Recipe, train
+from . import Distiller, MethodConfig, check_finite, register_method, thin
+from .bptt import inverse_softplus
+from .space import SyntheticSet, check_labels_and_init, real_inputs
+
+
+@dataclass
+class MTTConfig(MethodConfig):
+    labels: str = field(default="hard", metadata={"help": "hard, soft (learned distribution) or unrestricted"})
+    experts: int = field(default=5, metadata={"help": "expert trajectories in the buffer"})
+    expert_epochs: int = field(default=5, metadata={"help": "epochs each expert trains on the real data"})
+    expert_lr: float = field(default=0.01, metadata={"help": "the experts' SGD step size"})
+    expert_batch: int = field(default=64, metadata={"help": "the experts' batch size"})
+    max_start_epoch: int = field(default=3, metadata={"help": "students start at an expert epoch below this"})
+    match_epochs: int = field(default=2, metadata={"help": "M: match the expert this many epochs later"})
+    syn_steps: int = field(default=20, metadata={"help": "S: student steps on the synthetic set"})
+    syn_batch: int = field(default=0, metadata={"help": "synthetic examples per student step (0: all)"})
+    iterations: int = field(default=500, metadata={"help": "distillation steps"})
+    outer_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the synthetic inputs and labels"})
+    init_lr: float = field(default=0.0, metadata={"help": "initial student step size, learned (0: the expert's "
+                                                          "step size x its steps in M epochs / S)"})
+    lr_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the (softplus) step size"})
+    eval_steps: int = field(default=300, metadata={"help": "SGD steps a learner takes on the finished set"})
+    init: str = field(default="real", metadata={"help": "real or noise"})
+    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
+    buffer_dir: str = field(default="", metadata={"help": "where expert trajectories live (default: the cache)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        check_labels_and_init(self.labels, self.init)
+        if self.max_start_epoch < 1 or self.max_start_epoch + self.match_epochs > self.expert_epochs:
+            raise ConfigError("need 1 <= max_start_epoch and max_start_epoch + match_epochs <= expert_epochs")
+
+
+def expert_recipe(cfg: MTTConfig, n: int) -> Recipe:
+    """Plain SGD at a constant step size, one epoch per call: trajectories that a student can follow."""
+    return Recipe(steps=math.ceil(n / cfg.expert_batch), lr=cfg.expert_lr, batch_size=cfg.expert_batch, warmup=0.0,
+                  schedule="constant", weight_decay=0.0, optimizer="sgd")
+
+
+def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True) -> list[Path]:
+    """Expert trajectories (trainable parameters after each epoch, epoch 0 = the init), trained if missing."""
+    real, real_y, _ = real_inputs(task, learner)
+    recipe = expert_recipe(cfg, len(real_y))
+    key = key_of(task.fingerprint, learner.describe(), recipe.to_dict(), cfg.expert_epochs)
+    root = Path(cfg.buffer_dir) if cfg.buffer_dir else cache_dir() / "trajectories"
+    folder = root / f"{task.name}-{learner.name.replace('/', '_')}-{key}"
+    paths = [folder / f"expert-{i}.safetensors" for i in range(cfg.experts)]
+    for i, path in enumerate(tqdm(paths, desc="mtt experts", leave=False, disable=not progress)):
+        if path.exists():
+            continue
+        model = learner.build(task.num_classes, seed=10_000 + i)
+        trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+        params = dict(model.named_parameters())
+        snapshots = {f"0/{k}": params[k].detach().clone() for k in trainable}
+        for epoch in range(1, cfg.expert_epochs + 1):
+            params = train(learner, model, real, real_y, recipe, seed=10_000 * i + epoch, params=params,
+                           device=cfg.device)
+            snapshots.update({f"{epoch}/{k}": params[k].detach().cpu().clone() for k in trainable})
+        atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in snapshots.items()}, str(p)))
+    return paths
+
+
+def epoch_params(trajectory: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+    prefix = f"{epoch}/"
+    return {k[len(prefix):]: v for k, v in trajectory.items() if k.startswith(prefix)}
+
+
+def trajectory_loss(student: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
+                    target: dict[str, torch.Tensor]) -> torch.Tensor:
+    """||student - target||^2 / ||start - target||^2 over all trainable parameters; 0 when they coincide."""
+    num = sum(((student[k] - target[k]) ** 2).sum() for k in target)
+    den = sum(((start[k] - target[k]) ** 2).sum() for k in target)
+    return num / den.clamp_min(1e-12)
+
+
+@register_method
+class MTT(Distiller):
+    name = "mtt"
+    description = "trajectory matching against expert learners trained on the real data"
+    Config = MTTConfig
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        syn = SyntheticSet(task, dpc, learner, rng, labels=cfg.labels, init=cfg.init, length=cfg.length,
+                           device=cfg.device)
+        paths = buffer(task, learner, cfg)
+        # By default the student starts out covering the expert's distance: S steps of the summed step size.
+        init_lr = cfg.init_lr or cfg.expert_lr * cfg.match_epochs * expert_recipe(cfg, len(task.train)).steps / cfg.syn_steps
+        raw_lr = torch.tensor(inverse_softplus(init_lr), device=cfg.device, requires_grad=True)
+        opt = torch.optim.Adam([{"params": syn.parameters(), "lr": cfg.outer_lr}, {"params": [raw_lr], "lr": cfg.lr_lr}])
+        n = len(syn.hard)
+        student_recipe = Recipe(steps=cfg.syn_steps, lr=init_lr, batch_size=cfg.syn_batch or n, warmup=0.0,
+                                schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
+        model = learner.build(task.num_classes, seed=0).to(cfg.device)
+        trajectories = [load_file(str(p), device=cfg.device) for p in paths]
+        history = []
+        bar = tqdm(range(cfg.iterations), desc=f"mtt {task.name} {dpc}/class", leave=False)
+        for it in bar:
+            trajectory = trajectories[int(rng.integers(len(trajectories)))]
+            epoch = int(rng.integers(cfg.max_start_epoch))
+            start = epoch_params(trajectory, epoch)
+            target = epoch_params(trajectory, epoch + cfg.match_epochs)
+            student = train(learner, model, syn.inputs(), syn.labels(), student_recipe, seed=it,
+                            lrs=F.softplus(raw_lr).expand(cfg.syn_steps),
+                            params={k: v.clone().requires_grad_(True) for k, v in start.items()},
+                            differentiable=True, device=cfg.device)
+            loss = trajectory_loss(student, start, target)
+            check_finite(self.name, loss.item(), it)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
+            bar.set_postfix(loss=f"{history[-1]:.4f}", lr=f"{float(F.softplus(raw_lr.detach())):.4f}")
+        lr = float(F.softplus(raw_lr.detach()))
+        recipe = Recipe(steps=cfg.eval_steps, lr=lr, batch_size=cfg.syn_batch or n, warmup=0.0, schedule="constant",
+                        weight_decay=0.0, optimizer="sgd", dropout=False)
+        return syn.artifact(self, task, seed, recipe=recipe.to_dict(),
+                            log={"trajectory_loss": thin(history), "learned_lr": lr, "buffer": str(paths[0].parent)})
