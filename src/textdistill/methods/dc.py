@@ -43,13 +43,16 @@ class DCConfig(MethodConfig):
             raise ConfigError(f"distance must be cos or mse, not {self.distance!r}")
 
 
-def gradient_distance(a: list[torch.Tensor], b: list[torch.Tensor], kind: str = "cos") -> torch.Tensor:
+def gradient_distance(a: list[torch.Tensor | None], b: list[torch.Tensor | None], kind: str = "cos") -> torch.Tensor:
     """Sum over parameter tensors of the distance between two gradients; zero when they are equal.
 
     cos: each tensor is viewed as [output units, rest] and contributes sum(1 - cosine) over its rows.
+    A tensor one side does not reach (word embeddings under inputs_embeds) is left out.
     """
-    total = a[0].new_zeros(())
+    total = next(g for g in a if g is not None).new_zeros(())
     for ga, gb in zip(a, b):
+        if ga is None or gb is None:
+            continue
         if kind == "mse":
             total = total + ((ga - gb) ** 2).sum()
         else:
@@ -60,10 +63,9 @@ def gradient_distance(a: list[torch.Tensor], b: list[torch.Tensor], kind: str = 
 
 
 def class_gradients(learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
-                    inputs: dict[str, torch.Tensor], labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+                    inputs: dict[str, torch.Tensor], labels: torch.Tensor, create_graph: bool) -> list[torch.Tensor | None]:
     loss = loss_fn(learner.forward(model, params, inputs), labels)
-    grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)]
+    return list(torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph, allow_unused=True))
 
 
 @register_method
@@ -81,7 +83,7 @@ class DC(Distiller):
         for c, rows in enumerate(per_class):
             idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
             batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
-            g_real = [g.detach() for g in class_gradients(learner, model, params, names, batch,
+            g_real = [g if g is None else g.detach() for g in class_gradients(learner, model, params, names, batch,
                                                           real_y[idx].to(cfg.device), create_graph=False)]
             own = syn.rows_of(c)
             g_syn = class_gradients(learner, model, params, names, syn.inputs(own), labels[own], create_graph=True)

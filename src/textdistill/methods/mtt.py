@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -74,18 +75,25 @@ def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True) 
     folder = root / f"{task.name}-{learner.name.replace('/', '_')}-{key}"
     paths = [folder / f"expert-{i}.safetensors" for i in range(cfg.experts)]
     for i, path in enumerate(tqdm(paths, desc="mtt experts", leave=False, disable=not progress)):
-        if path.exists():
-            continue
-        model = learner.build(task.num_classes, seed=10_000 + i)
-        trainable = [k for k, v in model.named_parameters() if v.requires_grad]
-        params = dict(model.named_parameters())
-        snapshots = {f"0/{k}": params[k].detach().clone() for k in trainable}
-        for epoch in range(1, cfg.expert_epochs + 1):
-            params = train(learner, model, real, real_y, recipe, seed=10_000 * i + epoch, params=params,
-                           device=cfg.device)
-            snapshots.update({f"{epoch}/{k}": params[k].detach().cpu().clone() for k in trainable})
-        atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in snapshots.items()}, str(p)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):  # parallel runs share experts instead of training them twice
+            if not path.exists():
+                train_expert(task, learner, real, real_y, recipe, cfg, i, path)
     return paths
+
+
+def train_expert(task: Task, learner: Learner, real: dict[str, torch.Tensor], real_y: torch.Tensor, recipe: Recipe,
+                 cfg: MTTConfig, i: int, path: Path) -> None:
+    """One expert: SGD epochs on the real data, its trainable parameters saved after each, written at the end."""
+    model = learner.build(task.num_classes, seed=10_000 + i)
+    trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+    params = dict(model.named_parameters())
+    snapshots = {f"0/{k}": params[k].detach().clone() for k in trainable}
+    for epoch in range(1, cfg.expert_epochs + 1):
+        params = train(learner, model, real, real_y, recipe, seed=10_000 * i + epoch, params=params,
+                       device=cfg.device)
+        snapshots.update({f"{epoch}/{k}": params[k].detach().cpu().clone() for k in trainable})
+    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in snapshots.items()}, str(p)))
 
 
 def epoch_params(trajectory: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
