@@ -155,7 +155,7 @@ def train(
     attention_labels: torch.Tensor | None = None,
     params: Params | None = None,
     differentiable: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = False,
 ) -> Params:
     """Train ``model``'s parameters on (inputs, labels) and return them (the module is not modified).
@@ -167,6 +167,7 @@ def train(
     and ``lrs``, for unrolled (bi-level) optimisation.
     """
     n = labels.shape[0]
+    device = device or next(iter(inputs.values())).device  # default: where the inputs are (unrolled callers)
     batch_size = min(recipe.batch_size or 64, n)
     steps = len(lrs) if lrs is not None else recipe.steps
     gen = torch.Generator().manual_seed(seed)
