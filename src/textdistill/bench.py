@@ -135,9 +135,12 @@ class Cell:
         task = suite.tasks[self.task]
         if self.entry is None:
             return key_of("full", task, suite.learners, suite.full_seeds or suite.seeds, suite.recipe)
+        from .methods import get_method
+
         entry = suite.methods[self.entry]
-        return key_of("set", task, asdict(entry), entry.learner or suite.learners[0], self.dpc, self.set_seed,
-                      suite.learners, suite.seeds, suite.recipe)
+        config = get_method(entry.method, **entry.options).config.to_dict()  # defaults count: a new default, a new cell
+        return key_of("set", task, asdict(entry), config, entry.learner or suite.learners[0], self.dpc,
+                      self.set_seed, suite.learners, suite.seeds, suite.recipe)
 
     def describe(self, suite: Suite) -> str:
         task = suite.tasks[self.task]["name"]

@@ -45,8 +45,7 @@ class MTTConfig(MethodConfig):
     syn_batch: int = field(default=0, metadata={"help": "synthetic examples per student step (0: all)"})
     iterations: int = field(default=500, metadata={"help": "distillation steps"})
     outer_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the synthetic inputs and labels"})
-    init_lr: float = field(default=0.0, metadata={"help": "initial student step size, learned (0: the expert's "
-                                                          "step size x its steps in M epochs / S)"})
+    init_lr: float = field(default=0.0, metadata={"help": "initial student step size, learned (0: the experts')"})
     lr_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the (softplus) step size"})
     eval_steps: int = field(default=300, metadata={"help": "SGD steps a learner takes on the finished set"})
     init: str = field(default="real", metadata={"help": "real or noise"})
@@ -122,8 +121,10 @@ class MTT(Distiller):
         syn = SyntheticSet(task, dpc, learner, rng, labels=cfg.labels, init=cfg.init, length=cfg.length,
                            device=cfg.device)
         paths = buffer(task, learner, cfg)
-        # By default the student starts out covering the expert's distance: S steps of the summed step size.
-        init_lr = cfg.init_lr or cfg.expert_lr * cfg.match_epochs * expert_recipe(cfg, len(task.train)).steps / cfg.syn_steps
+        # As in the MTT paper, the student starts with the experts' step size. (Scaling it up to cover the
+        # experts' M epochs in S steps overshot by 10x and more: a few synthetic examples give consistent
+        # gradients, real mini-batches partly cancel.)
+        init_lr = cfg.init_lr or cfg.expert_lr
         raw_lr = torch.tensor(inverse_softplus(init_lr), device=cfg.device, requires_grad=True)
         opt = torch.optim.Adam([{"params": syn.parameters(), "lr": cfg.outer_lr}, {"params": [raw_lr], "lr": cfg.lr_lr}])
         n = len(syn.hard)
