@@ -186,7 +186,7 @@ def _costs(agg: dict, task: str) -> list[tuple]:
     if not rows:
         return []
     return [("h3", f"{task}: costs"),
-            ("table", ["method", "per class", "evaluated with", "distil s", "distil peak MiB", "s per eval run",
+            ("table", ["method", "per class", "evaluated with", "distil (or decode) s", "peak MiB", "s per eval run",
                        "device"], rows)]
 
 
