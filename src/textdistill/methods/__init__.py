@@ -78,6 +78,16 @@ def check_finite(method: str, loss: float, step: int) -> None:
                                "rate (--outer-lr) or the initial step size")
 
 
+def descend(method: str, opt: "torch.optim.Optimizer", loss: "torch.Tensor", step: int, history: list[float]) -> None:
+    """One outer optimiser step on a matching loss, refusing a non-finite one; the value joins ``history``."""
+    value = loss.item()
+    check_finite(method, value, step)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    history.append(value)
+
+
 def thin(history: list[float], points: int = 50) -> list[float]:
     """A loss curve kept in the artifact's log at about ``points`` points."""
     return [round(h, 4) for h in history[:: max(1, len(history) // points)]]

@@ -21,12 +21,12 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import Params, Recipe, batch_of, train
-from . import Distiller, MethodConfig, check_finite, register_method, thin
-from .space import SyntheticSet, check_labels_and_init, real_inputs
+from . import Distiller, check_finite, register_method, thin
+from .space import LearnedSetConfig, SyntheticSet, real_inputs
 
 
 @dataclass
-class BPTTConfig(MethodConfig):
+class BPTTConfig(LearnedSetConfig):
     labels: str = field(default="soft", metadata={"help": "hard (fixed), soft (learned distribution) or "
                                                            "unrestricted (learned real vector)"})
     inner_steps: int = field(default=10, metadata={"help": "unrolled SGD steps T on the synthetic set"})
@@ -36,15 +36,12 @@ class BPTTConfig(MethodConfig):
     lr_lr: float = field(default=0.01, metadata={"help": "outer learning rate for the (softplus) step sizes"})
     outer_optimizer: str = field(default="adam", metadata={"help": "adam or adamw"})
     clip: float = field(default=1.0, metadata={"help": "clip the outer gradient norm (0: off)"})
-    init: str = field(default="real", metadata={"help": "real (embeddings of random real examples) or noise"})
     init_lr: float = field(default=0.1, metadata={"help": "initial inner step size"})
-    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence"})
     real_batch: int = field(default=128, metadata={"help": "real examples per outer step"})
     chunk: int = field(default=64, metadata={"help": "real examples per forward pass of the outer loss (memory)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
-        check_labels_and_init(self.labels, self.init)
+        super().__post_init__()
         if self.outer_optimizer not in ("adam", "adamw"):
             raise ConfigError(f"outer_optimizer must be adam or adamw, not {self.outer_optimizer!r}")
         if self.inner_steps < 1 or not 0 <= self.truncate <= self.inner_steps:

@@ -18,13 +18,12 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import Params, Recipe, batch_of, loss_fn, train
-from . import Distiller, MethodConfig, check_finite, register_method, thin
-from .space import SyntheticSet, check_labels_and_init, fresh_parameters, real_inputs
+from . import Distiller, descend, register_method, thin
+from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 
 @dataclass
-class DCConfig(MethodConfig):
-    labels: str = field(default="hard", metadata={"help": "hard, soft (learned distribution) or unrestricted"})
+class DCConfig(LearnedSetConfig):
     distance: str = field(default="cos", metadata={"help": "cos (layer-wise 1 - cosine) or mse"})
     classifier_only: bool = field(default=False, metadata={"help": "match only the head's gradients (as DiLM)"})
     outer_loops: int = field(default=100, metadata={"help": "fresh learner initialisations"})
@@ -33,12 +32,9 @@ class DCConfig(MethodConfig):
     net_lr: float = field(default=0.01, metadata={"help": "SGD step size of those training steps"})
     outer_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the synthetic inputs and labels"})
     real_batch: int = field(default=64, metadata={"help": "real examples per class per matching step"})
-    init: str = field(default="real", metadata={"help": "real or noise"})
-    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
-        check_labels_and_init(self.labels, self.init)
+        super().__post_init__()
         if self.distance not in ("cos", "mse"):
             raise ConfigError(f"distance must be cos or mse, not {self.distance!r}")
 
@@ -109,11 +105,7 @@ class DC(Distiller):
                 k for k, v in model.named_parameters() if v.requires_grad]
             for inner in range(cfg.inner_loops):
                 loss = self.matching_loss(learner, model, params, names, syn, real, real_y, per_class, rng)
-                check_finite(self.name, loss.item(), outer)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                history.append(loss.item())
+                descend(self.name, opt, loss, outer, history)
                 if cfg.net_steps and inner < cfg.inner_loops - 1:
                     params = train(learner, model, syn.inputs(detach=True), syn.labels(detach=True), net_recipe,
                                    seed=outer, params=params, device=cfg.device)

@@ -21,24 +21,21 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import batch_of, train
-from . import Distiller, MethodConfig, check_finite, register_method, thin
-from .space import SyntheticSet, check_labels_and_init, fresh_parameters, real_inputs
+from . import Distiller, descend, register_method, thin
+from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 
 @dataclass
-class DMConfig(MethodConfig):
+class DMConfig(LearnedSetConfig):
     labels: str = field(default="hard", metadata={"help": "hard, or soft (a teacher's predicted distribution)"})
     kernel: str = field(default="mean", metadata={"help": "mean (squared distance of class means) or mmd (Gaussian)"})
     bandwidth: float = field(default=0.0, metadata={"help": "MMD kernel width (0: the median pairwise distance)"})
     iterations: int = field(default=1000, metadata={"help": "matching steps (a fresh learner each)"})
     outer_lr: float = field(default=0.05, metadata={"help": "Adam learning rate of the synthetic inputs"})
     real_batch: int = field(default=128, metadata={"help": "real examples per class per step"})
-    init: str = field(default="real", metadata={"help": "real or noise"})
-    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
-        check_labels_and_init(self.labels, self.init)
+        super().__post_init__()
         if self.labels == "unrestricted":
             raise ConfigError("dm does not learn labels: use hard or soft (a teacher's distribution)")
         if self.kernel not in ("mean", "mmd"):
@@ -98,11 +95,7 @@ class DM(Distiller):
                 syn_emb = learner.embed(model, params, syn.inputs(syn.rows_of(c)))
                 loss = loss + distribution_distance(syn_emb, real_emb, cfg.kernel, cfg.bandwidth)
             loss = loss / len(per_class)
-            check_finite(self.name, loss.item(), it)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            history.append(loss.item())
+            descend(self.name, opt, loss, it, history)
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         labels = teacher_labels(learner, task, syn.inputs(detach=True), cfg.device, seed) if cfg.labels == "soft" else None
         return syn.artifact(self, task, seed, labels=labels, log={"matching_loss": thin(history)})

@@ -27,14 +27,13 @@ from ..learners import Learner
 from ..resources import cache_dir
 from ..synthetic import DistilledDataset
 from ..train import Recipe, train
-from . import Distiller, MethodConfig, check_finite, register_method, thin
+from . import Distiller, descend, register_method, thin
 from .bptt import inverse_softplus
-from .space import SyntheticSet, check_labels_and_init, real_inputs
+from .space import LearnedSetConfig, SyntheticSet, real_inputs
 
 
 @dataclass
-class MTTConfig(MethodConfig):
-    labels: str = field(default="hard", metadata={"help": "hard, soft (learned distribution) or unrestricted"})
+class MTTConfig(LearnedSetConfig):
     experts: int = field(default=5, metadata={"help": "expert trajectories in the buffer"})
     expert_epochs: int = field(default=5, metadata={"help": "epochs each expert trains on the real data"})
     expert_lr: float = field(default=0.01, metadata={"help": "the experts' SGD step size"})
@@ -48,13 +47,10 @@ class MTTConfig(MethodConfig):
     init_lr: float = field(default=0.0, metadata={"help": "initial student step size, learned (0: the experts')"})
     lr_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the (softplus) step size"})
     eval_steps: int = field(default=300, metadata={"help": "SGD steps a learner takes on the finished set"})
-    init: str = field(default="real", metadata={"help": "real or noise"})
-    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
     buffer_dir: str = field(default="", metadata={"help": "where expert trajectories live (default: the cache)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
-        check_labels_and_init(self.labels, self.init)
+        super().__post_init__()
         if self.max_start_epoch < 1 or self.max_start_epoch + self.match_epochs > self.expert_epochs:
             raise ConfigError("need 1 <= max_start_epoch and max_start_epoch + match_epochs <= expert_epochs")
 
@@ -144,11 +140,7 @@ class MTT(Distiller):
                             params={k: v.clone().requires_grad_(True) for k, v in start.items()},
                             differentiable=True, device=cfg.device)
             loss = trajectory_loss(student, start, target)
-            check_finite(self.name, loss.item(), it)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            history.append(loss.item())
+            descend(self.name, opt, loss, it, history)
             bar.set_postfix(loss=f"{history[-1]:.4f}", lr=f"{float(F.softplus(raw_lr.detach())):.4f}")
         lr = float(F.softplus(raw_lr.detach()))
         recipe = Recipe(steps=cfg.eval_steps, lr=lr, batch_size=cfg.syn_batch or n, warmup=0.0, schedule="constant",

@@ -7,6 +7,8 @@ models; the set is bound to that learner), and sentence vectors [n, dim] for lea
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from . import class_indices
+from . import MethodConfig, class_indices
 
 LABELS = ("hard", "soft", "unrestricted")
 
@@ -26,6 +28,19 @@ def check_labels_and_init(labels: str, init: str) -> None:
         raise ConfigError(f"labels must be one of {', '.join(LABELS)}, not {labels!r}")
     if init not in ("real", "noise"):
         raise ConfigError(f"init must be real or noise, not {init!r}")
+
+
+@dataclass
+class LearnedSetConfig(MethodConfig):
+    """The options of every method that learns a SyntheticSet."""
+
+    labels: str = field(default="hard", metadata={"help": "hard, soft (learned distribution) or unrestricted"})
+    init: str = field(default="real", metadata={"help": "real (random real examples) or noise"})
+    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        check_labels_and_init(self.labels, self.init)
 
 
 class SyntheticSet:
