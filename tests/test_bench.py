@@ -30,10 +30,12 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path / "cache"))
 
 
-def test_every_suite_in_benchmarks_parses():
+def test_every_suite_in_benchmarks_parses_and_plans_its_whole_grid():
     for path in SUITES.glob("*.yaml"):
         suite = load_suite(path)
-        assert suite.methods[0].method == "random" or any(e.method == "random" for e in suite.methods), path
+        cells = plan(suite)
+        assert len(cells) == len(suite.tasks) * (1 + len(suite.methods) * len(suite.dpc) * suite.sets), path
+        assert len({c.key(suite) for c in cells}) == len(cells), path  # no two cells share a result file
 
 
 def test_smoke_suite_runs_and_reports(tmp_path, cache):

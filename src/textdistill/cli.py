@@ -185,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     t0 = time.time()
     (full,) = evaluate(task, None, [args.learner], seeds=args.full_seeds)
     rows.append(("full data", len(task.train), full, time.time() - t0, "(cached after the first run)"))
-    print(f"\n| train set | examples | accuracy % (mean ± std) | % of full | seconds | saved |")
+    print("\n| train set | examples | accuracy % (mean ± std) | % of full | seconds | saved |")
     print("|---|---|---|---|---|---|")
     for name, n, r, secs, where in rows:
         frac = 100 * r.accuracy_mean / full.accuracy_mean

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from ..data import Task
 from ..errors import ConfigError, DataError, TextDistillError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MethodConfig(Config):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -112,10 +111,7 @@ class BPTT(Distiller):
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         self.check_learner(learner)
-        rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
-        syn = SyntheticSet(task, dpc, learner, rng, labels=cfg.labels, init=cfg.init, length=cfg.length,
-                           device=cfg.device)
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
         x, mask = syn.x, syn.fixed["attention_mask"]
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=cfg.device, requires_grad=True)
         extra = {k: v.to(cfg.device).requires_grad_(True) for k, v in self.extra_parameters(learner, task, x, mask).items()}

@@ -88,10 +88,7 @@ class DC(Distiller):
 
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
-        syn = SyntheticSet(task, dpc, learner, rng, labels=cfg.labels, init=cfg.init, length=cfg.length,
-                           device=cfg.device)
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
         real, real_y, per_class = real_inputs(task, learner)
         opt = torch.optim.Adam(syn.parameters(), lr=cfg.outer_lr)
         net_recipe = Recipe(steps=max(1, cfg.net_steps), lr=cfg.net_lr, batch_size=len(syn.hard), warmup=0.0,

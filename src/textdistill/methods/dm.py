@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -59,9 +58,9 @@ def distribution_distance(syn: torch.Tensor, real: torch.Tensor, kernel: str, ba
     return ((syn.mean(0) - real.mean(0)) ** 2).sum()
 
 
-def teacher_labels(learner: Learner, task: Task, inputs: dict[str, torch.Tensor], device: str, seed: int) -> torch.Tensor:
+def teacher_labels(learner: Learner, task: Task, real: dict[str, torch.Tensor], real_y: torch.Tensor,
+                   inputs: dict[str, torch.Tensor], device: str, seed: int) -> torch.Tensor:
     """Soft labels for synthetic inputs: the softmax of the learner trained on the full training split."""
-    real, real_y, _ = real_inputs(task, learner)
     model = learner.build(task.num_classes, seed)
     params = train(learner, model, real, real_y, learner.default_recipe, seed=seed, device=device)
     model.eval()
@@ -77,10 +76,8 @@ class DM(Distiller):
 
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
-        syn = SyntheticSet(task, dpc, learner, rng, labels="hard", init=cfg.init, length=cfg.length, device=cfg.device)
-        real, _, per_class = real_inputs(task, learner)
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, labels="hard")
+        real, real_y, per_class = real_inputs(task, learner)
         opt = torch.optim.Adam([syn.x], lr=cfg.outer_lr)
         history = []
         bar = tqdm(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
@@ -97,5 +94,7 @@ class DM(Distiller):
             loss = loss / len(per_class)
             descend(self.name, opt, loss, it, history)
             bar.set_postfix(loss=f"{history[-1]:.4f}")
-        labels = teacher_labels(learner, task, syn.inputs(detach=True), cfg.device, seed) if cfg.labels == "soft" else None
+        labels = None
+        if cfg.labels == "soft":
+            labels = teacher_labels(learner, task, real, real_y, syn.inputs(detach=True), cfg.device, seed)
         return syn.artifact(self, task, seed, labels=labels, log={"matching_loss": thin(history)})

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
@@ -112,10 +111,7 @@ class MTT(Distiller):
 
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
-        syn = SyntheticSet(task, dpc, learner, rng, labels=cfg.labels, init=cfg.init, length=cfg.length,
-                           device=cfg.device)
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
         paths = buffer(task, learner, cfg)
         # As in the MTT paper, the student starts with the experts' step size. (Scaling it up to cover the
         # experts' M epochs in S steps overshot by 10x and more: a few synthetic examples give consistent

@@ -80,6 +80,16 @@ class SyntheticSet:
         start = F.one_hot(self.hard, self.classes).float() * (3.0 if labels == "soft" else 1.0)
         self.label_param = start.requires_grad_(labels != "hard")
 
+    @classmethod
+    def seeded(cls, task: Task, dpc: int, learner: Learner, cfg: LearnedSetConfig, seed: int,
+               labels: str | None = None) -> tuple["SyntheticSet", np.random.Generator]:
+        """The set a method starts from, with torch seeded and the generator the method goes on drawing from."""
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        syn = cls(task, dpc, learner, rng, labels=labels or cfg.labels, init=cfg.init, length=cfg.length,
+                  device=cfg.device)
+        return syn, rng
+
     def inputs(self, rows: torch.Tensor | None = None, detach: bool = False) -> dict[str, torch.Tensor]:
         out = {self.key: self.x.detach() if detach else self.x, **self.fixed}
         return out if rows is None else {k: v[rows] for k, v in out.items()}
