@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -125,26 +125,21 @@ class DistilledDataset:
         path = Path(path)
         if path.exists() and not overwrite:
             raise ArtifactError(f"{path} exists; choose another --out or pass overwrite")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
-            (tmp / "manifest.json").write_text(json.dumps(self.manifest(), indent=1))
-            save_file(self._tensor_dict(), str(tmp / "tensors.safetensors"))
-            with open(tmp / "data.jsonl", "w") as f:
-                hard = self.hard_labels.tolist()
-                for i in range(len(self)):
-                    row: dict[str, Any] = {"index": i, "label": self.label_names[hard[i]]}
-                    if self.texts is not None:
-                        row["text"] = self.texts[i]
-                    if self.text_pairs is not None:
-                        row["text_pair"] = self.text_pairs[i]
-                    f.write(json.dumps(row) + "\n")
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        return write_folder(path, self.write_files)
+
+    def write_files(self, folder: Path) -> None:
+        """The three files of the set, into an existing folder."""
+        (folder / "manifest.json").write_text(json.dumps(self.manifest(), indent=1))
+        save_file(self._tensor_dict(), str(folder / "tensors.safetensors"))
+        with open(folder / "data.jsonl", "w") as f:
+            hard = self.hard_labels.tolist()
+            for i in range(len(self)):
+                row: dict[str, Any] = {"index": i, "label": self.label_names[hard[i]]}
+                if self.texts is not None:
+                    row["text"] = self.texts[i]
+                if self.text_pairs is not None:
+                    row["text_pair"] = self.text_pairs[i]
+                f.write(json.dumps(row) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "DistilledDataset":
@@ -186,3 +181,18 @@ class DistilledDataset:
             )
         except KeyError as e:
             raise ArtifactError(f"{files[0]}: missing field {e}") from None
+
+
+def write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling folder with ``write``, then rename it to ``path`` (replacing it): no half-written folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        write(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

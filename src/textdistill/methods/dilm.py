@@ -1,0 +1,395 @@
+"""dilm, Distilling dataset into a Language Model (Maekawa et al. 2024): the distilled set is text.
+
+Stage 1 fine-tunes a causal LM as a class-conditional generator ("<class_c> text <eos>"; pair tasks join
+their two texts with "<sep>"). Stage 2 trains that generator by gradient matching: per class, the learner's
+gradient on real examples from representative teachers (k-means coresets) is matched (1 - cosine) by its
+gradient on generated examples, each example's loss weighted by a softmax over its negative generation loss,
+so the matching loss reaches the generator although the text is discrete. The learner is re-initialised each
+outer loop and trained on real data between generator updates; the generated pool is renewed every
+``regenerate_every`` outer loops. The final set: an over-sampled pool, ``dpc`` examples per class picked by
+k-means in the learner's embedding space.
+
+Stage 1 is cached per (generator, task, stage-1 options); stage 2 checkpoints in the cache and resumes, and
+does not depend on ``dpc``, so the budgets of one seed share it. ``outer_loops: 0`` gives the stage-1-only
+generator (the "vanilla LM" baseline).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..cache import atomic_write, key_of
+from ..data import Task
+from ..errors import ConfigError, DataError, ResourceMissing
+from ..learners import Learner
+from ..resources import cache_dir, model_revision, resolve_model
+from ..synthetic import DistilledDataset, write_folder
+from ..train import Recipe, batch_of, train
+from . import Distiller, MethodConfig, class_indices, descend, register_method, thin
+from .coreset import KMeansNearest
+from .space import fresh_parameters, real_inputs
+
+SEP = "<sep>"
+META = "textdistill-generator.json"
+
+
+@dataclass
+class DiLMConfig(MethodConfig):
+    generator: str = field(default="smollm2-135m", metadata={"help": "causal LM: smollm2-135m, a hub id (gpt2) or a path"})
+    max_length: int = field(default=32, metadata={"help": "generator tokens per example, class token and end included"})
+    lm_steps: int = field(default=100, metadata={"help": "stage 1: language-model fine-tuning steps"})
+    lm_batch: int = field(default=8, metadata={"help": "stage 1 batch size"})
+    lm_lr: float = field(default=1e-4, metadata={"help": "stage 1 AdamW learning rate"})
+    outer_loops: int = field(default=6, metadata={"help": "stage 2: learner initialisations (0: stage 1 only)"})
+    inner_loops: int = field(default=3, metadata={"help": "generator updates per initialisation"})
+    learner_steps: int = field(default=2, metadata={"help": "learner steps on real data between updates"})
+    learner_batch: int = field(default=32, metadata={"help": "batch size of those steps"})
+    regenerate_every: int = field(default=3, metadata={"help": "R: outer loops between renewals of the generated pool"})
+    syn_batch: int = field(default=8, metadata={"help": "generated examples per class per matching step"})
+    real_batch: int = field(default=64, metadata={"help": "real examples per class per matching step"})
+    teachers: int = field(default=2, metadata={"help": "representative teachers: k-means coresets per class"})
+    teacher_size: int = field(default=50, metadata={"help": "examples per class in each teacher"})
+    classifier_only: bool = field(default=True, metadata={"help": "match only the head's gradients (as the paper)"})
+    temperature: float = field(default=1.0, metadata={"help": "of the softmax over negative generation losses"})
+    gen_lr: float = field(default=1e-5, metadata={"help": "stage 2 Adam learning rate of the generator"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
+    gen_batch: int = field(default=32, metadata={"help": "sequences generated at once"})
+    pool_factor: int = field(default=4, metadata={"help": "final pool: this many times dpc per class, then k-means"})
+    save_generator: str = field(default="", metadata={"help": "also save the trained generator (kind generator) here"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        positive = ("max_length", "lm_batch", "inner_loops", "learner_batch", "regenerate_every", "syn_batch",
+                    "real_batch", "teachers", "teacher_size", "gen_batch", "pool_factor")
+        bad = [k for k in positive if getattr(self, k) < 1]
+        if bad or self.lm_steps < 0 or self.outer_loops < 0 or self.learner_steps < 0:
+            raise ConfigError(f"dilm: {', '.join(bad) or 'step counts'} must be positive")
+        if self.max_length < 4 or self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("dilm needs max_length >= 4, temperature > 0 and 0 < top_p <= 1")
+
+
+class Generator:
+    """A causal LM with one start token per class: per-example generation losses and class-conditional samples."""
+
+    def __init__(self, model, tokenizer, num_classes: int, max_length: int) -> None:
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.class_ids = tokenizer.convert_tokens_to_ids([f"<class_{c}>" for c in range(num_classes)])
+        self.sep_id = tokenizer.convert_tokens_to_ids(SEP)
+
+    @classmethod
+    def pretrained(cls, name: str, num_classes: int, max_length: int) -> "Generator":
+        """A hub/local causal LM with the class, separator, end and padding tokens added."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model(name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except OSError as e:
+            raise ResourceMissing(f"cannot load generator {name!r} ({e}); offline, use smollm2-135m or a local path") from None
+        return cls.extended(model, tokenizer, num_classes, max_length)
+
+    @classmethod
+    def extended(cls, model, tokenizer, num_classes: int, max_length: int) -> "Generator":
+        if tokenizer.eos_token is None:
+            tokenizer.add_special_tokens({"eos_token": "<eos>"})
+        if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})  # padding must not look like the end
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        known = len(tokenizer)
+        tokenizer.add_tokens([SEP] + [f"<class_{c}>" for c in range(num_classes)])  # kept if already there
+        with torch.random.fork_rng():  # the new rows start from a fixed seed: the same generator every time
+            torch.manual_seed(0)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        gen = cls(model, tokenizer, num_classes, max_length)
+        table = model.get_input_embeddings().weight
+        new = [i for i in gen.class_ids if i >= known]
+        with torch.no_grad():  # new class tokens start as the model's own start-of-text token
+            table[new] = table[start].clone()
+        return gen
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Generator":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        meta = json.loads((Path(path) / META).read_text())
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        return cls(model, AutoTokenizer.from_pretrained(str(path)), meta["num_classes"], meta["max_length"])
+
+    def save(self, path: str | Path, artifact: DistilledDataset | None = None, **meta) -> Path:
+        """An HF folder plus the class-token metadata (and a ``generator`` artifact's manifest), written whole."""
+        def write(folder: Path) -> None:
+            self.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            (folder / META).write_text(json.dumps({"num_classes": len(self.class_ids), "max_length": self.max_length,
+                                                   **meta}, indent=1))
+            if artifact is not None:
+                artifact.write_files(folder)
+
+        return write_folder(path, write)
+
+    def to(self, device: str) -> "Generator":
+        self.model.to(device)
+        return self
+
+    def encode(self, labels: list[int], texts: list[str], pairs: list[str] | None) -> dict[str, torch.Tensor]:
+        """[class token] text [<sep> pair] [eos], right-padded; ``targets`` is -100 at padding."""
+        joined = texts if pairs is None else [f"{a} {SEP} {b}" for a, b in zip(texts, pairs)]
+        body = self.tokenizer(joined, add_special_tokens=False, truncation=True, max_length=self.max_length - 2)
+        rows = [[self.class_ids[y]] + ids + [self.tokenizer.eos_token_id] for y, ids in zip(labels, body["input_ids"])]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        device = self.model.device
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                "targets": ids.masked_fill(mask == 0, -100).to(device)}
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean next-token negative log-likelihood of each example [n] (the class token is given, not predicted)."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        targets = batch["targets"][:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        nll = nll.view(targets.shape)
+        return nll.sum(1) / (targets != -100).sum(1)
+
+    @torch.no_grad()
+    def sample(self, label: int, n: int, *, pairs: bool, top_p: float, batch: int, seed: int,
+               progress: bool = True) -> tuple[list[str], list[str] | None]:
+        """``n`` non-empty examples of class ``label`` (nucleus sampling, seeded); pairs split at <sep>."""
+        torch.manual_seed(seed)
+        self.model.eval()
+        banned = [[i] for i in self.class_ids] + ([] if pairs else [[self.sep_id]])
+        texts: list[str] = []
+        seconds: list[str] = []
+        tries = 0
+        bar = tqdm(total=n, desc=f"generate class {label}", leave=False, disable=not progress)
+        while len(texts) < n:
+            tries += 1
+            if tries > 10 + 2 * (n // batch):
+                raise DataError(f"dilm: the generator wrote too few usable examples for class {label} "
+                                f"({len(texts)} of {n}); train stage 1 longer (lm_steps)")
+            size = min(batch, 2 * (n - len(texts)) + 1)
+            start = torch.full((size, 1), self.class_ids[label], device=self.model.device)
+            out = self.model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_p=top_p,
+                                      top_k=0, max_new_tokens=self.max_length - 1, bad_words_ids=banned,
+                                      pad_token_id=self.tokenizer.pad_token_id,
+                                      eos_token_id=self.tokenizer.eos_token_id)
+            for text in self.tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True):
+                parts = [p.strip() for p in text.split(SEP)]
+                if len(texts) < n and parts[0] and (not pairs or len(parts) >= 2 and parts[1]):
+                    texts.append(parts[0])
+                    seconds.append(parts[1] if pairs else "")
+                    bar.update()
+        bar.close()
+        return texts, seconds if pairs else None
+
+
+def lm_fine_tune(gen: Generator, task: Task, steps: int, batch: int, lr: float, seed: int = 0,
+                 progress: bool = True) -> list[float]:
+    """Stage 1: next-token training on the task's training texts, each led by its class token; the loss curve."""
+    texts, pairs, labels = task.columns("train")
+    opt = torch.optim.AdamW(gen.model.parameters(), lr=lr, weight_decay=0.0)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    gen.model.train()
+    history = []
+    for step in tqdm(range(steps), desc="dilm stage 1 (LM)", leave=False, disable=not progress):
+        idx = [int(order[(step * batch + i) % len(order)]) for i in range(batch)]
+        enc = gen.encode([labels[i] for i in idx], [texts[i] for i in idx], None if pairs is None else [pairs[i] for i in idx])
+        descend("dilm stage 1", opt, gen.losses(enc).mean(), step, history)
+    gen.model.eval()
+    return history
+
+
+@register_method
+class DiLM(Distiller):
+    name = "dilm"
+    description = "a generator LM trained by gradient matching writes the set as text (model-agnostic)"
+    Config = DiLMConfig
+
+    # -- stage 1 ---------------------------------------------------------------------------------
+    def stage1_key(self, task: Task) -> str:
+        c = self.config
+        return key_of("dilm-lm", c.generator, model_revision(c.generator), task.fingerprint, c.max_length,
+                      c.lm_steps, c.lm_batch, c.lm_lr)
+
+    def language_model(self, task: Task) -> tuple[Generator, dict]:
+        """The stage-1 generator, fine-tuned once per (generator, task, options) and kept in the cache."""
+        c = self.config
+        if c.lm_steps == 0:  # a generator used as it is (e.g. one saved by --save-generator)
+            return Generator.pretrained(c.generator, task.num_classes, c.max_length).to(c.device), {"lm_loss": []}
+        folder = cache_dir() / "generators" / self.stage1_key(task)
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / META).exists():
+                gen = Generator.pretrained(c.generator, task.num_classes, c.max_length).to(c.device)
+                history = lm_fine_tune(gen, task, c.lm_steps, c.lm_batch, c.lm_lr)
+                gen.save(folder, stage=1, lm_loss=thin(history), task=task.name)
+        meta = json.loads((folder / META).read_text())
+        return Generator.load(folder).to(c.device), {"lm_loss": meta["lm_loss"]}
+
+    # -- stage 2 ---------------------------------------------------------------------------------
+    def teachers(self, task: Task, learner: Learner, seed: int) -> list[np.ndarray]:
+        """Per class, the union of ``teachers`` k-means coresets (different seeds) of the real data."""
+        c = self.config
+        texts, pairs, labels = task.columns("train")
+        per_class = class_indices(labels, task.spec.classes, 1)
+        vectors = learner.sentence_vectors(texts, pairs)
+        kmeans, rng = KMeansNearest(KMeansNearest.Config(n_init=1)), np.random.default_rng(seed)
+        out = []
+        for idx in per_class:
+            k = min(c.teacher_size, len(idx))
+            out.append(np.unique(np.concatenate([idx[kmeans.select(vectors[idx], k, rng)] for _ in range(c.teachers)])))
+        return out
+
+    def matching_step(self, gen: Generator, learner: Learner, model: torch.nn.Module, params: dict,
+                      names: list[str], real: dict, real_y: torch.Tensor, teachers: list[np.ndarray],
+                      pool: list[tuple[list[str], list[str] | None]], at: int, rng: np.random.Generator) -> torch.Tensor:
+        """The mean over classes of 1 - cos(real gradient, generation-weighted synthetic gradient)."""
+        c, total = self.config, 0.0
+        # Only the matched parameters need a graph: the rest enter as constants.
+        frozen = {k: (v if k in names else v.detach()) for k, v in params.items()}
+        for label, rows in enumerate(teachers):
+            idx = torch.from_numpy(rng.choice(rows, size=min(c.real_batch, len(rows)), replace=False))
+            batch = {k: v.to(c.device) for k, v in batch_of(real, idx).items()}
+            loss = F.cross_entropy(learner.forward(model, frozen, batch), real_y[idx].to(c.device))
+            g_real = torch.cat([g.flatten() for g in torch.autograd.grad(loss, [frozen[k] for k in names])]).detach()
+            texts, pairs = pool[label]
+            sl = slice(at * c.syn_batch, (at + 1) * c.syn_batch)
+            texts, pairs = texts[sl], None if pairs is None else pairs[sl]
+            weights = torch.softmax(-gen.losses(gen.encode([label] * len(texts), texts, pairs)) / c.temperature, 0)
+            inputs = {k: v.to(c.device) for k, v in learner.encode(texts, pairs).items()}
+            y = torch.full((len(texts),), label, device=c.device)
+            per_example = F.cross_entropy(learner.forward(model, frozen, inputs), y, reduction="none")
+            grads = torch.autograd.grad((per_example * weights).sum(), [frozen[k] for k in names], create_graph=True)
+            total = total + 1 - F.cosine_similarity(torch.cat([g.flatten() for g in grads]), g_real, dim=0)
+        return total / len(teachers)
+
+    def gradient_matching(self, gen: Generator, task: Task, learner: Learner, seed: int) -> list[float]:
+        """Stage 2 in place on ``gen``, resuming from (and checkpointing to) the cache; the matching-loss curve."""
+        c = self.config
+        if c.outer_loops == 0:
+            return []
+        stage2 = {k: v for k, v in c.to_dict().items() if k not in ("pool_factor", "save_generator", "device", "gen_batch")}
+        folder = cache_dir() / "dilm" / key_of(self.stage1_key(task), stage2, learner.name, seed)
+        with FileLock(str(folder) + ".lock"):
+            return self._gradient_matching(gen, task, learner, seed, folder)
+
+    def _gradient_matching(self, gen: Generator, task: Task, learner: Learner, seed: int, folder: Path) -> list[float]:
+        c = self.config
+        opt = torch.optim.Adam(gen.model.parameters(), lr=c.gen_lr)
+        state = load_checkpoint(folder, gen, opt, c.device)
+        start, history, pool = state["outer"], state["history"], state["pool"]
+        if start == c.outer_loops:
+            return history
+        real, real_y, _ = real_inputs(task, learner)
+        teachers = self.teachers(task, learner, seed)
+        pairs = task.spec.pair
+        recipe = Recipe(steps=max(1, c.learner_steps), lr=learner.default_recipe.lr, batch_size=c.learner_batch,
+                        warmup=0.0, schedule="constant", dropout=False)
+        per_pool = c.syn_batch * c.inner_loops * c.regenerate_every
+        bar = tqdm(range(start, c.outer_loops), desc=f"dilm stage 2 {task.name}", leave=False)
+        for outer in bar:
+            if outer % c.regenerate_every == 0 or not pool:
+                pool = [gen.sample(y, per_pool, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
+                                   seed=seed * 1_000_003 + outer, progress=False) for y in range(task.num_classes)]
+                gen.model.train()
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(c.device).eval()
+            params = fresh_parameters(model)
+            names = learner.head_parameter_names(model) if c.classifier_only else [
+                k for k, v in model.named_parameters() if v.requires_grad]
+            rng = np.random.default_rng([seed, outer])
+            for inner in range(c.inner_loops):
+                at = (outer % c.regenerate_every) * c.inner_loops + inner
+                loss = self.matching_step(gen, learner, model, params, names, real, real_y, teachers, pool, at, rng)
+                descend(self.name, opt, loss, outer, history)
+                if c.learner_steps and inner < c.inner_loops - 1:
+                    params = train(learner, model, real, real_y, recipe, seed=int(rng.integers(2**31)),
+                                   params=params, device=c.device)
+            save_checkpoint(folder, gen, None if outer + 1 == c.outer_loops else opt, outer + 1, history, pool)
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+        gen.model.eval()
+        return history
+
+    # -- the set ---------------------------------------------------------------------------------
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        c = self.config
+        class_indices(task.columns("train")[2], task.spec.classes, 1)  # every class has real examples
+        gen, log = self.language_model(task)
+        history = self.gradient_matching(gen, task, learner, seed)
+        log["matching_loss"] = thin(history)
+        if c.save_generator:  # a `generator` artifact: `--generator DIR --lm-steps 0 --outer-loops 0` writes new sets
+            marker = self._artifact(task, seed, kind="generator", labels=torch.zeros(0, dtype=torch.long), log=dict(log))
+            gen.save(c.save_generator, marker)
+            log["generator"] = str(c.save_generator)
+        return write_set(self, gen, task, dpc, learner, seed, log)
+
+
+def write_set(distiller: Distiller, gen: Generator, task: Task, dpc: int, learner: Learner, seed: int,
+              log: dict) -> DistilledDataset:
+    """Generate ``pool_factor * dpc`` examples per class and keep the ``dpc`` nearest the k-means centroids."""
+    c = distiller.config
+    pairs = task.spec.pair
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    seconds: list[str] = []
+    labels: list[int] = []
+    for y in range(task.num_classes):
+        a, b = gen.sample(y, c.pool_factor * dpc, pairs=pairs, top_p=c.top_p, batch=c.gen_batch, seed=seed * 7919 + y)
+        picked = KMeansNearest().select(learner.sentence_vectors(a, b), dpc, rng)
+        texts += [a[i] for i in picked]
+        seconds += [b[i] for i in picked] if b is not None else []
+        labels += [y] * dpc
+    return distiller._artifact(task, seed, kind="text", texts=texts, text_pairs=seconds if pairs else None,
+                               labels=torch.tensor(labels), log=log,
+                               learner={"id": learner.name, "embedding": learner.embedding_id, "role": "selection space"})
+
+
+def save_checkpoint(folder: Path, gen: Generator, opt: torch.optim.Optimizer | None, outer: int,
+                    history: list[float], pool: list) -> None:
+    """Weights and optimiser state (none once finished) under the step's name, then progress.json, written last,
+    points at them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in gen.model.state_dict().items()}
+    atomic_write(folder / f"generator-{outer}.safetensors", lambda p: save_file(_untied(weights), str(p)))
+    if opt is not None:
+        atomic_write(folder / f"optimizer-{outer}.pt", lambda p: torch.save(opt.state_dict(), p))
+    atomic_write(folder / "progress.json", lambda p: p.write_text(json.dumps(
+        {"outer": outer, "history": history, "pool": pool})))
+    for old in folder.glob("*-*.*"):
+        if old.stem.rsplit("-", 1)[1] != str(outer):
+            old.unlink()
+
+
+def load_checkpoint(folder: Path, gen: Generator, opt: torch.optim.Optimizer, device: str) -> dict:
+    """Restore the last finished outer loop (weights, optimiser, pool, loss curve); a fresh start if none."""
+    progress = folder / "progress.json"
+    if not progress.exists():
+        return {"outer": 0, "history": [], "pool": []}
+    state = json.loads(progress.read_text())
+    gen.model.load_state_dict(load_file(str(folder / f"generator-{state['outer']}.safetensors"), device=device),
+                              strict=False)  # tied weights are stored once
+    if (folder / f"optimizer-{state['outer']}.pt").exists():  # absent once finished
+        opt.load_state_dict(torch.load(folder / f"optimizer-{state['outer']}.pt", map_location=device,
+                                       weights_only=True))
+    state["pool"] = [(t, p) for t, p in state["pool"]]
+    return state
+
+
+def _untied(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied input/output embeddings): keep the first of each."""
+    seen, out = set(), {}
+    for k, v in weights.items():
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            out[k] = v
+    return out

@@ -1,0 +1,126 @@
+"""DiLM: stage 1 learns the texts, the generation-loss weighting carries the matching loss to the generator
+(finite differences in float64), a set is balanced real text, and stage 2 resumes after an interruption."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from textdistill.learners import get_learner
+from textdistill.methods import dilm as dilm_module
+from textdistill.methods import get_method
+from textdistill.methods.dilm import Generator, lm_fine_tune
+from textdistill.methods.space import fresh_parameters, real_inputs
+
+SMALL = {"max_length": 12, "lm_steps": 4, "lm_batch": 4, "outer_loops": 2, "inner_loops": 2, "learner_steps": 1,
+         "learner_batch": 8, "regenerate_every": 1, "syn_batch": 3, "real_batch": 6, "teachers": 1,
+         "teacher_size": 4, "pool_factor": 2, "gen_batch": 8}
+
+
+def test_stage1_lowers_the_lm_loss(tiny_generator, mr_small):
+    gen = Generator.pretrained(tiny_generator, 2, 16)
+    texts, _, labels = mr_small.columns("train")
+    batch = gen.encode(labels[:8], texts[:8], None)
+    with torch.no_grad():
+        before = gen.losses(batch).mean().item()
+    history = lm_fine_tune(gen, mr_small, steps=30, batch=8, lr=3e-3, progress=False)
+    with torch.no_grad():
+        after = gen.losses(batch).mean().item()
+    assert len(history) == 30 and after < before - 0.5
+
+
+def test_matching_loss_gradient_reaches_the_generator(tiny_generator, mr_small):
+    """d(matching loss)/d(generator) from autograd equals a central finite difference along a random direction."""
+    torch.manual_seed(0)
+    gen = Generator.pretrained(tiny_generator, 2, 12)
+    gen.model.double()
+    method = get_method("dilm", **SMALL)
+    learner = get_learner("textcnn-glove")
+    model = learner.build(2, seed=0).double().eval()
+    params = fresh_parameters(model)
+    names = learner.head_parameter_names(model)
+    real, real_y, per_class = real_inputs(mr_small, learner)
+    texts, _, labels = mr_small.columns("train")
+    pool = [([texts[i] for i in idx[:3]], None) for idx in per_class]
+
+    def loss():
+        return method.matching_step(gen, learner, model, params, names, real, real_y, per_class, pool, 0,
+                                    np.random.default_rng(1))
+
+    weight = gen.model.model.layers[0].mlp.down_proj.weight
+    value = loss()
+    (grad,) = torch.autograd.grad(value, [weight])
+    direction = torch.randn_like(weight)
+    eps = 1e-3  # Llama's rotary embeddings run in float32 even in a float64 model: smaller steps meet that noise
+    weight.data += eps * direction  # the loss itself needs autograd (it matches gradients): no no_grad here
+    up = loss().item()
+    weight.data -= 2 * eps * direction
+    down = loss().item()
+    weight.data += eps * direction
+    assert grad.abs().sum() > 0
+    assert (grad * direction).sum().item() == pytest.approx((up - down) / (2 * eps), rel=1e-3)
+
+
+def test_a_generated_set_is_balanced_text(tiny_generator, mr_small):
+    ds = get_method("dilm", generator=tiny_generator, **SMALL).distill(mr_small, 3, get_learner("minilm-frozen"))
+    assert ds.kind == "text" and Counter(ds.labels.tolist()) == {0: 3, 1: 3}
+    assert all(isinstance(t, str) and t.strip() for t in ds.texts)
+    assert len(ds.log["matching_loss"]) == SMALL["outer_loops"] * SMALL["inner_loops"]
+
+
+def test_vanilla_generator_skips_stage2(tiny_generator, mr_small):
+    ds = get_method("dilm", generator=tiny_generator, **{**SMALL, "outer_loops": 0}).distill(
+        mr_small, 2, get_learner("minilm-frozen"))
+    assert ds.log["matching_loss"] == [] and len(ds) == 4
+
+
+def test_stage2_resumes_after_an_interruption(tiny_generator, mr_small, tmp_path, monkeypatch):
+    learner = get_learner("minilm-frozen")
+    options = {**SMALL, "outer_loops": 3, "generator": tiny_generator}
+
+    def stage2(cache):
+        monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path / cache))
+        method = get_method("dilm", **options)
+        gen, _ = method.language_model(mr_small)
+        return gen, method.gradient_matching(gen, mr_small, learner, seed=0)
+
+    whole, whole_history = stage2("a")
+    calls = []
+    real_step = dilm_module.DiLM.matching_step
+
+    def failing(self, *args):
+        calls.append(1)
+        if len(calls) > SMALL["inner_loops"] * 2:  # interrupted during the third outer loop
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(dilm_module.DiLM, "matching_step", failing)
+    with pytest.raises(KeyboardInterrupt):
+        stage2("b")
+    calls.clear()
+    monkeypatch.setattr(dilm_module.DiLM, "matching_step", lambda self, *a: (calls.append(1), real_step(self, *a))[1])
+    resumed, history = stage2("b")
+    assert len(calls) == SMALL["inner_loops"]  # only the unfinished outer loop ran again
+    # the same run, up to float32 reduction order on several threads
+    assert history == pytest.approx(whole_history, rel=1e-4)
+    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k
+
+
+def test_saved_generator_writes_more_sets(tiny_generator, mr_small, tmp_path):
+    out = tmp_path / "gen"
+    get_method("dilm", generator=tiny_generator, save_generator=str(out), **SMALL).distill(
+        mr_small, 2, get_learner("minilm-frozen"))
+    gen = Generator.load(out)
+    texts, pairs = gen.sample(1, 5, pairs=False, top_p=0.95, batch=4, seed=0, progress=False)
+    assert len(texts) == 5 and pairs is None
+
+
+def test_bad_options():
+    from textdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="syn_batch"):
+        get_method("dilm", syn_batch=0)
+    with pytest.raises(ConfigError, match="top_p"):
+        get_method("dilm", top_p=0)
