@@ -1,6 +1,8 @@
 """Conformance: every registered method distils a real slice of MR, round-trips, and evaluates."""
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +23,29 @@ CONFORMANCE = {
     "dm": ("minilm-frozen", {"iterations": 5}),
     "mtt": ("minilm-frozen", {"iterations": 3, "experts": 1, "expert_epochs": 2, "max_start_epoch": 1,
                               "match_epochs": 1, "syn_steps": 3, "eval_steps": 5}),
+    "dilm": ("minilm-frozen", {"max_length": 10, "lm_steps": 2, "lm_batch": 4, "outer_loops": 1, "inner_loops": 2,
+                               "learner_batch": 8, "regenerate_every": 1, "syn_batch": 3, "real_batch": 6,
+                               "teachers": 1, "teacher_size": 4, "pool_factor": 2, "gen_batch": 8}),
 }
 
 
+def own_options(method: str, request, tmp_path) -> dict:
+    """Options that need a fixture: dilm's tiny generator, a file of 2 examples per class for `file`."""
+    if method == "dilm":
+        return {"generator": request.getfixturevalue("tiny_generator")}
+    if method == "file":
+        texts, _, labels = request.getfixturevalue("mr_small").columns("train")
+        first_two = [i for c in (0, 1) for i in [j for j, y in enumerate(labels) if y == c][:2]]
+        rows = [json.dumps({"sentence": texts[i], "labels": labels[i]}) for i in first_two]
+        (tmp_path / "set-2-0.jsonl").write_text("\n".join(rows))
+        return {"path": str(tmp_path / "set-{dpc}-{seed}.jsonl")}
+    return {}
+
+
 @pytest.mark.parametrize("method", list_methods())
-def test_method_conformance(method, mr_small, tmp_path):
+def test_method_conformance(method, mr_small, tmp_path, request):
     learner_name, options = CONFORMANCE.get(method, ("minilm-frozen", {}))
+    options = {**options, **own_options(method, request, tmp_path)}
     learner = get_learner(learner_name)
     ds = get_method(method, **options).distill(mr_small, 2, learner, seed=0)
     assert ds.method == method and ds.task["fingerprint"] == mr_small.fingerprint
@@ -97,3 +116,29 @@ def test_minilm_trains_on_a_text_set(mr_small):
     ds = get_method("kmeans").distill(mr_small, 2, get_learner("minilm"), seed=0)
     (r,) = evaluate(mr_small, ds, ["minilm"], seeds=1, cache=False, progress=False, recipe={"steps": 3})
     assert r.recipe["lr"] == 1e-4 and 0 <= r.accuracy_mean <= 1
+
+
+def test_file_set_is_checked_against_the_task(mr_small, tmp_path):
+    learner = get_learner("minilm-frozen")
+    (tmp_path / "a.csv").write_text("text,label\ngood,positive\nbad,negative\nfine,positive\n")
+    with pytest.raises(DataError, match="expected 1 of each"):
+        get_method("file", path=str(tmp_path / "a.csv")).distill(mr_small, 1, learner)
+    (tmp_path / "b.csv").write_text("text,label\ngood,positive\nbad,awful\n")
+    with pytest.raises(DataError, match="b.csv:3: label 'awful'"):
+        get_method("file", path=str(tmp_path / "b.csv")).distill(mr_small, 1, learner)
+    with pytest.raises(ConfigError, match="matches 0 files"):
+        get_method("file", path=str(tmp_path / "set-{dpc}.csv")).distill(mr_small, 1, learner)
+
+
+RELEASED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (RELEASED / "dilm-synthetic").exists(), reason="../shared/data is not on this machine")
+def test_released_dilm_sets_load_for_sst2():
+    from textdistill.data import get_task
+
+    sst2 = get_task("sst2", data_dir=RELEASED / "sst2")
+    path = str(RELEASED / "dilm-synthetic/sst2/dilm.dc/dpc_{dpc}.*/dataset/dataset_{seed}.json")
+    ds = get_method("file", path=path).distill(sst2, 5, get_learner("minilm-frozen"), seed=3)
+    assert Counter(ds.labels.tolist()) == {0: 5, 1: 5}
+    assert "/dpc_5." in ds.log["file"] and ds.log["file"].endswith("dataset_3.json")

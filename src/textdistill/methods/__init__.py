@@ -96,4 +96,4 @@ def thin(history: list[float], points: int = 50) -> list[float]:
     return [round(h, 4) for h in history[:: max(1, len(history) // points)]]
 
 
-from . import attention_labels, bptt, coreset, dc, dm, mtt  # noqa: E402,F401  (registration)
+from . import attention_labels, bptt, coreset, dc, dilm, dm, from_file, mtt  # noqa: E402,F401  (registration)
