@@ -16,7 +16,7 @@ SLICE = {"train_per_class": 12, "test_size": 60, "seed": 0}
 def tiny_smoke(**changes):
     """benchmarks/smoke.yaml on a small slice of MR with fewer seeds (the CI run of the smoke suite)."""
     raw = yaml.safe_load((SUITES / "smoke.yaml").read_text())
-    raw.update(tasks=[{"name": "mr", "subset": SLICE}], dpc=[2], sets=1, seeds=2, **changes)
+    raw.update({"tasks": [{"name": "mr", "subset": SLICE}], "dpc": [2], "sets": 1, "seeds": 2, **changes})
     return parse_suite(raw, "smoke")
 
 
@@ -72,6 +72,18 @@ def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path, cache, mo
     monkeypatch.setattr(Runner, "run_cell", lambda self, cell: resumed.append(cell) or real(self, cell))
     results = run_suite(suite, out, progress=False)
     assert set(resumed) == set(plan(suite)) - set(calls) and not results["missing"]
+
+
+def test_sets_distilled_first_are_evaluated_later_without_distilling_again(tmp_path, cache, monkeypatch):
+    from textdistill.methods.coreset import Herding
+
+    suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
+    results = run_suite(suite, out, progress=False, distill_only=True)
+    assert len(results["missing"]) == len(plan(suite)) and len(list((out / "sets").iterdir())) == 2  # random too
+    monkeypatch.setattr(Herding, "distill", lambda *a, **k: pytest.fail("distilled twice"))
+    assert not run_suite(suite, out, progress=False)["missing"]
+    other = tiny_smoke(methods=["herding"], seeds=1)  # evaluated differently: the same set
+    assert not run_suite(other, out, progress=False)["missing"]
 
 
 def test_shards_split_the_cells(tmp_path, cache):

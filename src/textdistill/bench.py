@@ -135,12 +135,19 @@ class Cell:
         task = suite.tasks[self.task]
         if self.entry is None:
             return key_of("full", task, suite.learners, suite.full_seeds or suite.seeds, suite.recipe)
+        return key_of("set", *self._set_parts(suite), suite.learners, suite.seeds, suite.recipe)
+
+    def set_key(self, suite: Suite) -> str:
+        """What fixes the distilled set alone: suites that evaluate it differently share it."""
+        return key_of("set", *self._set_parts(suite))
+
+    def _set_parts(self, suite: Suite) -> tuple:
         from .methods import get_method
 
         entry = suite.methods[self.entry]
-        config = get_method(entry.method, **entry.options).config.to_dict()  # defaults count: a new default, a new cell
-        return key_of("set", task, asdict(entry), config, entry.learner or suite.learners[0], self.dpc,
-                      self.set_seed, suite.learners, suite.seeds, suite.recipe)
+        config = get_method(entry.method, **entry.options).config.to_dict()  # defaults count: a new default, a new set
+        return (suite.tasks[self.task], asdict(entry), config, entry.learner or suite.learners[0], self.dpc,
+                self.set_seed)
 
     def describe(self, suite: Suite) -> str:
         task = suite.tasks[self.task]["name"]
@@ -187,19 +194,19 @@ class Runner:
                             progress=False)
         return r.to_dict(), m.result()
 
-    def _distilled(self, cell: Cell, key: str):
+    def distilled(self, cell: Cell):
         """The cell's distilled set: loaded when a finished one is on disk, else distilled and saved."""
         from .measure import Meter
         from .methods import get_method
         from .synthetic import DistilledDataset
 
-        entry = self.suite.methods[cell.entry]
+        entry, key = self.suite.methods[cell.entry], cell.set_key(self.suite)
         task = self.task(cell.task)
         path = self.out / "sets" / f"{task.name}-{entry.label}-{cell.dpc}-s{cell.set_seed}"
         if (path / "manifest.json").exists():
             try:
                 ds = DistilledDataset.load(path)
-                if ds.log.get("bench_key") == key:
+                if ds.log.get("set_key") == key:
                     return ds, path
             except ArtifactError:
                 pass  # a damaged set is distilled again
@@ -209,7 +216,7 @@ class Runner:
         with Meter() as m:
             ds = method.distill(task, cell.dpc, self.learner(entry.learner or self.suite.learners[0]),
                                 seed=cell.set_seed)
-        ds.log.update(bench_key=key, distill_step=m.result())
+        ds.log.update(set_key=key, distill_step=m.result())
         ds.save(path, overwrite=True)
         return ds, path
 
@@ -226,7 +233,7 @@ class Runner:
                                 "steps": {"evaluate": step}})
             return records
         entry = suite.methods[cell.entry]
-        ds, path = self._distilled(cell, key)
+        ds, path = self.distilled(cell)
         sets = [(entry.label, ds, {"distill": ds.log.get("distill_step")})]
         if entry.decode and ds.kind == "token-embeddings":
             with Meter() as m:
@@ -246,8 +253,12 @@ class Runner:
 
 
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[int, int] = (0, 1),
-              progress: bool = True) -> dict:
-    """Run (or resume) every cell of this shard, then write ``results.json`` from all finished cells."""
+              progress: bool = True, distill_only: bool = False) -> dict:
+    """Run (or resume) every cell of this shard, then write ``results.json`` from all finished cells.
+
+    ``distill_only`` saves the distilled sets and evaluates nothing: a later run (on another machine, with the
+    ``sets/`` folder) evaluates them without distilling again.
+    """
     from .measure import environment
 
     out = Path(out)
@@ -262,6 +273,11 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
                disable=not progress)
     for cell in todo:
         bar.set_postfix_str(cell.describe(suite))
+        if distill_only:
+            if cell.entry is not None:
+                runner.distilled(cell)
+            bar.update()
+            continue
         records = runner.run_cell(cell)
         doc = {"key": cell.key(suite), "cell": cell.describe(suite), "environment": env, "device": device,
                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "records": records}

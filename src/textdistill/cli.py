@@ -212,7 +212,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.report_only:
         collect(suite, args.out)
     else:
-        run_suite(suite, args.out, device=args.device, shard=_parse_shard(args.shard))
+        run_suite(suite, args.out, device=args.device, shard=_parse_shard(args.shard), distill_only=args.distill_only)
+    if args.distill_only:
+        print(f"sets saved under {args.out}/sets; run again without --distill-only to evaluate them")
+        return
     md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}")
     print(f"report: {md} and {page}")
 
@@ -283,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu or cuda (distillation and evaluation)")
     s.add_argument("--shard", default="0/1", help="I/N: run every N-th cell from the I-th (parallel processes)")
     s.add_argument("--report-only", action="store_true", help="collect finished cells and render, run nothing")
+    s.add_argument("--distill-only", action="store_true",
+                   help="save the distilled sets, evaluate nothing (evaluate later, e.g. on a GPU)")
 
     s = sub.add_parser("report", help="render report.md and report.html again from DIR/results.json")
     s.add_argument("dir")

@@ -88,7 +88,7 @@ def evaluate(
                                progress=progress and len(labels_t) > 256)
                 preds = predict(learner, model, params, test_inputs, device=device)
                 return {"seed": seed, "accuracy": float((preds == y_test).float().mean()),
-                        "seconds": round(time.time() - t0, 2)}
+                        "seconds": round(time.time() - t0, 2), "device": str(device)}
 
             key = key_of(task.fingerprint, learner.describe(), rec.to_dict(), train_set, lrs is not None, seed)
             runs.append(cached_json("evals", key, run) if cache else run())
