@@ -84,6 +84,9 @@ def test_sets_distilled_first_are_evaluated_later_without_distilling_again(tmp_p
     assert not run_suite(suite, out, progress=False)["missing"]
     other = tiny_smoke(methods=["herding"], seeds=1)  # evaluated differently: the same set
     assert not run_suite(other, out, progress=False)["missing"]
+    glove = suite.evaluated_with(["textcnn-glove"])  # other learners, still distilled with minilm-frozen
+    assert glove.learner_of(glove.methods[0]) == "minilm-frozen"
+    assert {r["learner"] for r in run_suite(glove, out, progress=False)["records"]} == {"textcnn-glove"}
 
 
 def test_shards_split_the_cells(tmp_path, cache):

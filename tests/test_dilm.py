@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from textdistill.errors import ArtifactError
 from textdistill.learners import get_learner
 from textdistill.methods import dilm as dilm_module
 from textdistill.methods import get_method
 from textdistill.methods.dilm import Generator, lm_fine_tune
 from textdistill.methods.space import fresh_parameters, real_inputs
+from textdistill.synthetic import DistilledDataset
 
 SMALL = {"max_length": 12, "lm_steps": 4, "lm_batch": 4, "outer_loops": 2, "inner_loops": 2, "learner_steps": 1,
          "learner_batch": 8, "regenerate_every": 1, "syn_batch": 3, "real_batch": 6, "teachers": 1,
@@ -19,7 +21,7 @@ SMALL = {"max_length": 12, "lm_steps": 4, "lm_batch": 4, "outer_loops": 2, "inne
 
 
 def test_stage1_lowers_the_lm_loss(tiny_generator, mr_small):
-    gen = Generator.pretrained(tiny_generator, 2, 16)
+    gen = Generator.pretrained(tiny_generator, ["negative", "positive"], 16)
     texts, _, labels = mr_small.columns("train")
     batch = gen.encode(labels[:8], texts[:8], None)
     with torch.no_grad():
@@ -33,7 +35,7 @@ def test_stage1_lowers_the_lm_loss(tiny_generator, mr_small):
 def test_matching_loss_gradient_reaches_the_generator(tiny_generator, mr_small):
     """d(matching loss)/d(generator) from autograd equals a central finite difference along a random direction."""
     torch.manual_seed(0)
-    gen = Generator.pretrained(tiny_generator, 2, 12)
+    gen = Generator.pretrained(tiny_generator, ["negative", "positive"], 12)
     gen.model.double()
     method = get_method("dilm", **SMALL)
     learner = get_learner("textcnn-glove")
@@ -112,8 +114,14 @@ def test_saved_generator_writes_more_sets(tiny_generator, mr_small, tmp_path):
     out = tmp_path / "gen"
     get_method("dilm", generator=tiny_generator, save_generator=str(out), **SMALL).distill(
         mr_small, 2, get_learner("minilm-frozen"))
-    gen = Generator.load(out)
-    texts, pairs = gen.sample(1, 5, pairs=False, top_p=0.95, batch=4, seed=0, progress=False)
+    marker = DistilledDataset.load(out)  # a `generator` artifact: provenance, no examples
+    assert marker.kind == "generator" and marker.method == "dilm" and len(marker) == 0
+    with pytest.raises(ArtifactError, match="generate a text set from it first"):
+        marker.inputs_for(get_learner("minilm-frozen"))
+    again = get_method("dilm", generator=str(out), **{**SMALL, "lm_steps": 0, "outer_loops": 0}).distill(
+        mr_small, 4, get_learner("minilm-frozen"), seed=1)
+    assert Counter(again.labels.tolist()) == {0: 4, 1: 4}
+    texts, pairs = Generator.load(out).sample(1, 5, pairs=False, top_p=0.95, batch=4, seed=0, progress=False)
     assert len(texts) == 5 and pairs is None
 
 
@@ -124,3 +132,14 @@ def test_bad_options():
         get_method("dilm", syn_batch=0)
     with pytest.raises(ConfigError, match="top_p"):
         get_method("dilm", top_p=0)
+
+
+def test_examples_are_class_token_text_end_and_pairs_are_joined_by_sep(tiny_generator):
+    gen = Generator.pretrained(tiny_generator, ["bad", "fine", "good"], 16)
+    single = gen.encode([2, 0], ["a good film", "bad"], None)
+    ids, mask = single["input_ids"], single["attention_mask"]
+    assert ids[:, 0].tolist() == [gen.class_ids[2], gen.class_ids[0]]
+    assert ids[0, int(mask[0].sum()) - 1] == gen.tokenizer.eos_token_id
+    assert (single["targets"][1, int(mask[1].sum()):] == -100).all()  # padding is not predicted
+    pair = gen.encode([1], ["is it raining"], ["it rains"])["input_ids"][0].tolist()
+    assert pair.count(gen.sep_id) == 1 and pair[0] == gen.class_ids[1]

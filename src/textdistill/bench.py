@@ -55,9 +55,19 @@ class Suite:
     recipe: dict = field(default_factory=dict)  # training recipe overrides for every evaluation
     published: list[Published] = field(default_factory=list)
     description: str = ""
+    distill_learner: str | None = None  # the learner the methods work with (default: the first of learners)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def learner_of(self, entry: Entry) -> str:
+        return entry.learner or self.distill_learner or self.learners[0]
+
+    def evaluated_with(self, learners: list[str]) -> "Suite":
+        """The same sets (still distilled with this suite's learner) evaluated with other learners."""
+        from dataclasses import replace
+
+        return replace(self, learners=list(learners), distill_learner=self.distill_learner or self.learners[0])
 
 
 def _check_keys(where: str, values: dict, cls) -> None:
@@ -146,7 +156,7 @@ class Cell:
 
         entry = suite.methods[self.entry]
         config = get_method(entry.method, **entry.options).config.to_dict()  # defaults count: a new default, a new set
-        return (suite.tasks[self.task], asdict(entry), config, entry.learner or suite.learners[0], self.dpc,
+        return (suite.tasks[self.task], asdict(entry), config, suite.learner_of(entry), self.dpc,
                 self.set_seed)
 
     def describe(self, suite: Suite) -> str:
@@ -214,7 +224,7 @@ class Runner:
         if hasattr(method.config, "device"):
             method.config.device = self.device
         with Meter() as m:
-            ds = method.distill(task, cell.dpc, self.learner(entry.learner or self.suite.learners[0]),
+            ds = method.distill(task, cell.dpc, self.learner(self.suite.learner_of(entry)),
                                 seed=cell.set_seed)
         ds.log.update(set_key=key, distill_step=m.result())
         ds.save(path, overwrite=True)
@@ -224,7 +234,7 @@ class Runner:
         from .decode import decode_to_text
         from .measure import Meter
 
-        suite, task, key = self.suite, self.task(cell.task), cell.key(self.suite)
+        suite, task = self.suite, self.task(cell.task)
         if cell.entry is None:
             records = []
             for name in suite.learners:
@@ -245,7 +255,7 @@ class Runner:
             for name in [bound] if bound else suite.learners:
                 result, step = self._evaluate(task, source, name, suite.seeds)
                 records.append({**result, "task": task.name, "method": label, "base_method": entry.method,
-                                "options": entry.options, "distill_learner": entry.learner or suite.learners[0],
+                                "options": entry.options, "distill_learner": suite.learner_of(entry),
                                 "dpc": cell.dpc, "set_seed": cell.set_seed, "kind": source.kind,
                                 "artifact": str(path.relative_to(self.out)),
                                 "steps": {**steps, "evaluate": step}})

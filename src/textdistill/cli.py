@@ -209,6 +209,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .report import write_report
 
     suite = load_suite(args.suite)
+    if args.learners:
+        suite = suite.evaluated_with(args.learners.split(","))
     if args.report_only:
         collect(suite, args.out)
     else:
@@ -216,7 +218,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.distill_only:
         print(f"sets saved under {args.out}/sets; run again without --distill-only to evaluate them")
         return
-    md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}")
+    learners = f" --learners {args.learners}" if args.learners else ""
+    md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}{learners}")
     print(f"report: {md} and {page}")
 
 
@@ -286,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu or cuda (distillation and evaluation)")
     s.add_argument("--shard", default="0/1", help="I/N: run every N-th cell from the I-th (parallel processes)")
     s.add_argument("--report-only", action="store_true", help="collect finished cells and render, run nothing")
+    s.add_argument("--learners", help="evaluate with these learners (comma-separated) instead of the suite's; the "
+                   "methods still work with the suite's first learner, so its sets are shared")
     s.add_argument("--distill-only", action="store_true",
                    help="save the distilled sets, evaluate nothing (evaluate later, e.g. on a GPU)")
 

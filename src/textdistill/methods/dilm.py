@@ -1,7 +1,7 @@
 """dilm, Distilling dataset into a Language Model (Maekawa et al. 2024): the distilled set is text.
 
 Stage 1 fine-tunes a causal LM as a class-conditional generator ("<class_c> text <eos>"; pair tasks join
-their two texts with "<sep>"). Stage 2 trains that generator by gradient matching: per class, the learner's
+their two texts with "<sep>"; a class token starts as the embedding of its class name). Stage 2 trains that generator by gradient matching: per class, the learner's
 gradient on real examples from representative teachers (k-means coresets) is matched (1 - cosine) by its
 gradient on generated examples, each example's loss weighted by a softmax over its negative generation loss,
 so the matching loss reaches the generator although the text is discrete. The learner is re-initialised each
@@ -86,7 +86,7 @@ class Generator:
         self.sep_id = tokenizer.convert_tokens_to_ids(SEP)
 
     @classmethod
-    def pretrained(cls, name: str, num_classes: int, max_length: int) -> "Generator":
+    def pretrained(cls, name: str, classes: list[str], max_length: int) -> "Generator":
         """A hub/local causal LM with the class, separator, end and padding tokens added."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,25 +96,29 @@ class Generator:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         except OSError as e:
             raise ResourceMissing(f"cannot load generator {name!r} ({e}); offline, use smollm2-135m or a local path") from None
-        return cls.extended(model, tokenizer, num_classes, max_length)
+        return cls.extended(model, tokenizer, classes, max_length)
 
     @classmethod
-    def extended(cls, model, tokenizer, num_classes: int, max_length: int) -> "Generator":
+    def extended(cls, model, tokenizer, classes: list[str], max_length: int) -> "Generator":
+        """Add the tokens; a new class token starts as the mean embedding of its class name's tokens, so the
+        pretrained LM is class-conditional from the first step (a copy of one start token for every class left
+        the classes indistinguishable after a short stage 1 on CPU)."""
         if tokenizer.eos_token is None:
             tokenizer.add_special_tokens({"eos_token": "<eos>"})
         if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})  # padding must not look like the end
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         known = len(tokenizer)
-        tokenizer.add_tokens([SEP] + [f"<class_{c}>" for c in range(num_classes)])  # kept if already there
+        tokenizer.add_tokens([SEP] + [f"<class_{c}>" for c in range(len(classes))])  # kept if already there
         with torch.random.fork_rng():  # the new rows start from a fixed seed: the same generator every time
             torch.manual_seed(0)
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        gen = cls(model, tokenizer, num_classes, max_length)
+        gen = cls(model, tokenizer, len(classes), max_length)
         table = model.get_input_embeddings().weight
-        new = [i for i in gen.class_ids if i >= known]
-        with torch.no_grad():  # new class tokens start as the model's own start-of-text token
-            table[new] = table[start].clone()
+        with torch.no_grad():
+            for token, name in zip(gen.class_ids, classes):
+                words = tokenizer(f" {name}", add_special_tokens=False)["input_ids"]
+                if token >= known and words:
+                    table[token] = table[words].mean(0)
         return gen
 
     @classmethod
@@ -220,18 +224,19 @@ class DiLM(Distiller):
     # -- stage 1 ---------------------------------------------------------------------------------
     def stage1_key(self, task: Task) -> str:
         c = self.config
-        return key_of("dilm-lm", c.generator, model_revision(c.generator), task.fingerprint, c.max_length,
+        # 2: class tokens start from their class names (1: from the start token)
+        return key_of("dilm-lm", 2, c.generator, model_revision(c.generator), task.fingerprint, c.max_length,
                       c.lm_steps, c.lm_batch, c.lm_lr)
 
     def language_model(self, task: Task) -> tuple[Generator, dict]:
         """The stage-1 generator, fine-tuned once per (generator, task, options) and kept in the cache."""
         c = self.config
         if c.lm_steps == 0:  # a generator used as it is (e.g. one saved by --save-generator)
-            return Generator.pretrained(c.generator, task.num_classes, c.max_length).to(c.device), {"lm_loss": []}
+            return Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(c.device), {"lm_loss": []}
         folder = cache_dir() / "generators" / self.stage1_key(task)
         with FileLock(str(folder) + ".lock"):
             if not (folder / META).exists():
-                gen = Generator.pretrained(c.generator, task.num_classes, c.max_length).to(c.device)
+                gen = Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(c.device)
                 history = lm_fine_tune(gen, task, c.lm_steps, c.lm_batch, c.lm_lr)
                 gen.save(folder, stage=1, lm_loss=thin(history), task=task.name)
         meta = json.loads((folder / META).read_text())
@@ -279,7 +284,7 @@ class DiLM(Distiller):
         c = self.config
         if c.outer_loops == 0:
             return []
-        stage2 = {k: v for k, v in c.to_dict().items() if k not in ("pool_factor", "save_generator", "device", "gen_batch")}
+        stage2 = {k: v for k, v in c.to_dict().items() if k not in ("pool_factor", "save_generator", "device")}
         folder = cache_dir() / "dilm" / key_of(self.stage1_key(task), stage2, learner.name, seed)
         with FileLock(str(folder) + ".lock"):
             return self._gradient_matching(gen, task, learner, seed, folder)
