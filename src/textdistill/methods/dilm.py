@@ -336,27 +336,24 @@ class DiLM(Distiller):
             marker = self._artifact(task, seed, kind="generator", labels=torch.zeros(0, dtype=torch.long), log=dict(log))
             gen.save(c.save_generator, marker)
             log["generator"] = str(c.save_generator)
-        return write_set(self, gen, task, dpc, learner, seed, log)
+        return self.write_set(gen, task, dpc, learner, seed, log)
 
-
-def write_set(distiller: Distiller, gen: Generator, task: Task, dpc: int, learner: Learner, seed: int,
-              log: dict) -> DistilledDataset:
-    """Generate ``pool_factor * dpc`` examples per class and keep the ``dpc`` nearest the k-means centroids."""
-    c = distiller.config
-    pairs = task.spec.pair
-    rng = np.random.default_rng(seed)
-    texts: list[str] = []
-    seconds: list[str] = []
-    labels: list[int] = []
-    for y in range(task.num_classes):
-        a, b = gen.sample(y, c.pool_factor * dpc, pairs=pairs, top_p=c.top_p, batch=c.gen_batch, seed=seed * 7919 + y)
-        picked = KMeansNearest().select(learner.sentence_vectors(a, b), dpc, rng)
-        texts += [a[i] for i in picked]
-        seconds += [b[i] for i in picked] if b is not None else []
-        labels += [y] * dpc
-    return distiller._artifact(task, seed, kind="text", texts=texts, text_pairs=seconds if pairs else None,
-                               labels=torch.tensor(labels), log=log,
-                               learner={"id": learner.name, "embedding": learner.embedding_id, "role": "selection space"})
+    def write_set(self, gen: Generator, task: Task, dpc: int, learner: Learner, seed: int,
+                  log: dict) -> DistilledDataset:
+        """Generate ``pool_factor * dpc`` examples per class and keep the ``dpc`` nearest the k-means centroids."""
+        c, pairs, rng = self.config, task.spec.pair, np.random.default_rng(seed)
+        texts: list[str] = []
+        seconds: list[str] = []
+        for y in range(task.num_classes):
+            a, b = gen.sample(y, c.pool_factor * dpc, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
+                              seed=seed * 7919 + y)
+            picked = KMeansNearest().select(learner.sentence_vectors(a, b), dpc, rng)
+            texts += [a[i] for i in picked]
+            seconds += [b[i] for i in picked] if b is not None else []
+        return self._artifact(task, seed, kind="text", texts=texts, text_pairs=seconds if pairs else None,
+                              labels=torch.arange(task.num_classes).repeat_interleave(dpc), log=log,
+                              learner={"id": learner.name, "embedding": learner.embedding_id,
+                                       "role": "selection space"})
 
 
 def save_checkpoint(folder: Path, gen: Generator, opt: torch.optim.Optimizer | None, outer: int,
