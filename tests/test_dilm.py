@@ -71,6 +71,60 @@ def test_a_generated_set_is_balanced_text(tiny_generator, mr_small):
     assert len(ds.log["matching_loss"]) == SMALL["outer_loops"] * SMALL["inner_loops"]
 
 
+def test_guided_sampling_follows_the_contrast_with_the_other_class(tiny_generator):
+    """With nucleus mass near 0 sampling takes the argmax; with guidance, that of
+    scale * (log p(. | class 0) - log p(. | class 1)) + log p(. | class 1), recomputed here step by step."""
+    gen = Generator.pretrained(tiny_generator, ["negative", "positive"], 4)
+    scale = 30.0
+    banned = gen.class_ids + [gen.sep_id, gen.tokenizer.pad_token_id]
+
+    def next_logp(ids):
+        with torch.no_grad():
+            return torch.log_softmax(gen.model(torch.tensor([ids])).logits[0, -1], -1)
+
+    def greedy(guided):
+        tokens = []
+        for _ in range(gen.max_length - 1):
+            own = next_logp([gen.class_ids[0]] + tokens)
+            other = next_logp([gen.class_ids[1]] + tokens)
+            scores = scale * (own - other) + other if guided else own
+            scores[banned] = -float("inf")  # after guidance, as generation bans them
+            token = int(scores.argmax())
+            if token == gen.tokenizer.eos_token_id:
+                break
+            tokens.append(token)
+        return gen.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    expected = greedy(guided=True)
+    assert expected and expected != greedy(guided=False)  # guidance changes what is written
+    texts, _ = gen.sample(0, 2, pairs=False, top_p=1e-6, batch=2, seed=0, guidance=scale, progress=False)
+    assert texts == [expected, expected]
+
+
+def test_filtered_sets_keep_only_examples_the_probe_assigns_to_their_class(tiny_generator, mr_small):
+    learner = get_learner("minilm-frozen")
+    options = {**SMALL, "outer_loops": 0, "generator": tiny_generator}
+    ds = get_method("dilm", filter_labels=True, **options).distill(mr_small, 2, learner)
+    probe = dilm_module.label_probe(mr_small, learner)
+    assert (probe.predict(learner.sentence_vectors(ds.texts)) == ds.labels.numpy()).all()
+    assert Counter(ds.labels.tolist()) == {0: 2, 1: 2} and all(0 < r <= 1 for r in ds.log["probe_accepted"])
+    plain = get_method("dilm", **options).distill(mr_small, 2, learner)
+    assert "probe_accepted" not in plain.log
+
+
+def test_a_probe_that_accepts_too_few_examples_is_an_error(tiny_generator, mr_small, monkeypatch):
+    from textdistill.errors import DataError
+
+    class Rejecting:
+        def predict(self, vectors):
+            return np.full(len(vectors), -1)
+
+    monkeypatch.setattr(dilm_module, "label_probe", lambda task, learner: Rejecting())
+    with pytest.raises(DataError, match="probe accepted only 0 of"):
+        get_method("dilm", generator=tiny_generator, filter_labels=True, **{**SMALL, "outer_loops": 0}).distill(
+            mr_small, 2, get_learner("minilm-frozen"))
+
+
 def test_vanilla_generator_skips_stage2(tiny_generator, mr_small):
     ds = get_method("dilm", generator=tiny_generator, **{**SMALL, "outer_loops": 0}).distill(
         mr_small, 2, get_learner("minilm-frozen"))
@@ -132,6 +186,8 @@ def test_bad_options():
         get_method("dilm", syn_batch=0)
     with pytest.raises(ConfigError, match="top_p"):
         get_method("dilm", top_p=0)
+    with pytest.raises(ConfigError, match="guidance >= 1"):
+        get_method("dilm", guidance=0.5)
 
 
 def test_examples_are_class_token_text_end_and_pairs_are_joined_by_sep(tiny_generator):

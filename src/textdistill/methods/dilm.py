@@ -1,13 +1,17 @@
 """dilm, Distilling dataset into a Language Model (Maekawa et al. 2024): the distilled set is text.
 
-Stage 1 fine-tunes a causal LM as a class-conditional generator ("<class_c> text <eos>"; pair tasks join
-their two texts with "<sep>"; a class token starts as the embedding of its class name). Stage 2 trains that generator by gradient matching: per class, the learner's
-gradient on real examples from representative teachers (k-means coresets) is matched (1 - cosine) by its
-gradient on generated examples, each example's loss weighted by a softmax over its negative generation loss,
-so the matching loss reaches the generator although the text is discrete. The learner is re-initialised each
-outer loop and trained on real data between generator updates; the generated pool is renewed every
-``regenerate_every`` outer loops. The final set: an over-sampled pool, ``dpc`` examples per class picked by
-k-means in the learner's embedding space.
+Stage 1 fine-tunes a causal LM as a class-conditional generator ("<class_c> text <eos>"; pair tasks join their
+two texts with "<sep>"; a class token starts as the embedding of its class name). Stage 2 trains that
+generator by gradient matching: per class, the learner's gradient on real examples from representative
+teachers (k-means coresets) is matched (1 - cosine) by its gradient on generated examples, each example's loss
+weighted by a softmax over its negative generation loss, so the matching loss reaches the generator although
+the text is discrete. The learner is re-initialised each outer loop and trained on real data between generator
+updates; the generated pool is renewed every ``regenerate_every`` outer loops. The final set: an over-sampled
+pool, ``dpc`` examples per class picked by k-means in the learner's embedding space. Two options not in the
+paper serve a generator that is not yet class-conditional (a short stage 1 on CPU): ``guidance`` samples the
+final pool with classifier-free guidance against the other classes' start tokens, and ``filter_labels`` drops
+generated examples that a linear probe on the learner's vectors of the real data assigns to another class, as
+LAMBADA (Anaby-Tavor et al. 2020) filters its generated data.
 
 Stage 1 is cached per (generator, task, stage-1 options); stage 2 checkpoints in the cache and resumes, and
 does not depend on ``dpc``, so the budgets of one seed share it. ``outer_loops: 0`` gives the stage-1-only
@@ -64,6 +68,12 @@ class DiLMConfig(MethodConfig):
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
     gen_batch: int = field(default=32, metadata={"help": "sequences generated at once"})
     pool_factor: int = field(default=4, metadata={"help": "final pool: this many times dpc per class, then k-means"})
+    guidance: float = field(default=1.0, metadata={
+        "help": "final pool: classifier-free guidance scale against another class's start token (1: off, as in "
+                "the paper)"})
+    filter_labels: bool = field(default=False, metadata={
+        "help": "final pool: keep only examples that a linear probe on the learner's vectors of the real data "
+                "assigns to their class (LAMBADA-style; not in the paper)"})
     save_generator: str = field(default="", metadata={"help": "also save the trained generator (kind generator) here"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
@@ -73,8 +83,8 @@ class DiLMConfig(MethodConfig):
         bad = [k for k in positive if getattr(self, k) < 1]
         if bad or self.lm_steps < 0 or self.outer_loops < 0 or self.learner_steps < 0:
             raise ConfigError(f"dilm: {', '.join(bad) or 'step counts'} must be positive")
-        if self.max_length < 4 or self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("dilm needs max_length >= 4, temperature > 0 and 0 < top_p <= 1")
+        if self.max_length < 4 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.guidance < 1:
+            raise ConfigError("dilm needs max_length >= 4, temperature > 0, 0 < top_p <= 1 and guidance >= 1")
 
 
 class Generator:
@@ -169,11 +179,16 @@ class Generator:
 
     @torch.no_grad()
     def sample(self, label: int, n: int, *, pairs: bool, top_p: float, batch: int, seed: int,
-               progress: bool = True) -> tuple[list[str], list[str] | None]:
-        """``n`` non-empty examples of class ``label`` (nucleus sampling, seeded); pairs split at <sep>."""
+               guidance: float = 1.0, progress: bool = True) -> tuple[list[str], list[str] | None]:
+        """``n`` non-empty examples of class ``label`` (nucleus sampling, seeded); pairs split at <sep>.
+
+        ``guidance`` > 1: classifier-free guidance (Sanchez et al. 2023), the next-token log-probabilities
+        pushed away from those after another class's start token (the other classes in turn), which
+        strengthens a weakly class-conditional generator."""
         torch.manual_seed(seed)
         self.model.eval()
         banned = [[i] for i in self.class_ids] + ([] if pairs else [[self.sep_id]])
+        others = torch.tensor([t for c, t in enumerate(self.class_ids) if c != label], device=self.model.device)
         texts: list[str] = []
         seconds: list[str] = []
         tries = 0
@@ -185,10 +200,12 @@ class Generator:
                                 f"({len(texts)} of {n}); train stage 1 longer (lm_steps)")
             size = min(batch, 2 * (n - len(texts)) + 1)
             start = torch.full((size, 1), self.class_ids[label], device=self.model.device)
+            contrast = {} if guidance == 1 else {"guidance_scale": guidance,
+                                                 "negative_prompt_ids": others[torch.arange(size) % len(others), None]}
             out = self.model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_p=top_p,
                                       top_k=0, max_new_tokens=self.max_length - 1, bad_words_ids=banned,
                                       pad_token_id=self.tokenizer.pad_token_id,
-                                      eos_token_id=self.tokenizer.eos_token_id)
+                                      eos_token_id=self.tokenizer.eos_token_id, **contrast)
             for text in self.tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True):
                 parts = [p.strip() for p in text.split(SEP)]
                 if len(texts) < n and parts[0] and (not pairs or len(parts) >= 2 and parts[1]):
@@ -284,7 +301,8 @@ class DiLM(Distiller):
         c = self.config
         if c.outer_loops == 0:
             return []
-        stage2 = {k: v for k, v in c.to_dict().items() if k not in ("pool_factor", "save_generator", "device")}
+        stage2 = {k: v for k, v in c.to_dict().items()
+                  if k not in ("pool_factor", "guidance", "filter_labels", "save_generator", "device")}
         folder = cache_dir() / "dilm" / key_of(self.stage1_key(task), stage2, learner.name, seed)
         with FileLock(str(folder) + ".lock"):
             return self._gradient_matching(gen, task, learner, seed, folder)
@@ -340,20 +358,58 @@ class DiLM(Distiller):
 
     def write_set(self, gen: Generator, task: Task, dpc: int, learner: Learner, seed: int,
                   log: dict) -> DistilledDataset:
-        """Generate ``pool_factor * dpc`` examples per class and keep the ``dpc`` nearest the k-means centroids."""
+        """Generate ``pool_factor * dpc`` examples per class (with ``guidance``; with ``filter_labels``, ones a
+        probe trained on the real data assigns to the class) and keep the ``dpc`` nearest the k-means centroids."""
         c, pairs, rng = self.config, task.spec.pair, np.random.default_rng(seed)
+        probe = label_probe(task, learner) if c.filter_labels else None
         texts: list[str] = []
         seconds: list[str] = []
+        accepted = []
         for y in range(task.num_classes):
-            a, b = gen.sample(y, c.pool_factor * dpc, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
-                              seed=seed * 7919 + y)
+            a, b, rate = self.pool(gen, y, c.pool_factor * dpc, dpc, pairs, learner, probe, seed)
             picked = KMeansNearest().select(learner.sentence_vectors(a, b), dpc, rng)
             texts += [a[i] for i in picked]
             seconds += [b[i] for i in picked] if b is not None else []
+            accepted.append(rate)
+        if probe is not None:
+            log["probe_accepted"] = accepted
         return self._artifact(task, seed, kind="text", texts=texts, text_pairs=seconds if pairs else None,
                               labels=torch.arange(task.num_classes).repeat_interleave(dpc), log=log,
                               learner={"id": learner.name, "embedding": learner.embedding_id,
                                        "role": "selection space"})
+
+    def pool(self, gen: Generator, label: int, size: int, least: int, pairs: bool, learner: Learner, probe,
+             seed: int, rounds: int = 8) -> tuple[list[str], list[str] | None, float]:
+        """``size`` generated examples of ``label``; with a probe, only those it assigns to ``label``, sampling
+        again (up to ``rounds`` times) while fewer; the share it accepted."""
+        c = self.config
+        texts: list[str] = []
+        seconds: list[str] = []
+        drawn = 0
+        for r in range(rounds if probe is not None else 1):
+            a, b = gen.sample(label, size, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
+                              seed=seed * 7919 + label + 104729 * r, guidance=c.guidance)
+            b = b if b is not None else [""] * len(a)
+            drawn += len(a)
+            if probe is not None:
+                keep = probe.predict(learner.sentence_vectors(a, b if pairs else None)) == label
+                a, b = [t for t, k in zip(a, keep) if k], [t for t, k in zip(b, keep) if k]
+            texts += a
+            seconds += b
+            if len(texts) >= size:
+                break
+        if len(texts) < least:
+            raise DataError(f"dilm: the probe accepted only {len(texts)} of {drawn} generated examples of class "
+                            f"{label}, fewer than dpc={least}; train the generator longer or turn filter_labels off")
+        return texts[:size], seconds[:size] if pairs else None, len(texts) / drawn
+
+
+def label_probe(task: Task, learner: Learner):
+    """Logistic regression on the learner's sentence vectors of the real training data."""
+    from sklearn.linear_model import LogisticRegression
+
+    texts, pairs, labels = task.columns("train")
+    return LogisticRegression(max_iter=1000).fit(learner.sentence_vectors(texts, pairs), labels)
 
 
 def save_checkpoint(folder: Path, gen: Generator, opt: torch.optim.Optimizer | None, outer: int,
