@@ -383,25 +383,24 @@ class DiLM(Distiller):
         """``size`` generated examples of ``label``; with a probe, only those it assigns to ``label``, sampling
         again (up to ``rounds`` times) while fewer; the share it accepted."""
         c = self.config
-        texts: list[str] = []
-        seconds: list[str] = []
+        rows: list[tuple[str, str | None]] = []  # (text, second text of a pair)
         drawn = 0
         for r in range(rounds if probe is not None else 1):
             a, b = gen.sample(label, size, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
                               seed=seed * 7919 + label + 104729 * r, guidance=c.guidance)
-            b = b if b is not None else [""] * len(a)
-            drawn += len(a)
+            new = list(zip(a, b or [None] * len(a)))
+            drawn += len(new)
             if probe is not None:
-                keep = probe.predict(learner.sentence_vectors(a, b if pairs else None)) == label
-                a, b = [t for t, k in zip(a, keep) if k], [t for t, k in zip(b, keep) if k]
-            texts += a
-            seconds += b
-            if len(texts) >= size:
+                keep = probe.predict(learner.sentence_vectors(a, b)) == label
+                new = [row for row, k in zip(new, keep) if k]
+            rows += new
+            if len(rows) >= size:
                 break
-        if len(texts) < least:
-            raise DataError(f"dilm: the probe accepted only {len(texts)} of {drawn} generated examples of class "
+        if len(rows) < least:
+            raise DataError(f"dilm: the probe accepted only {len(rows)} of {drawn} generated examples of class "
                             f"{label}, fewer than dpc={least}; train the generator longer or turn filter_labels off")
-        return texts[:size], seconds[:size] if pairs else None, len(texts) / drawn
+        texts, seconds = zip(*rows[:size])
+        return list(texts), list(seconds) if pairs else None, len(rows) / drawn
 
 
 def label_probe(task: Task, learner: Learner):
