@@ -36,6 +36,9 @@ def test_distill_evaluate_show_on_a_user_csv(tmp_path, csv_task, capsys):
     assert json.loads((out / "manifest.json").read_text())["config"] == {"n_init": 2}  # the command line wins
     report = tmp_path / "r.json"
     assert main(["evaluate", str(out), "--learner", "minilm-frozen", "--learner", "textcnn-glove", "--seeds", "2",
+                 "--steps", "10", "--json", str(report), "--no-cache"]) == 2  # a file task is given again
+    assert main(["evaluate", str(out), "--task", str(csv_task), "--text-col", "review", "--label-col", "sentiment",
+                 "--learner", "minilm-frozen", "--learner", "textcnn-glove", "--seeds", "2",
                  "--steps", "10", "--json", str(report), "--no-cache"]) == 0
     results = json.loads(report.read_text())["results"]
     assert [r["learner"] for r in results] == ["minilm-frozen", "textcnn-glove"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -83,7 +84,17 @@ def _entry(where: str, raw) -> Entry:
     if not isinstance(raw, dict) or "method" not in raw:
         raise ConfigError(f"{where}: a method is a name or a mapping with 'method'")
     _check_keys(where, raw, Entry)
-    return Entry(**{"label": raw["method"], **raw})
+    entry = Entry(**{"label": raw["method"], **raw})
+    _check_component(where, "label", entry.label)
+    return entry
+
+
+def _check_component(where: str, what: str, value) -> None:
+    """Labels and file-task names end up in paths under OUT: one plain folder-name part each, never a way out."""
+    if (not isinstance(value, str) or not value or value.startswith(".") or "/" in value or "\\" in value
+            or Path(value).is_absolute()):
+        raise ConfigError(f"{where}: {what} {value!r} must be a plain name (no '/', '\\', '..', leading '.' or "
+                          "absolute path): it names folders under --out")
 
 
 def parse_suite(raw: dict, where: str = "suite") -> Suite:
@@ -100,6 +111,7 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
     for t in tasks:
         if not isinstance(t, dict) or "name" not in t or set(t) - {"name", "data_dir", "subset"}:
             raise ConfigError(f"{where}: a task is a name or a mapping of name, data_dir, subset; got {t!r}")
+        _check_component(where, "task name", Path(str(t["name"])).stem)  # a file task is named by its file's stem
     entries = [_entry(f"{where}: methods[{i}]", m) for i, m in enumerate(raw["methods"])]
     if not any(e.method == "random" for e in entries):  # random is the floor every table is read against
         entries.insert(0, Entry("random", "random"))
@@ -251,7 +263,7 @@ class Runner:
             sets.append((f"{entry.label}+text", text, {"decode": m.result()}))
         records = []
         for label, source, steps in sets:
-            bound = source.kind != "text" and (source.learner or {}).get("id")
+            bound = source.kind != "text" and source.bound_learner()
             for name in [bound] if bound else suite.learners:
                 result, step = self._evaluate(task, source, name, suite.seeds)
                 records.append({**result, "task": task.name, "method": label, "base_method": entry.method,
@@ -276,7 +288,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     atomic_write(out / "suite.json", lambda p: p.write_text(json.dumps(suite.to_dict(), indent=1)))
     index, count = shard
     mine = [c for i, c in enumerate(plan(suite)) if i % count == index]
-    todo = [c for c in mine if not (out / "cells" / f"{c.key(suite)}.json").exists()]
+    todo = [c for c in mine if read_cell(out / "cells" / f"{c.key(suite)}.json", "it is run again") is None]
     runner = Runner(suite, out, device)
     env = environment()
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
@@ -297,16 +309,30 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     return collect(suite, out)
 
 
+def read_cell(path: Path, then: str) -> dict | None:
+    """A finished cell, or None when absent; a damaged one (a killed copy, a full disk) is warned about, not fatal."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if isinstance(doc, dict) and isinstance(doc.get("records"), list) and isinstance(doc.get("environment"), dict):
+            return doc
+        why = "not a cell"
+    except (OSError, ValueError) as e:
+        why = e.__class__.__name__
+    print(f"warning: {path}: unreadable cell ({why}); {then}", file=sys.stderr)
+    return None
+
+
 def collect(suite: Suite, out: str | Path) -> dict:
     """``results.json``: the suite, the environment, and every finished cell's records in plan order."""
     out = Path(out)
     records, missing, envs = [], [], []
     for cell in plan(suite):
-        path = out / "cells" / f"{cell.key(suite)}.json"
-        if not path.exists():
+        doc = read_cell(out / "cells" / f"{cell.key(suite)}.json", "it counts as missing")
+        if doc is None:
             missing.append(cell.describe(suite))
             continue
-        doc = json.loads(path.read_text())
         records += [{**r, "device": doc.get("device", "cpu")} for r in doc["records"]]
         if doc["environment"] not in envs:
             envs.append(doc["environment"])

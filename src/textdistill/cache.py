@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,11 +23,31 @@ def key_of(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
+@functools.cache
+def umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask alone sets it, racing threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, folder: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give ``path`` the mode a plain open/mkdir would (sets are shared)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     os.close(fd)
     try:
+        follow_umask(Path(tmp))
         write(Path(tmp))
         os.replace(tmp, path)
     finally:

@@ -62,6 +62,7 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     from .learners import get_learner
     from .measure import Meter
     from .methods import METHODS, get_method
+    from .synthetic import check_output
 
     options: dict = {}
     if args.config:
@@ -82,6 +83,7 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
         method_parser.add_argument(f"--{opt.replace('_', '-')}", dest=opt, type=kind, default=None, help=help_)
     options.update({k: v for k, v in vars(method_parser.parse_args(extra)).items() if v is not None})
 
+    check_output(args.out, args.overwrite)  # before the work, not after it
     task = _load_task(args)
     learner = get_learner(args.learner)
     distiller = get_method(args.method, **options)
@@ -94,15 +96,27 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def _load_artifact_task(ds, args: argparse.Namespace):
-    from .data import get_task
+    from .data import BENCHMARKS, BUILTIN, get_task
 
     if args.task:
         task = _load_task(args)
     else:
-        origin = dict(ds.task.get("origin") or {})
-        if not origin:
+        # A manifest only names a registered task: it never makes us read a file or folder it names.
+        origin = ds.task.get("origin")
+        name = origin.get("name") if isinstance(origin, dict) else None
+        if not isinstance(name, str) or not name:
             raise ConfigError("the set does not record how to load its task: pass --task")
-        task = get_task(**origin)
+        if name not in BUILTIN and name not in BENCHMARKS:
+            raise ConfigError(f"the set was distilled from a data file ({Path(name).name}); pass it again with --task "
+                              "(and its --text-col, --label-col, ... options)")
+        if name in BENCHMARKS and origin.get("data_dir") and not args.data_dir:
+            raise ConfigError(f"the set was distilled from a local copy of {name}; pass --data-dir")
+        subset = origin.get("subset")
+        keys = {"train_per_class", "test_size", "seed"}
+        if subset is not None and not (isinstance(subset, dict) and set(subset) <= keys
+                                       and all(v is None or isinstance(v, int) for v in subset.values())):
+            raise ConfigError(f"{args.dir}/manifest.json: task.origin.subset is malformed; pass --task")
+        task = get_task(name, data_dir=args.data_dir, subset=subset)
     if task.fingerprint != ds.task.get("fingerprint"):
         print(f"warning: task {task.name} has fingerprint {task.fingerprint}, the set was distilled from "
               f"{ds.task.get('fingerprint')}", file=sys.stderr)
@@ -146,7 +160,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     elif ds.kind == "token-embeddings":
         from .learners import get_learner
 
-        learner = get_learner(ds.learner["id"])
+        learner = get_learner(ds.bound_learner())
         tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], ds.tensors["attention_mask"])
         rows = [(ds.label_names[y], " ".join(t)) for y, t in zip(ds.hard_labels.tolist(), tokens)]
     else:
@@ -157,8 +171,9 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     from .decode import decode_to_text
-    from .synthetic import DistilledDataset
+    from .synthetic import DistilledDataset, check_output
 
+    check_output(args.out, args.overwrite)
     text = decode_to_text(DistilledDataset.load(args.dir))
     text.save(args.out, overwrite=args.overwrite)
     print(f"decoded {len(text)} examples to text -> {args.out}")

@@ -13,7 +13,7 @@ def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
     are dropped, so the text set trains with each learner's default recipe."""
     if ds.kind != "token-embeddings":
         raise ArtifactError(f"only a token-embedding set decodes to text (this one is {ds.kind!r})")
-    learner = get_learner(ds.learner["id"])
+    learner = get_learner(ds.bound_learner())
     tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], ds.tensors["attention_mask"])
     texts = [learner.detokenize(t) or "[empty]" for t in tokens]
     return DistilledDataset(kind="text", labels=ds.labels, label_names=ds.label_names, texts=texts,

@@ -6,10 +6,13 @@ Loading reads JSON and safetensors only (never a pickle). Saving writes a temp d
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
+import reprlib
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from .cache import follow_umask
 from .errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -122,9 +126,7 @@ class DistilledDataset:
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise ArtifactError(f"{path} exists; choose another --out or pass overwrite")
+        check_output(path, overwrite)
         return write_folder(path, self.write_files)
 
     def write_files(self, folder: Path) -> None:
@@ -152,24 +154,33 @@ class DistilledDataset:
             m = json.loads(files[0].read_text())
         except json.JSONDecodeError as e:
             raise ArtifactError(f"{files[0]}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{files[0]}: unreadable ({e.__class__.__name__})") from None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise ArtifactError(f"{files[0]}: format {m.get('format') if isinstance(m, dict) else None!r} "
                                 f"is not {FORMAT!r}")
+        _check_manifest(files[0], m)
         try:
             tensors = load_file(str(files[1]))
         except Exception as e:  # safetensors raises its own error types
             raise ArtifactError(f"{files[1]}: unreadable safetensors ({e})") from None
         rows = []
-        for n, line in enumerate(files[2].read_text().splitlines(), start=1):
+        try:
+            lines = files[2].read_text().splitlines()
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{files[2]}: unreadable ({e.__class__.__name__})") from None
+        for n, line in enumerate(lines, start=1):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 raise ArtifactError(f"{files[2]}:{n}: not valid JSON") from None
-        if "labels" not in tensors or len(rows) != m.get("size") or tensors["labels"].shape[0] != m.get("size"):
-            raise ArtifactError(f"{path}: manifest size {m.get('size')}, {len(rows)} rows in data.jsonl and "
+            if not isinstance(rows[-1], dict):
+                raise ArtifactError(f"{files[2]}:{n}: expected a JSON object")
+        if "labels" not in tensors or len(rows) != m["size"] or tensors["labels"].shape[0] != m["size"]:
+            raise ArtifactError(f"{path}: manifest size {m['size']}, {len(rows)} rows in data.jsonl and "
                                 f"{tensors.get('labels', torch.empty(0)).shape[0]} labels disagree")
-        texts = [r["text"] for r in rows] if rows and "text" in rows[0] else None
-        pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
+        _check_tensors(files[1], tensors, m)
+        texts, pairs = _text_column(files[2], rows, "text"), _text_column(files[2], rows, "text_pair")
         try:
             return cls(
                 kind=m["kind"], labels=tensors["labels"], label_names=m["label_names"], texts=texts, text_pairs=pairs,
@@ -179,20 +190,185 @@ class DistilledDataset:
                 source_indices=m.get("source_indices"), log=m.get("log", {}), created=m["created"],
                 version=m["version"],
             )
-        except KeyError as e:
-            raise ArtifactError(f"{files[0]}: missing field {e}") from None
+        except ArtifactError as e:
+            raise ArtifactError(f"{files[0]}: {e}") from None
+
+    def bound_learner(self) -> str:
+        """The id of the learner a model-bound set records. A manifest never makes us load a model from a local
+        path (a crafted set could name any folder): such a learner is given on the command line instead."""
+        from .learners import LEARNERS
+
+        lid = (self.learner or {}).get("id")
+        if not isinstance(lid, str) or not lid:
+            raise ArtifactError(f"this {self.kind} set records no learner id")
+        if lid in LEARNERS:
+            return lid
+        parts = lid.split("/")
+        if (os.path.isabs(lid) or lid.startswith((".", "~")) or "\\" in lid or len(parts) > 2 or "" in parts
+                or Path(lid).exists()):
+            raise ArtifactError(f"the set names learner {lid!r}, a local path; a model is never loaded from a path a "
+                                "manifest names: use a registered learner or a hub id")
+        return lid
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# Every manifest field the loader and its users read: (check, what it must be); source_indices and log may be absent.
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (lambda v: isinstance(v, str) and v in KINDS, f"one of {', '.join(KINDS)}"),
+    "size": (lambda v: _is_int(v) and v >= 0, "a count of examples"),
+    "label_names": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v)
+                    and len(set(v)) == len(v), "a non-empty list of distinct class names (strings)"),
+    "learner": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("id"), str)),
+                "null or a mapping with a string 'id'"),
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "config": (lambda v: isinstance(v, dict), "a mapping"),
+    "seed": (_is_int, "an integer"),
+    "task": (lambda v: isinstance(v, dict), "a mapping"),
+    "recipe": (lambda v: v is None or isinstance(v, dict), "null or a mapping"),
+    "source_indices": (lambda v: v is None or (isinstance(v, list) and all(_is_int(i) for i in v)),
+                       "null or a list of row numbers"),
+    "log": (lambda v: isinstance(v, dict), "a mapping"),
+    "created": (lambda v: isinstance(v, str), "a string"),
+    "version": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_manifest(where: Path, m: dict) -> None:
+    for name, (ok, expected) in _FIELDS.items():
+        if name not in m:
+            if name not in ("source_indices", "log"):
+                raise ArtifactError(f"{where}: missing field {name!r} ({expected})")
+        elif not ok(m[name]):
+            raise ArtifactError(f"{where}: field {name!r} must be {expected}, got {reprlib.repr(m[name])}")
+
+
+def _check_tensors(where: Path, tensors: dict[str, torch.Tensor], m: dict) -> None:
+    """Labels index label_names (or are soft labels over them); the example tensors hold one row per example."""
+    labels, n = tensors["labels"], len(m["label_names"])
+    if labels.dtype == torch.long and labels.dim() == 1:
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < n:
+            raise ArtifactError(f"{where}: labels run from {int(labels.min())} to {int(labels.max())}, but "
+                                f"label_names has {n} classes")
+    elif not (labels.dtype.is_floating_point and labels.dim() == 2 and labels.shape[1] == n):
+        raise ArtifactError(f"{where}: labels must be class ids (int64 [size]) or soft labels (float [size, {n}]), "
+                            f"got {labels.dtype} {list(labels.shape)}")
+    need = {"token-embeddings": ["inputs_embeds", "attention_mask"], "features": ["features"]}.get(m["kind"], [])
+    missing = [k for k in need if f"examples.{k}" not in tensors]
+    if missing:
+        raise ArtifactError(f"{where}: a {m['kind']} set needs tensors {', '.join('examples.' + k for k in missing)}")
+    wrong = [k for k, t in tensors.items() if k.startswith("examples.") and (t.dim() == 0 or t.shape[0] != m["size"])]
+    if wrong:
+        raise ArtifactError(f"{where}: {', '.join(wrong)} must hold one row per example ({m['size']})")
+
+
+def _text_column(where: Path, rows: list[dict], key: str) -> list[str] | None:
+    if not rows or key not in rows[0]:
+        return None
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row.get(key), str):
+            raise ArtifactError(f"{where}:{n}: {key!r} must be a string, as in every row")
+    return [r[key] for r in rows]
+
+
+def is_distilled_set(path: Path) -> bool:
+    """Whether ``path`` holds a manifest.json of this format: the only folders ``--overwrite`` replaces."""
+    try:
+        m = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT
+
+
+def check_output(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output folder that cannot be written or whose replacement would lose data.
+
+    With ``overwrite`` only an empty folder or a distilled set is replaced; never a file or another folder.
+    """
+    path = Path(path)
+    try:
+        st = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise ArtifactError(f"{path} exists and is not a directory; choose another --out")
+        if not overwrite:
+            raise ArtifactError(f"{path} exists; choose another --out or pass --overwrite to replace it")
+        if not _replaceable(path):
+            raise ArtifactError(f"{path} is not a distilled set (no {FORMAT} manifest.json) and --overwrite only "
+                                "replaces one; choose another --out")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArtifactError(f"cannot create {path}: {parent} is not a directory")
+    try:  # a real probe: os.access says yes to root on read-only or virtual file systems (/proc)
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".textdistill-probe-"))
+    except OSError as e:
+        raise ArtifactError(f"cannot create {path}: {parent} is not writable ({e.strerror})") from None
+    return path
+
+
+def _replaceable(folder: Path) -> bool:
+    """An empty folder or a distilled set (or nothing: another writer may have moved it aside meanwhile)."""
+    for _ in range(100):
+        try:
+            inode = folder.lstat().st_ino
+            if is_distilled_set(folder) or not any(folder.iterdir()):
+                return True
+            if folder.lstat().st_ino == inode:
+                return False
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            raise ArtifactError(f"{folder}: cannot read it ({e.strerror})") from None
+        # another writer swapped the folder while we looked: look again
+    return False
 
 
 def write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Fill a temporary sibling folder with ``write``, then rename it to ``path`` (replacing it): no half-written folder."""
-    path = Path(path)
+    """Fill a temporary sibling folder with ``write``, then rename it to ``path``: no half-written folder.
+
+    Only an empty folder or a distilled set is replaced. It is renamed aside first and deleted after, so writers
+    racing on one path never fail and the path always holds a whole set (for an instant, none).
+    """
+    path = check_output(path, overwrite=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    tmp: Path | None = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    aside: list[Path] = []
     try:
         write(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        for root, dirs, files in os.walk(tmp):
+            follow_umask(Path(root), folder=True)
+            for name in files:
+                follow_umask(Path(root) / name)
+        for _ in range(100):
+            try:
+                os.rename(tmp, path)  # onto nothing or an empty folder
+                tmp = None
+                return path
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            aside.append(old)
+            try:
+                os.rename(path, old)
+            except FileNotFoundError:
+                continue  # another writer moved it first
+            if not _replaceable(old):  # something else appeared there meanwhile: never ours to delete
+                aside.pop()
+                try:
+                    os.rename(old, path)
+                except OSError:
+                    raise ArtifactError(f"{path} changed while writing; what was there is now {old}") from None
+                raise ArtifactError(f"{path} is not a distilled set and --overwrite only replaces one; "
+                                    "choose another --out")
+        raise ArtifactError(f"{path}: could not replace it, other processes kept writing it")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+        for folder in [tmp, *aside]:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
