@@ -206,3 +206,18 @@ def test_files_and_folders_follow_the_umask(tmp_path, mask):
     assert mode(tmp_path / "s") == 0o777 & ~mask
     assert mode(tmp_path / "c.json") == 0o666 & ~mask
     assert {mode(p) for p in (tmp_path / "s").iterdir()} == {0o666 & ~mask}
+
+
+def test_report_plots_stay_inside_the_result_folder(tmp_path):
+    from textdistill.report import write_report
+
+    task = "../../escape"  # a crafted results.json
+    records = [{"task": task, "learner": learner, "method": method, "dpc": dpc, "set_seed": 0,
+                "train_set": {"size": 2}, "runs": [{"seed": 0, "accuracy": 0.6, "seconds": 1.0}], "steps": {}}
+               for learner in ("minilm", "textcnn-glove") for method, dpc in (("random", 1), ("full", None))]
+    out = tmp_path / "a" / "b"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps({"suite": {"name": "x"}, "environments": [], "records": records,
+                                                  "missing": []}))
+    write_report(out)
+    assert sorted(p.name for p in tmp_path.rglob("*.png") if out not in p.parents) == []

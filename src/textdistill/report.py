@@ -167,7 +167,7 @@ def _cross_architecture(agg: dict, task: str, learners: list[str], out: Path) ->
     methods = [m for m in methods if sum((task, l, m, dpc) in agg for l in learners) > 1] + ["full"]
     values = [[agg[(task, l, m, None if m == "full" else dpc)]["mean"]
                if (task, l, m, None if m == "full" else dpc) in agg else None for l in learners] for m in methods]
-    plot = Path("plots") / f"{task}-cross-architecture.png"
+    plot = Path("plots") / f"{task}-cross-architecture.png".replace("/", "_")  # a name never leaves plots/
     _plot_heatmap(out / plot, f"{task}: text sets at {dpc}/class across learners", methods, learners, values)
     rows = [[m] + ["-" if v is None else f"{v:.1f}" for v in vs] for m, vs in zip(methods, values)]
     return [("h3", f"{task}: cross-architecture ({dpc} per class; sets that any learner can read)"),
