@@ -221,3 +221,17 @@ def test_report_plots_stay_inside_the_result_folder(tmp_path):
                                                   "missing": []}))
     write_report(out)
     assert sorted(p.name for p in tmp_path.rglob("*.png") if out not in p.parents) == []
+
+
+def test_dilm_checks_save_generator_before_training(tmp_path, mr_small, monkeypatch):
+    from textdistill.methods import get_method
+    from textdistill.methods.dilm import DiLM
+
+    def no_work(*_):
+        raise AssertionError("trained before --save-generator was checked")
+
+    monkeypatch.setattr(DiLM, "language_model", no_work)
+    folder = user_folder(tmp_path)
+    with pytest.raises(ArtifactError, match="not a distilled set"):
+        get_method("dilm", save_generator=str(folder)).distill(mr_small, 1, None)
+    assert (folder / "thesis.txt").exists()

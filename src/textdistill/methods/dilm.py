@@ -36,7 +36,7 @@ from ..data import Task
 from ..errors import ConfigError, DataError, ResourceMissing
 from ..learners import Learner
 from ..resources import cache_dir, model_revision, resolve_model
-from ..synthetic import DistilledDataset, write_folder
+from ..synthetic import DistilledDataset, check_output, write_folder
 from ..train import Recipe, batch_of, train
 from . import Distiller, MethodConfig, class_indices, descend, register_method, thin
 from .coreset import KMeansNearest
@@ -347,6 +347,8 @@ class DiLM(Distiller):
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         c = self.config
         class_indices(task.columns("train")[2], task.spec.classes, 1)  # every class has real examples
+        if c.save_generator:
+            check_output(c.save_generator, overwrite=True)  # refused now, not after the training
         gen, log = self.language_model(task)
         history = self.gradient_matching(gen, task, learner, seed)
         log["matching_loss"] = thin(history)
