@@ -17,6 +17,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cache import atomic_write, key_of
+from .config import check_device
 from .errors import ArtifactError, ConfigError
 
 
@@ -283,6 +284,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     """
     from .measure import environment
 
+    check_device(device)
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write(out / "suite.json", lambda p: p.write_text(json.dumps(suite.to_dict(), indent=1)))

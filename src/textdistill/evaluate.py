@@ -10,7 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import cached_json, key_of
+from .config import check_device
 from .data import Task
+from .errors import ArtifactError, ConfigError
 from .learners import Learner, get_learner
 from .synthetic import DistilledDataset
 from .train import Recipe, predict, train
@@ -55,6 +57,12 @@ def evaluate(
     Every run is cached on disk by (task, learner, recipe, training set, seed) unless ``cache=False``.
     """
     learners = learners or ["minilm"]
+    if seeds < 1:
+        raise ConfigError(f"evaluate: seeds must be >= 1 (--seeds), got {seeds}")
+    check_device(device)
+    if source is not None and list(source.label_names) != list(task.spec.classes):
+        raise ArtifactError(f"the set has classes {list(source.label_names)} but task {task.name} has "
+                            f"{list(task.spec.classes)}: evaluate it on the task it was distilled from")
     test_texts, test_pairs, test_labels = task.columns("test")
     y_test = torch.tensor(test_labels)
     if source is None:

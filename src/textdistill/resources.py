@@ -75,6 +75,32 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path  # a hub id: works with a network, fails fast under HF_HUB_OFFLINE=1
 
 
+def check_model(name_or_path: str) -> None:
+    """Refuse a name that is neither a local model folder nor a hub id that is cached or (online) on the hub."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ResourceMissing(f"{path} is not a model folder (no config.json)")
+        return
+    from huggingface_hub import constants, file_exists, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            return
+    except HFValidationError:
+        raise ResourceMissing(f"{name_or_path!r} is neither a local folder nor a Hugging Face hub id") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ResourceMissing(f"{name_or_path!r} is not a local folder or a cached hub model, and hub ids need a "
+                              "network (HF_HUB_OFFLINE is set)")
+    try:
+        found = file_exists(name_or_path, "config.json")
+    except Exception as e:  # no network, or the hub refused
+        raise ResourceMissing(f"cannot look up {name_or_path!r} on the Hugging Face hub ({type(e).__name__})") from None
+    if not found:
+        raise ResourceMissing(f"{name_or_path!r} is not a local folder or a model on the Hugging Face hub")
+
+
 def model_revision(name_or_path: str) -> str:
     """What pins a model's weights: the package version for named ones, else 'local' or 'hub'."""
     if name_or_path in RESOURCES:

@@ -40,13 +40,15 @@ class Recipe(Config):
     attention_weight: float = 1.0  # weight of the attention-label KL term, for sets that carry attention labels
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON gives a list
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"recipe optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"recipe schedule must be cosine, linear or constant, not {self.schedule!r}")
-        if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1:
-            raise ConfigError(f"recipe needs steps >= 1, lr > 0 and 0 <= warmup <= 1, got {self}")
+        small_batch = self.batch_size is not None and self.batch_size < 1
+        if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1 or small_batch:
+            raise ConfigError(f"recipe needs steps >= 1, lr > 0, 0 <= warmup <= 1 and batch_size >= 1, got {self}")
 
     def lr_at(self, step: int) -> float:
         warm = int(self.warmup * self.steps)

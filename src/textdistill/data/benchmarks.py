@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, ResourceMissing
-from .files import FORMATS, Row, column, read_rows
+from .files import FORMATS, Row, column, label_column, read_rows
 from .task import Task, TaskSpec, build_task
 
 
@@ -101,7 +101,7 @@ def _read_split(b: Benchmark, path: Path, layout: LocalLayout | None) -> tuple[l
         heads = column(path, rows, layout.join, text=True)
         texts = [f"{h} {t}".replace("\\n", " ") for h, t in zip(heads, texts)]
     pairs = column(path, rows, pair, text=True) if pair else None
-    labels = _label_ids(b, path, rows, column(path, rows, label, text=True), layout.label_offset if layout else 0)
+    labels = _label_ids(b, path, rows, label_column(path, rows, label), layout.label_offset if layout else 0)
     return texts, pairs, labels
 
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
+from collections import Counter
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .task import Task, TaskSpec, build_task, stratified_split
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 Row = tuple[int, dict]  # (line number in the file, record)
+MISSING = ("", "nan", "none", "null")  # what spreadsheets and pandas write for a missing value
+DECIMAL = re.compile(r"[+-]?\d+\.\d*")  # "1.0" is the integer 1 written by a float column
+
+csv.field_size_limit(2**31 - 1)  # a long document in one cell is still one field
 
 
 def _decode(path: Path, encoding: str) -> str:
@@ -32,6 +39,8 @@ def read_rows(path: str | Path, header: list[str] | None = None, encoding: str =
     ``header`` names the columns of a file that has no header row.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     fmt = FORMATS.get(path.suffix.lower())
@@ -83,16 +92,52 @@ def read_rows(path: str | Path, header: list[str] | None = None, encoding: str =
 
 
 def column(path: Path, rows: list[Row], name: str, *, text: bool) -> list[str]:
-    """One column as strings; an unknown column or (for text) an empty value is an error."""
-    if rows and name not in rows[0][1]:
-        raise DataError(f"{path}: no column {name!r}; the columns are {', '.join(map(str, rows[0][1]))}")
+    """One column as strings; an unknown column or (for text) an empty or non-string value is an error."""
+    _check_column(path, rows, name)
     out = []
     for n, record in rows:
         value = record.get(name)
         if value is None or (text and not str(value).strip()):
             raise DataError(f"{path}:{n}: empty {name!r}")
+        if text and not isinstance(value, str):
+            raise DataError(f"{path}:{n}: {name!r} is a {type(value).__name__} ({value!r:.40}), expected text")
         out.append(str(value).strip() if text else str(value))
     return out
+
+
+def label_column(path: Path, rows: list[Row], name: str) -> list[str]:
+    """Class names read by the column's type: strings stripped, integers (and integer-valued floats such as
+    1.0 or "1.0") as the integer; missing values (naming every row), fractions and lists are errors."""
+    _check_column(path, rows, name)
+    out, missing = [], []
+    for n, record in rows:
+        value = record.get(name)
+        if isinstance(value, str):
+            value = value.strip()
+            value = float(value) if DECIMAL.fullmatch(value) else value
+        if value is None or (isinstance(value, float) and math.isnan(value)) or (
+                isinstance(value, str) and value.lower() in MISSING):
+            missing.append(n)
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, float):
+            raise DataError(f"{path}:{n}: label {value!r} in {name!r} is a fractional number; "
+                            "labels are class names or integers")
+        if not isinstance(value, (str, int)):
+            raise DataError(f"{path}:{n}: label {value!r:.40} in {name!r} is a {type(value).__name__}; "
+                            "labels are class names or integers")
+        out.append(str(value))
+    if missing:
+        lines = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise DataError(f"{path}: missing value in label column {name!r} at line{'s' * (len(missing) > 1)} {lines} "
+                        f"(empty, NaN, None or null); fill in or drop those rows")
+    return out
+
+
+def _check_column(path: Path, rows: list[Row], name: str) -> None:
+    if rows and name not in rows[0][1]:
+        raise DataError(f"{path}: no column {name!r}; the columns are {', '.join(map(str, rows[0][1]))}")
 
 
 def label_names(values: list[str]) -> list[str]:
@@ -126,13 +171,15 @@ def load_file_task(
     name: str | None = None,
 ) -> Task:
     """A task from the user's own file(s): a separate test file, or a seeded stratified split."""
+    if not 0 < test_size < 1:
+        raise ConfigError(f"test_size (--test-size) must be a fraction between 0 and 1, got {test_size}")
     train_path = Path(train_file)
     rows = read_rows(train_path)
     if not rows:
         raise DataError(f"{train_path}: no data rows")
     texts = column(train_path, rows, text_col, text=True)
     pairs = column(train_path, rows, pair_col, text=True) if pair_col else None
-    raw = column(train_path, rows, label_col, text=True)
+    raw = label_column(train_path, rows, label_col)
     names = label_names(raw)
     labels = to_ids(train_path, rows, raw, names)
     spec = TaskSpec(name or train_path.stem, tuple(names), max_length=max_length, source=str(train_path),
@@ -140,7 +187,17 @@ def load_file_task(
     if test_file is None:
         if len(names) < 2:
             return build_task(spec, (texts, pairs, labels), (texts, pairs, labels))  # raises: single class
-        tr, te = stratified_split(labels, test_size, seed)
+        counts = Counter(raw)
+        single = [repr(c) for c in names if counts[c] == 1]
+        if single:
+            raise DataError(f"{train_path}: a stratified split needs at least 2 examples of each class; "
+                            f"{', '.join(single)} {'has' if len(single) == 1 else 'have'} 1 (add examples, drop "
+                            "the class or pass --test-file)")
+        try:
+            tr, te = stratified_split(labels, test_size, seed)
+        except ValueError as e:  # sklearn: too few test rows for the classes
+            raise DataError(f"{train_path}: cannot split {len(labels)} rows by class ({e}); pass --test-file "
+                            "or another --test-size") from None
         pick = lambda xs, idx: None if xs is None else [xs[i] for i in idx]  # noqa: E731
         return build_task(spec, (pick(texts, tr), pick(pairs, tr), pick(labels, tr)),
                           (pick(texts, te), pick(pairs, te), pick(labels, te)))
@@ -151,6 +208,6 @@ def load_file_task(
     test = (
         column(test_path, test_rows, text_col, text=True),
         column(test_path, test_rows, pair_col, text=True) if pair_col else None,
-        to_ids(test_path, test_rows, column(test_path, test_rows, label_col, text=True), names),
+        to_ids(test_path, test_rows, label_column(test_path, test_rows, label_col), names),
     )
     return build_task(spec, (texts, pairs, labels), test)

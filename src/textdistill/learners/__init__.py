@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from ..cache import cached_array, key_of
+from ..errors import ConfigError, ResourceMissing
+from ..resources import check_model
 from ..train import Params, Recipe
 
 
@@ -115,6 +117,13 @@ def get_learner(name: str) -> Learner:
     """A registered learner, or any Hugging Face encoder id / local path as a fine-tuned transformer."""
     if name not in _instances:
         from .transformer import TransformerLearner
+
+        if name not in LEARNERS:
+            try:
+                check_model(name)
+            except ResourceMissing as e:
+                raise ConfigError(f"unknown learner {name!r}: {e}. Registered learners: {', '.join(LEARNERS)}; "
+                                  "other names must be a local model folder or a Hugging Face hub id") from None
 
         _instances[name] = LEARNERS[name]() if name in LEARNERS else TransformerLearner(name)
     return _instances[name]

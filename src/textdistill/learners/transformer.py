@@ -8,6 +8,7 @@ from functools import cached_property
 import numpy as np
 import torch
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from ..errors import ResourceMissing
 from ..resources import model_revision, resolve_model
@@ -120,7 +121,9 @@ class TransformerLearner(Learner):
         _quiet_transformers()
         encoder = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval()
         out = []
-        for start in range(0, len(texts), 128):
+        bar = tqdm(range(0, len(texts), 128), desc=f"encode {len(texts)} texts ({self.name})", unit="batch",
+                   leave=False, disable=len(texts) <= 256)  # a few hundred rows take seconds: no bar
+        for start in bar:
             batch = self.encode(texts[start : start + 128], None if pairs is None else pairs[start : start + 128])
             hidden = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -21,7 +21,7 @@ from .bptt import BPTT, BPTTConfig
 @dataclass
 class AttentionLabelsConfig(BPTTConfig):
     attention_rows: str = field(default="cls", metadata={"help": "cls (the first row) or all rows"})
-    attention_weight: float = field(default=1.0, metadata={"help": "lambda: weight of the attention KL term"})
+    attention_weight: float = field(default=1.0, metadata={"ge": 0, "help": "lambda: weight of the attention KL term"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -29,15 +29,15 @@ class BPTTConfig(LearnedSetConfig):
     labels: str = field(default="soft", metadata={"help": "hard (fixed), soft (learned distribution) or "
                                                            "unrestricted (learned real vector)"})
     inner_steps: int = field(default=10, metadata={"help": "unrolled SGD steps T on the synthetic set"})
-    truncate: int = field(default=0, metadata={"help": "back-propagate through the last k inner steps only (0: all)"})
-    outer_steps: int = field(default=300, metadata={"help": "outer optimisation steps (one fresh learner each)"})
-    outer_lr: float = field(default=0.01, metadata={"help": "outer learning rate for embeddings and labels"})
-    lr_lr: float = field(default=0.01, metadata={"help": "outer learning rate for the (softplus) step sizes"})
+    truncate: int = field(default=0, metadata={"ge": 0, "help": "back-propagate through the last k inner steps only (0: all)"})
+    outer_steps: int = field(default=300, metadata={"ge": 1, "help": "outer optimisation steps (one fresh learner each)"})
+    outer_lr: float = field(default=0.01, metadata={"gt": 0, "help": "outer learning rate for embeddings and labels"})
+    lr_lr: float = field(default=0.01, metadata={"gt": 0, "help": "outer learning rate for the (softplus) step sizes"})
     outer_optimizer: str = field(default="adam", metadata={"help": "adam or adamw"})
-    clip: float = field(default=1.0, metadata={"help": "clip the outer gradient norm (0: off)"})
-    init_lr: float = field(default=0.1, metadata={"help": "initial inner step size"})
-    real_batch: int = field(default=128, metadata={"help": "real examples per outer step"})
-    chunk: int = field(default=64, metadata={"help": "real examples per forward pass of the outer loss (memory)"})
+    clip: float = field(default=1.0, metadata={"ge": 0, "help": "clip the outer gradient norm (0: off)"})
+    init_lr: float = field(default=0.1, metadata={"gt": 0, "help": "initial inner step size"})
+    real_batch: int = field(default=128, metadata={"ge": 1, "help": "real examples per outer step"})
+    chunk: int = field(default=64, metadata={"ge": 1, "help": "real examples per forward pass of the outer loss (memory)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -65,7 +65,7 @@ class KCenter(CoresetDistiller):
 
 @dataclass
 class KMeansConfig(MethodConfig):
-    n_init: int = field(default=10, metadata={"help": "k-means restarts per class"})
+    n_init: int = field(default=10, metadata={"ge": 1, "help": "k-means restarts per class"})
 
 
 @register_method

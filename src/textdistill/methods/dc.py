@@ -26,12 +26,12 @@ from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 class DCConfig(LearnedSetConfig):
     distance: str = field(default="cos", metadata={"help": "cos (layer-wise 1 - cosine) or mse"})
     classifier_only: bool = field(default=False, metadata={"help": "match only the head's gradients (as DiLM)"})
-    outer_loops: int = field(default=100, metadata={"help": "fresh learner initialisations"})
-    inner_loops: int = field(default=10, metadata={"help": "matching steps per initialisation"})
-    net_steps: int = field(default=1, metadata={"help": "learner training steps on the set after each match"})
-    net_lr: float = field(default=0.01, metadata={"help": "SGD step size of those training steps"})
-    outer_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the synthetic inputs and labels"})
-    real_batch: int = field(default=64, metadata={"help": "real examples per class per matching step"})
+    outer_loops: int = field(default=100, metadata={"ge": 1, "help": "fresh learner initialisations"})
+    inner_loops: int = field(default=10, metadata={"ge": 1, "help": "matching steps per initialisation"})
+    net_steps: int = field(default=1, metadata={"ge": 0, "help": "learner training steps on the set after each match"})
+    net_lr: float = field(default=0.01, metadata={"gt": 0, "help": "SGD step size of those training steps"})
+    outer_lr: float = field(default=0.01, metadata={"gt": 0, "help": "Adam learning rate of the synthetic inputs and labels"})
+    real_batch: int = field(default=64, metadata={"ge": 1, "help": "real examples per class per matching step"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

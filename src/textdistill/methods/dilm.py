@@ -32,8 +32,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..cache import atomic_write, key_of
+from ..config import check_device
 from ..data import Task
-from ..errors import ConfigError, DataError, ResourceMissing
+from ..errors import DataError, ResourceMissing
 from ..learners import Learner
 from ..resources import cache_dir, model_revision, resolve_model
 from ..synthetic import DistilledDataset, check_output, write_folder
@@ -49,26 +50,26 @@ META = "textdistill-generator.json"
 @dataclass
 class DiLMConfig(MethodConfig):
     generator: str = field(default="smollm2-135m", metadata={"help": "causal LM: smollm2-135m, a hub id (gpt2) or a path"})
-    max_length: int = field(default=32, metadata={"help": "generator tokens per example, class token and end included"})
-    lm_steps: int = field(default=100, metadata={"help": "stage 1: language-model fine-tuning steps"})
-    lm_batch: int = field(default=8, metadata={"help": "stage 1 batch size"})
-    lm_lr: float = field(default=1e-4, metadata={"help": "stage 1 AdamW learning rate"})
-    outer_loops: int = field(default=6, metadata={"help": "stage 2: learner initialisations (0: stage 1 only)"})
-    inner_loops: int = field(default=3, metadata={"help": "generator updates per initialisation"})
-    learner_steps: int = field(default=2, metadata={"help": "learner steps on real data between updates"})
-    learner_batch: int = field(default=32, metadata={"help": "batch size of those steps"})
-    regenerate_every: int = field(default=3, metadata={"help": "R: outer loops between renewals of the generated pool"})
-    syn_batch: int = field(default=8, metadata={"help": "generated examples per class per matching step"})
-    real_batch: int = field(default=64, metadata={"help": "real examples per class per matching step"})
-    teachers: int = field(default=2, metadata={"help": "representative teachers: k-means coresets per class"})
-    teacher_size: int = field(default=50, metadata={"help": "examples per class in each teacher"})
+    max_length: int = field(default=32, metadata={"ge": 4, "help": "generator tokens per example, class token and end included"})
+    lm_steps: int = field(default=100, metadata={"ge": 0, "help": "stage 1: language-model fine-tuning steps"})
+    lm_batch: int = field(default=8, metadata={"ge": 1, "help": "stage 1 batch size"})
+    lm_lr: float = field(default=1e-4, metadata={"gt": 0, "help": "stage 1 AdamW learning rate"})
+    outer_loops: int = field(default=6, metadata={"ge": 0, "help": "stage 2: learner initialisations (0: stage 1 only)"})
+    inner_loops: int = field(default=3, metadata={"ge": 1, "help": "generator updates per initialisation"})
+    learner_steps: int = field(default=2, metadata={"ge": 0, "help": "learner steps on real data between updates"})
+    learner_batch: int = field(default=32, metadata={"ge": 1, "help": "batch size of those steps"})
+    regenerate_every: int = field(default=3, metadata={"ge": 1, "help": "R: outer loops between renewals of the generated pool"})
+    syn_batch: int = field(default=8, metadata={"ge": 1, "help": "generated examples per class per matching step"})
+    real_batch: int = field(default=64, metadata={"ge": 1, "help": "real examples per class per matching step"})
+    teachers: int = field(default=2, metadata={"ge": 1, "help": "representative teachers: k-means coresets per class"})
+    teacher_size: int = field(default=50, metadata={"ge": 1, "help": "examples per class in each teacher"})
     classifier_only: bool = field(default=True, metadata={"help": "match only the head's gradients (as the paper)"})
-    temperature: float = field(default=1.0, metadata={"help": "of the softmax over negative generation losses"})
-    gen_lr: float = field(default=1e-5, metadata={"help": "stage 2 Adam learning rate of the generator"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
-    gen_batch: int = field(default=32, metadata={"help": "sequences generated at once"})
-    pool_factor: int = field(default=4, metadata={"help": "final pool: this many times dpc per class, then k-means"})
-    guidance: float = field(default=1.0, metadata={
+    temperature: float = field(default=1.0, metadata={"gt": 0, "help": "of the softmax over negative generation losses"})
+    gen_lr: float = field(default=1e-5, metadata={"gt": 0, "help": "stage 2 Adam learning rate of the generator"})
+    top_p: float = field(default=0.95, metadata={"gt": 0, "le": 1, "help": "nucleus sampling"})
+    gen_batch: int = field(default=32, metadata={"ge": 1, "help": "sequences generated at once"})
+    pool_factor: int = field(default=4, metadata={"ge": 1, "help": "final pool: this many times dpc per class, then k-means"})
+    guidance: float = field(default=1.0, metadata={"ge": 1,
         "help": "final pool: classifier-free guidance scale against another class's start token (1: off, as in "
                 "the paper)"})
     filter_labels: bool = field(default=False, metadata={
@@ -78,13 +79,8 @@ class DiLMConfig(MethodConfig):
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
-        positive = ("max_length", "lm_batch", "inner_loops", "learner_batch", "regenerate_every", "syn_batch",
-                    "real_batch", "teachers", "teacher_size", "gen_batch", "pool_factor")
-        bad = [k for k in positive if getattr(self, k) < 1]
-        if bad or self.lm_steps < 0 or self.outer_loops < 0 or self.learner_steps < 0:
-            raise ConfigError(f"dilm: {', '.join(bad) or 'step counts'} must be positive")
-        if self.max_length < 4 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.guidance < 1:
-            raise ConfigError("dilm needs max_length >= 4, temperature > 0, 0 < top_p <= 1 and guidance >= 1")
+        super().__post_init__()
+        check_device(self.device)
 
 
 class Generator:

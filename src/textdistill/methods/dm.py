@@ -28,10 +28,10 @@ from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 class DMConfig(LearnedSetConfig):
     labels: str = field(default="hard", metadata={"help": "hard, or soft (a teacher's predicted distribution)"})
     kernel: str = field(default="mean", metadata={"help": "mean (squared distance of class means) or mmd (Gaussian)"})
-    bandwidth: float = field(default=0.0, metadata={"help": "MMD kernel width (0: the median pairwise distance)"})
-    iterations: int = field(default=1000, metadata={"help": "matching steps (a fresh learner each)"})
-    outer_lr: float = field(default=0.05, metadata={"help": "Adam learning rate of the synthetic inputs"})
-    real_batch: int = field(default=128, metadata={"help": "real examples per class per step"})
+    bandwidth: float = field(default=0.0, metadata={"ge": 0, "help": "MMD kernel width (0: the median pairwise distance)"})
+    iterations: int = field(default=1000, metadata={"ge": 1, "help": "matching steps (a fresh learner each)"})
+    outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the synthetic inputs"})
+    real_batch: int = field(default=128, metadata={"ge": 1, "help": "real examples per class per step"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

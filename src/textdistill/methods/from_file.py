@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import Task
-from ..data.files import column, read_rows
+from ..data.files import column, label_column, read_rows
 from ..errors import ConfigError, DataError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
@@ -62,7 +62,7 @@ class FromFile(Distiller):
                               f"{'give' if task.spec.pair else 'drop'} --pair-col")
         names = list(task.spec.classes)
         labels = []
-        for (line, _), value in zip(rows, column(path, rows, _pick(rows, self.config.label_col, LABEL_KEYS), text=True)):
+        for (line, _), value in zip(rows, label_column(path, rows, _pick(rows, self.config.label_col, LABEL_KEYS))):
             if value in names:
                 labels.append(names.index(value))
             elif value.isdigit() and int(value) < len(names):

@@ -33,19 +33,19 @@ from .space import LearnedSetConfig, SyntheticSet, real_inputs
 
 @dataclass
 class MTTConfig(LearnedSetConfig):
-    experts: int = field(default=5, metadata={"help": "expert trajectories in the buffer"})
-    expert_epochs: int = field(default=5, metadata={"help": "epochs each expert trains on the real data"})
-    expert_lr: float = field(default=0.01, metadata={"help": "the experts' SGD step size"})
-    expert_batch: int = field(default=64, metadata={"help": "the experts' batch size"})
+    experts: int = field(default=5, metadata={"ge": 1, "help": "expert trajectories in the buffer"})
+    expert_epochs: int = field(default=5, metadata={"ge": 1, "help": "epochs each expert trains on the real data"})
+    expert_lr: float = field(default=0.01, metadata={"gt": 0, "help": "the experts' SGD step size"})
+    expert_batch: int = field(default=64, metadata={"ge": 1, "help": "the experts' batch size"})
     max_start_epoch: int = field(default=3, metadata={"help": "students start at an expert epoch below this"})
-    match_epochs: int = field(default=2, metadata={"help": "M: match the expert this many epochs later"})
-    syn_steps: int = field(default=20, metadata={"help": "S: student steps on the synthetic set"})
-    syn_batch: int = field(default=0, metadata={"help": "synthetic examples per student step (0: all)"})
-    iterations: int = field(default=500, metadata={"help": "distillation steps"})
-    outer_lr: float = field(default=0.01, metadata={"help": "Adam learning rate of the synthetic inputs and labels"})
-    init_lr: float = field(default=0.0, metadata={"help": "initial student step size, learned (0: the experts')"})
-    lr_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the (softplus) step size"})
-    eval_steps: int = field(default=300, metadata={"help": "SGD steps a learner takes on the finished set"})
+    match_epochs: int = field(default=2, metadata={"ge": 1, "help": "M: match the expert this many epochs later"})
+    syn_steps: int = field(default=20, metadata={"ge": 1, "help": "S: student steps on the synthetic set"})
+    syn_batch: int = field(default=0, metadata={"ge": 0, "help": "synthetic examples per student step (0: all)"})
+    iterations: int = field(default=500, metadata={"ge": 1, "help": "distillation steps"})
+    outer_lr: float = field(default=0.01, metadata={"gt": 0, "help": "Adam learning rate of the synthetic inputs and labels"})
+    init_lr: float = field(default=0.0, metadata={"ge": 0, "help": "initial student step size, learned (0: the experts')"})
+    lr_lr: float = field(default=1e-4, metadata={"gt": 0, "help": "Adam learning rate of the (softplus) step size"})
+    eval_steps: int = field(default=300, metadata={"ge": 1, "help": "SGD steps a learner takes on the finished set"})
     buffer_dir: str = field(default="", metadata={"help": "where expert trajectories live (default: the cache)"})
 
     def __post_init__(self) -> None:
@@ -72,20 +72,22 @@ def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True) 
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):  # parallel runs share experts instead of training them twice
             if not path.exists():
-                train_expert(task, learner, real, real_y, recipe, cfg, i, path)
+                train_expert(task, learner, real, real_y, recipe, cfg, i, path, progress)
     return paths
 
 
 def train_expert(task: Task, learner: Learner, real: dict[str, torch.Tensor], real_y: torch.Tensor, recipe: Recipe,
-                 cfg: MTTConfig, i: int, path: Path) -> None:
+                 cfg: MTTConfig, i: int, path: Path, progress: bool = False) -> None:
     """One expert: SGD epochs on the real data, its trainable parameters saved after each, written at the end."""
     model = learner.build(task.num_classes, seed=10_000 + i)
     trainable = [k for k, v in model.named_parameters() if v.requires_grad]
     params = dict(model.named_parameters())
     snapshots = {f"0/{k}": params[k].detach().clone() for k in trainable}
-    for epoch in range(1, cfg.expert_epochs + 1):
+    epochs = tqdm(range(1, cfg.expert_epochs + 1), desc=f"expert {i + 1}/{cfg.experts}", unit="epoch", leave=False,
+                  disable=not progress)
+    for epoch in epochs:
         params = train(learner, model, real, real_y, recipe, seed=10_000 * i + epoch, params=params,
-                       device=cfg.device)
+                       device=cfg.device, progress=progress)
         snapshots.update({f"{epoch}/{k}": params[k].detach().cpu().clone() for k in trainable})
     atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in snapshots.items()}, str(p)))
 

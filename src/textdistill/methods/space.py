@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import check_device
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
@@ -36,11 +37,13 @@ class LearnedSetConfig(MethodConfig):
 
     labels: str = field(default="hard", metadata={"help": "hard, soft (learned distribution) or unrestricted"})
     init: str = field(default="real", metadata={"help": "real (random real examples) or noise"})
-    length: int = field(default=32, metadata={"help": "tokens per synthetic sentence (token learners)"})
+    length: int = field(default=32, metadata={"ge": 1, "help": "tokens per synthetic sentence (token learners)"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_labels_and_init(self.labels, self.init)
+        check_device(self.device)
 
 
 class SyntheticSet:
