@@ -195,6 +195,19 @@ def test_cuda_without_cuda_is_refused_before_work(mr_small, random_set, monkeypa
     assert not (tmp_path / "out" / "cells").exists()
 
 
+def test_unknown_learners_fail_before_any_run(mr_small, random_set, tmp_path):
+    from textdistill.bench import load_suite, run_suite
+
+    with pytest.raises(ConfigError, match="unknown learner 'textcnn-glov'"):
+        evaluate(mr_small, random_set, ["minilm-frozen", "textcnn-glov"], seeds=1)
+    suite = tmp_path / "s.yaml"
+    data = csv_file(tmp_path / "d.csv", ["neg", "pos"] * 6)
+    suite.write_text(f"tasks: [{data}]\nlearners: [minilm-frozen, textcnn-glov]\nmethods: [herding]\ndpc: [1]\n")
+    with pytest.raises(ConfigError, match="unknown learner 'textcnn-glov'"):
+        run_suite(load_suite(suite), tmp_path / "out")
+    assert not (tmp_path / "out" / "cells").exists()
+
+
 def test_batch_size_and_steps_must_be_positive(tmp_path, capsys):
     for bad in ({"batch_size": 0}, {"batch_size": -1}, {"steps": -5}, {"lr": -1.0}):
         with pytest.raises(ConfigError, match="recipe needs"):

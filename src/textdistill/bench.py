@@ -282,9 +282,12 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     ``distill_only`` saves the distilled sets and evaluates nothing: a later run (on another machine, with the
     ``sets/`` folder) evaluates them without distilling again.
     """
+    from .learners import get_learner
     from .measure import environment
 
     check_device(device)
+    for name in {*suite.learners, *map(suite.learner_of, suite.methods)}:
+        get_learner(name)  # an unknown learner fails here, not after hours of cells
     out = Path(out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     atomic_write(out / "suite.json", lambda p: p.write_text(json.dumps(suite.to_dict(), indent=1)))

@@ -60,6 +60,8 @@ def evaluate(
     if seeds < 1:
         raise ConfigError(f"evaluate: seeds must be >= 1 (--seeds), got {seeds}")
     check_device(device)
+    for name in learners:
+        get_learner(name)  # an unknown name fails before any run, not after the first learner's
     if source is not None and list(source.label_names) != list(task.spec.classes):
         raise ArtifactError(f"the set has classes {list(source.label_names)} but task {task.name} has "
                             f"{list(task.spec.classes)}: evaluate it on the task it was distilled from")
