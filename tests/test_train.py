@@ -3,7 +3,7 @@ import torch
 
 from textdistill.errors import TextDistillError
 from textdistill.learners import get_learner
-from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, loss_fn, train
+from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, loss_fn, predict, train
 
 
 def tiny_problem(seed=0):
@@ -81,3 +81,29 @@ def test_nan_loss_is_a_clear_error():
 def test_bad_recipe():
     with pytest.raises(Exception, match="schedule"):
         Recipe(schedule="step")
+
+
+def test_predict_in_length_order_and_sdpa_give_the_eager_answers(mr_small):
+    learner = get_learner("minilm")
+    texts, _, _ = mr_small.columns("test")
+    inputs = learner.encode(texts)
+    model = learner.build(2, seed=0).eval()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        eager = learner.forward(model, params, inputs)  # one batch, in order, eager attention
+        with learner.first_order(model):
+            assert model.config._attn_implementation == "sdpa"
+            torch.testing.assert_close(learner.forward(model, params, inputs), eager, rtol=1e-4, atol=1e-5)
+    assert model.config._attn_implementation == "eager"  # restored: unrolled methods need eager
+    assert torch.equal(predict(learner, model, params, inputs, batch_size=16), eager.argmax(-1))
+
+
+def test_bf16_recipe_trains_and_predicts(mr_small):
+    learner = get_learner("minilm-frozen")
+    texts, _, labels = mr_small.columns("train")
+    inputs, y = learner.encode(texts), torch.tensor(labels)
+    model = learner.build(2, seed=0)
+    params = train(learner, model, inputs, y, Recipe(steps=20, lr=1e-2, precision="bf16"), seed=0)
+    assert (predict(learner, model, params, inputs, precision="bf16") == y).float().mean() > 0.7
+    with pytest.raises(Exception, match="precision"):
+        Recipe(precision="fp8")

@@ -34,6 +34,9 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, help="training steps per learner")
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--batch-size", type=int, help="examples per step (default: min(64, set size))")
+    g.add_argument("--precision", choices=["float32", "bf16"],
+                   help="float32 (default) or bf16 autocast: faster only on CPUs with AVX512-BF16 or AMX, and on GPUs; "
+                        "docs/results.md measures what it changes")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -139,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:
         source = DistilledDataset.load(args.dir)
         task = _load_artifact_task(source, args)
-    recipe = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size}
+    recipe = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision}
     results = evaluate(task, source, args.learner or ["minilm"], seeds=args.seeds, recipe=recipe,
                        device=args.device, cache=not args.no_cache)
     for r in results:

@@ -96,7 +96,7 @@ def evaluate(
                 params = train(learner, model, inputs, labels_t, rec, seed=seed, lrs=lrs,
                                attention_labels=attention_labels, device=device,
                                progress=progress and len(labels_t) > 256)
-                preds = predict(learner, model, params, test_inputs, device=device)
+                preds = predict(learner, model, params, test_inputs, device=device, precision=rec.precision)
                 return {"seed": seed, "accuracy": float((preds == y_test).float().mean()),
                         "seconds": round(time.time() - t0, 2), "device": str(device)}
 

@@ -7,6 +7,7 @@ it (``differentiable=True``) and evaluation can run it without a graph.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ class Recipe(Config):
     optimizer: str = "adamw"  # adamw | sgd (unrolled methods learn SGD step sizes: Adam's first step is sign(g))
     dropout: bool = True  # False: train in eval mode (what unrolled inner loops do)
     attention_weight: float = 1.0  # weight of the attention-label KL term, for sets that carry attention labels
+    precision: str = "float32"  # float32 | bf16 (autocast; fast only on CPUs with AVX512-BF16 or AMX, and GPUs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +48,8 @@ class Recipe(Config):
             raise ConfigError(f"recipe optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"recipe schedule must be cosine, linear or constant, not {self.schedule!r}")
+        if self.precision not in ("float32", "bf16"):
+            raise ConfigError(f"recipe precision must be float32 or bf16, not {self.precision!r}")
         small_batch = self.batch_size is not None and self.batch_size < 1
         if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1 or small_batch:
             raise ConfigError(f"recipe needs steps >= 1, lr > 0, 0 <= warmup <= 1 and batch_size >= 1, got {self}")
@@ -108,20 +112,15 @@ def adamw_step(params: Params, grads: Params, state: dict[str, Params], step: in
 @torch.no_grad()
 def adamw_step_(params: Params, grads: Params, state: dict[str, Params], step: int, lr: float,
                 recipe: Recipe) -> None:
-    """The same step in place with fused multi-tensor ops: the fast path when no graph is needed."""
-    b1, b2 = recipe.betas
-    c1, c2 = 1 - b1**step, 1 - b2**step
-    p, g = list(params.values()), [grads[k] for k in params]
-    m, v = [state["m"][k] for k in params], [state["v"][k] for k in params]
-    torch._foreach_mul_(m, b1)
-    torch._foreach_add_(m, g, alpha=1 - b1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, g, g, value=1 - b2)
-    torch._foreach_mul_(p, 1 - lr * recipe.weight_decay)
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, math.sqrt(c2))
-    torch._foreach_add_(denom, recipe.eps)
-    torch._foreach_addcdiv_(p, m, denom, value=-lr / c1)
+    """The same step in place, one fused kernel per tensor (``torch.optim.AdamW(fused=True)``'s): the fast path
+    when no graph is needed. Measured on 2 cores with MiniLM: 5x faster than the multi-tensor ops it replaces,
+    which streamed every 47 MB state tensor of the word embeddings about ten times per step."""
+    keys = list(params)
+    count = torch.tensor(float(step))  # the kernel reads the step (it does not increment it)
+    torch._fused_adamw_([params[k] for k in keys], [grads[k] for k in keys], [state["m"][k] for k in keys],
+                        [state["v"][k] for k in keys], [], [count] * len(keys), amsgrad=False, lr=lr,
+                        beta1=recipe.betas[0], beta2=recipe.betas[1], weight_decay=recipe.weight_decay,
+                        eps=recipe.eps, maximize=False)
 
 
 def sgd_step(params: Params, grads: Params, lr: float | torch.Tensor, weight_decay: float = 0.0) -> Params:
@@ -134,6 +133,15 @@ def sgd_step_(params: Params, grads: Params, lr: float, weight_decay: float = 0.
     for k, p in params.items():
         p.add_(grads[k] + weight_decay * p, alpha=-lr)
     return params
+
+
+@contextmanager
+def fast_kernels(learner: "Learner", model: torch.nn.Module, precision: str, device: str | torch.device):
+    """Forwards that are differentiated at most once (evaluation's training and prediction): the learner's
+    fastest kernels, under bf16 autocast when the recipe asks for it."""
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with learner.first_order(model), autocast:
+        yield
 
 
 def batch_of(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -188,41 +196,50 @@ def train(
     state = adamw_init(params) if recipe.optimizer == "adamw" else {}
     order = torch.randperm(n, generator=gen)
     pos = 0
-    for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos : pos + batch_size].to(device)
-        pos += batch_size
-        if attention_labels is None:
-            loss = loss_fn(learner.forward(model, {**fixed, **params}, batch_of(inputs, idx)), labels[idx])
-        else:
-            logits, attentions = learner.forward(model, {**fixed, **params}, batch_of(inputs, idx), attentions=True)
-            loss = loss_fn(logits, labels[idx]) + recipe.attention_weight * attention_kl(attention_labels[idx], attentions)
-        if not torch.isfinite(loss):
-            raise TextDistillError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
-        raw = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable, allow_unused=True)
-        # A parameter the batch does not reach (word embeddings under inputs_embeds) gets a zero gradient.
-        grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), raw)}
-        lr = lrs[step] if lrs is not None else recipe.lr_at(step)
-        if recipe.optimizer == "sgd":
-            params = sgd_step(params, grads, lr, recipe.weight_decay) if differentiable else sgd_step_(
-                params, grads, float(lr), recipe.weight_decay)
-        elif differentiable:
-            params, state = adamw_step(params, grads, state, step + 1, lr, recipe)
-        else:
-            adamw_step_(params, grads, state, step + 1, float(lr), recipe)
+    # Unrolled training is differentiated twice, and attention labels need the attention probabilities.
+    fast = not differentiable and attention_labels is None
+    with fast_kernels(learner, model, recipe.precision, device) if fast else nullcontext():
+        for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
+            if pos + batch_size > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos : pos + batch_size].to(device)
+            pos += batch_size
+            if attention_labels is None:
+                loss = loss_fn(learner.forward(model, {**fixed, **params}, batch_of(inputs, idx)), labels[idx])
+            else:
+                logits, attentions = learner.forward(model, {**fixed, **params}, batch_of(inputs, idx),
+                                                     attentions=True)
+                loss = loss_fn(logits, labels[idx]) + recipe.attention_weight * attention_kl(
+                    attention_labels[idx], attentions)
+            if not torch.isfinite(loss):
+                raise TextDistillError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
+            raw = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable, allow_unused=True)
+            # A parameter the batch does not reach (word embeddings under inputs_embeds) gets a zero gradient.
+            grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), raw)}
+            lr = lrs[step] if lrs is not None else recipe.lr_at(step)
+            if recipe.optimizer == "sgd":
+                params = sgd_step(params, grads, lr, recipe.weight_decay) if differentiable else sgd_step_(
+                    params, grads, float(lr), recipe.weight_decay)
+            elif differentiable:
+                params, state = adamw_step(params, grads, state, step + 1, lr, recipe)
+            else:
+                adamw_step_(params, grads, state, step + 1, float(lr), recipe)
     return {**fixed, **params}
 
 
 @torch.no_grad()
 def predict(learner: "Learner", model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
-            batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Predicted class ids for every row of ``inputs`` (dropout off)."""
+            batch_size: int = 128, device: str | torch.device = "cpu", precision: str = "float32") -> torch.Tensor:
+    """Predicted class ids for every row of ``inputs`` (dropout off). Token inputs go in batches of similar
+    length (sorted, then put back in order), so that each batch is padded to little more than its own length."""
     model.to(device).eval()
     n = next(iter(inputs.values())).shape[0]
-    preds = []
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(n, start + batch_size))
-        batch = {k: v.to(device) for k, v in batch_of(inputs, idx).items()}
-        preds.append(learner.forward(model, params, batch).argmax(-1).cpu())
-    return torch.cat(preds)
+    mask = inputs.get("attention_mask")
+    order = torch.arange(n) if mask is None else mask.sum(1).argsort(stable=True)
+    preds = torch.empty(n, dtype=torch.long)
+    with fast_kernels(learner, model, precision, device):
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in batch_of(inputs, idx).items()}
+            preds[idx] = learner.forward(model, params, batch).argmax(-1).cpu()
+    return preds

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 from abc import ABC, abstractmethod
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -38,6 +39,11 @@ class Learner(ABC):
     @abstractmethod
     def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of ``model`` evaluated with ``params`` (``torch.func.functional_call``)."""
+
+    def first_order(self, model: torch.nn.Module) -> ContextManager:
+        """A context for forwards that are differentiated at most once, where a learner may use kernels
+        without a double backward (``train`` and ``predict`` enter it when they can)."""
+        return nullcontext()
 
     def head(self, model: torch.nn.Module) -> torch.nn.Module:
         """The classifier head: what it reads is the learner's representation (``embed``)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
@@ -95,6 +97,17 @@ class TransformerLearner(Learner):
         """Logits, or (logits, attention probabilities per layer) with ``attentions=True``."""
         out = functional_call(model, params, args=(), kwargs={**inputs, "output_attentions": attentions})
         return (out.logits, out.attentions) if attentions else out.logits
+
+    @contextmanager
+    def first_order(self, model: torch.nn.Module) -> Iterator[None]:
+        """SDPA attention (same maths and dropout draws as eager). Models are built with eager attention, which
+        unrolled methods need: SDPA's CPU kernels have no double backward and return no attention probabilities."""
+        before = model.config._attn_implementation
+        model.config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            model.config._attn_implementation = before
 
     def head(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.classifier  # BERT-like heads read the pooled first token; RoBERTa-like read every position
