@@ -89,6 +89,27 @@ def test_sets_distilled_first_are_evaluated_later_without_distilling_again(tmp_p
     assert {r["learner"] for r in run_suite(glove, out, progress=False)["records"]} == {"textcnn-glove"}
 
 
+def test_the_plan_and_its_estimate_come_from_measured_cells(tmp_path, cache, capsys):
+    from textdistill.bench import CostModel, cell_seconds
+
+    suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
+    run_suite(suite, out, shard=(0, 2))
+    assert "cells in this shard, 0 finished" in capsys.readouterr().err
+    docs = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert docs and all(doc["seconds"] == cell_seconds(doc) > 0 for doc in docs)
+    run_suite(suite, out)
+    err = capsys.readouterr().err
+    assert f"{len(plan(suite))} cells, {len(docs)} finished" in err and "to go" in err
+
+    costs = CostModel()
+    full, random, herding = plan(suite)  # mr: full data, then random and herding at 2 per class
+    costs.add(random.kind(suite), 10.0)
+    costs.add(random.kind(suite), 20.0)
+    costs.add(("bbc", "herding"), 40.0)
+    # random by its own mean, herding by its method on another task, full data by the median cell
+    assert costs.estimate([random, herding, full], suite) == (15.0 + 40.0 + 20.0, 1)
+
+
 def test_shards_split_the_cells(tmp_path, cache):
     suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
     first = run_suite(suite, out, shard=(0, 2), progress=False)

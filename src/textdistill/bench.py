@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -172,6 +174,10 @@ class Cell:
         return (suite.tasks[self.task], asdict(entry), config, suite.learner_of(entry), self.dpc,
                 self.set_seed)
 
+    def kind(self, suite: Suite) -> tuple[str, str]:
+        """What its cost is estimated by: the task and the method label."""
+        return suite.tasks[self.task]["name"], "full" if self.entry is None else suite.methods[self.entry].label
+
     def describe(self, suite: Suite) -> str:
         task = suite.tasks[self.task]["name"]
         if self.entry is None:
@@ -296,22 +302,84 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     todo = [c for c in mine if read_cell(out / "cells" / f"{c.key(suite)}.json", "it is run again") is None]
     runner = Runner(suite, out, device)
     env = environment()
+    costs = CostModel()
+    for c in mine:
+        doc = None if c in todo else read_cell(out / "cells" / f"{c.key(suite)}.json", "")
+        if doc is not None:
+            costs.add(c.kind(suite), cell_seconds(doc))
+    if progress:
+        print(f"bench {suite.name}: {len(mine)} cells{' in this shard' if count > 1 else ''}, "
+              f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite)}", file=sys.stderr)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
                disable=not progress)
-    for cell in todo:
-        bar.set_postfix_str(cell.describe(suite))
+    for i, cell in enumerate(todo):
+        left = costs.estimate(todo[i:], suite)[0]
+        bar.set_postfix_str(cell.describe(suite) + (f"; about {duration(left)} left" if left else ""))
         if distill_only:
             if cell.entry is not None:
                 runner.distilled(cell)
             bar.update()
             continue
+        start = time.time()
         records = runner.run_cell(cell)
         doc = {"key": cell.key(suite), "cell": cell.describe(suite), "environment": env, "device": device,
-               "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "records": records}
+               "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "seconds": round(time.time() - start, 1), "records": records}
         atomic_write(out / "cells" / f"{doc['key']}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
+        costs.add(cell.kind(suite), doc["seconds"])
         bar.update()
     bar.close()
     return collect(suite, out)
+
+
+def cell_seconds(doc: dict) -> float:
+    """A finished cell's wall time (cells written before it was recorded: the sum of their distinct steps)."""
+    if "seconds" in doc:
+        return float(doc["seconds"])
+    steps = {json.dumps(step, sort_keys=True) for r in doc["records"] for step in (r.get("steps") or {}).values()
+             if isinstance(step, dict)}
+    return sum(json.loads(step).get("seconds", 0.0) for step in steps)
+
+
+def duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{seconds:.0f} s" if seconds < 60 else f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class CostModel:
+    """Seconds a cell should take, from the wall time of the suite's finished cells: the mean of the same task and
+    method, else of the same method, else the median finished cell."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, kind: tuple[str, str], seconds: float) -> None:
+        self.seen.setdefault(kind, []).append(seconds)
+
+    def estimate(self, cells: list["Cell"], suite: Suite) -> tuple[float, int]:
+        """(seconds for these cells, how many of them have no measured method to go by)."""
+        if not self.seen:
+            return 0.0, len(cells)
+        by_method: dict[str, list[float]] = {}
+        for (_, method), values in self.seen.items():
+            by_method.setdefault(method, []).extend(values)
+        median = statistics.median(v for values in self.seen.values() for v in values)
+        total, unmeasured = 0.0, 0
+        for cell in cells:
+            kind = cell.kind(suite)
+            values = self.seen.get(kind) or by_method.get(kind[1])
+            unmeasured += values is None
+            total += statistics.fmean(values) if values else median
+        return total, unmeasured
+
+    def describe(self, cells: list["Cell"], suite: Suite) -> str:
+        seconds, unmeasured = self.estimate(cells, suite)
+        if not cells:
+            return "nothing to run"
+        if not self.seen:
+            return "no cell finished yet: an estimate follows the first one"
+        guess = f" ({unmeasured} of them by the median cell: their method has no finished cell yet)" if unmeasured else ""
+        return f"about {duration(seconds)} to go{guess}"
 
 
 def read_cell(path: Path, then: str) -> dict | None:
