@@ -186,7 +186,7 @@ def test_bad_options():
         get_method("dilm", syn_batch=0)
     with pytest.raises(ConfigError, match="top_p"):
         get_method("dilm", top_p=0)
-    with pytest.raises(ConfigError, match="guidance >= 1"):
+    with pytest.raises(ConfigError, match=r"guidance \(--guidance\) must be >= 1"):
         get_method("dilm", guidance=0.5)
 
 
