@@ -12,7 +12,7 @@ from textdistill.learners import Learner, get_learner
 from textdistill.methods import get_method
 from textdistill.methods.bptt import real_loss, unroll
 from textdistill.synthetic import DistilledDataset
-from textdistill.train import Recipe
+from textdistill.train import Recipe, train
 
 
 class TinyLearner(Learner):
@@ -127,3 +127,16 @@ def test_learner_checks():
         get_method("attention-labels").check_learner(get_learner("textcnn-glove"))
     with pytest.raises(ConfigError, match="labels must be"):
         get_method("bptt", labels="fuzzy")
+
+
+def test_attention_labels_all_rows_train_on_padded_batches(mr_small):
+    """Stored labels cover the full padded length; train() trims each batch, rows and keys (was: size 8 vs 5)."""
+    learner = get_learner("minilm")
+    texts, _, labels = mr_small.columns("train")
+    inputs = learner.encode(texts[:4])
+    inputs = {k: F.pad(v, (0, 8)) for k, v in inputs.items()}  # padding beyond every text
+    n, length = inputs["input_ids"].shape
+    target = torch.full((n, 6, 12, length, length), 1.0 / length)
+    params = train(learner, learner.build(2, seed=0), inputs, torch.tensor(labels[:4]), Recipe(steps=1),
+                   seed=0, attention_labels=target)
+    assert all(torch.isfinite(p).all() for p in params.values())

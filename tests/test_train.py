@@ -3,7 +3,7 @@ import torch
 
 from textdistill.errors import TextDistillError
 from textdistill.learners import get_learner
-from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, loss_fn, predict, train
+from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, attention_kl, loss_fn, predict, train
 
 
 def tiny_problem(seed=0):
@@ -107,3 +107,20 @@ def test_bf16_recipe_trains_and_predicts(mr_small):
     assert (predict(learner, model, params, inputs, precision="bf16") == y).float().mean() > 0.7
     with pytest.raises(Exception, match="precision"):
         Recipe(precision="fp8")
+
+
+@pytest.mark.parametrize("rows", ["cls", "all"])
+def test_attention_kl_equals_kl_div_on_trimmed_batches(rows):
+    """Targets are stored at full length (8); a batch trimmed to its longest sequence (5) compares the first 5."""
+    g = torch.Generator().manual_seed(0)
+    n, layers, heads, full, length = 3, 2, 2, 8, 5
+    keep = torch.arange(full) < torch.tensor([5, 3, 4])[:, None]  # padding after each example's length
+    shape = (n, layers, heads, full) if rows == "cls" else (n, layers, heads, full, full)
+    mask = keep[:, None, None, :] if rows == "cls" else keep[:, None, None, None, :]
+    target = torch.randn(shape, generator=g).masked_fill(~mask, -1e4).softmax(-1)
+    attentions = tuple(torch.randn(n, heads, length, length, generator=g).softmax(-1) for _ in range(layers))
+    model = torch.stack(attentions, 1)
+    model, expected_target = ((model[:, :, :, 0], target[..., :length]) if rows == "cls"
+                              else (model, target[..., :length, :length]))
+    expected = torch.nn.functional.kl_div(model.log(), expected_target, reduction="none").sum(-1).mean()
+    torch.testing.assert_close(attention_kl(target, attentions), expected)

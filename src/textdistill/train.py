@@ -81,8 +81,9 @@ def attention_kl(target: torch.Tensor, attentions: tuple[torch.Tensor, ...]) -> 
     model = torch.stack(attentions, 1)  # [n, layers, heads, L, L]
     if target.dim() == 4:
         model = model[:, :, :, 0]
+    # Batches are trimmed to their longest sequence: trim the target's keys, and its rows when it has them.
     length = model.shape[-1]
-    target = target[..., :length]
+    target = target[..., :length] if target.dim() == 4 else target[..., :length, :length]
     kl = (target * (target.clamp_min(1e-12).log() - model.clamp_min(1e-12).log())).sum(-1)
     return kl.mean()
 
