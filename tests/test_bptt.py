@@ -140,3 +140,16 @@ def test_attention_labels_all_rows_train_on_padded_batches(mr_small):
     params = train(learner, learner.build(2, seed=0), inputs, torch.tensor(labels[:4]), Recipe(steps=1),
                    seed=0, attention_labels=target)
     assert all(torch.isfinite(p).all() for p in params.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: on the CPU every tensor is already there")
+def test_attention_labels_on_cuda(mr_small):
+    """Distillation builds its extra model on the device; train() moves CPU attention labels and step sizes there."""
+    ds = get_method("attention-labels", outer_steps=1, inner_steps=1, length=8, real_batch=8, device="cuda").distill(
+        mr_small, 1, get_learner("minilm"), seed=0)
+    learner = get_learner("minilm")
+    texts, _, labels = mr_small.columns("train")
+    inputs = {k: v[:, :8].cuda() for k, v in learner.encode(texts[:2]).items()}  # the labels cover 8 positions
+    params = train(learner, learner.build(2, seed=0), inputs, torch.tensor(labels[:2]), Recipe(steps=1), seed=0,
+                   lrs=torch.tensor([1e-4]), attention_labels=ds.attention_labels)
+    assert all(p.is_cuda for p in params.values())

@@ -194,6 +194,9 @@ def train(
     fixed.update(dict(model.named_buffers()))
     inputs = {k: v.to(device) for k, v in inputs.items()}
     labels = labels.to(device)
+    # A loaded set keeps its attention labels and step sizes on the CPU; .to keeps the graph of unrolled callers.
+    attention_labels = None if attention_labels is None else attention_labels.to(device)
+    lrs = None if lrs is None else lrs.to(device)
     state = adamw_init(params) if recipe.optimizer == "adamw" else {}
     order = torch.randperm(n, generator=gen)
     pos = 0

@@ -45,7 +45,7 @@ class AttentionLabels(BPTT):
     def extra_parameters(self, learner: Learner, task: Task, embeds: torch.Tensor, mask: torch.Tensor
                          ) -> dict[str, torch.Tensor]:
         """Attention-label logits, initialised from the pretrained model's own attention on the initial set."""
-        model = learner.build(task.num_classes, seed=0).eval()
+        model = learner.build(task.num_classes, seed=0).to(embeds.device).eval()  # where the synthetic set is
         with torch.no_grad():
             _, attentions = learner.forward(model, dict(model.named_parameters()),
                                             {"inputs_embeds": embeds, "attention_mask": mask}, attentions=True)
