@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -124,3 +126,38 @@ def test_attention_kl_equals_kl_div_on_trimmed_batches(rows):
                               else (model, target[..., :length, :length]))
     expected = torch.nn.functional.kl_div(model.log(), expected_target, reduction="none").sum(-1).mean()
     torch.testing.assert_close(attention_kl(target, attentions), expected)
+
+
+class FeatureLearner:
+    """A learner over plain features, for train(): a linear layer; the embedding table is never reached."""
+
+    def forward(self, model, params, inputs):
+        return torch.func.functional_call(model, params, (inputs["features"],))
+
+    def first_order(self, model):
+        return contextlib.nullcontext()
+
+
+class LinearWithUnusedTable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(10, 5)  # like word embeddings under inputs_embeds
+        self.head = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_unrolled_training_leaves_unreached_parameters_alone(optimizer):
+    """No per-step zero gradient in the graph: an unreached parameter comes back as the very tensor it started as,
+    and the reached ones take the steps they take without a graph (SGD without weight decay: the same maths)."""
+    torch.manual_seed(0)
+    model, (_, x, y) = LinearWithUnusedTable(), tiny_problem()
+    recipe = Recipe(steps=3, lr=0.1, warmup=0.0, weight_decay=0.0, optimizer=optimizer)
+    start = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    out = train(FeatureLearner(), model, {"features": x}, y, recipe, seed=0, params=start, differentiable=True)
+    assert out["table.weight"] is start["table.weight"]
+    plain = train(FeatureLearner(), model, {"features": x}, y, recipe, seed=0)
+    for k in ("head.weight", "head.bias"):
+        torch.testing.assert_close(out[k].detach(), plain[k])

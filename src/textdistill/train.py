@@ -218,14 +218,27 @@ def train(
             if not torch.isfinite(loss):
                 raise TextDistillError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
             raw = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable, allow_unused=True)
-            # A parameter the batch does not reach (word embeddings under inputs_embeds) gets a zero gradient.
-            grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), raw)}
             lr = lrs[step] if lrs is not None else recipe.lr_at(step)
+            if differentiable:
+                # A parameter the batch does not reach (word embeddings under inputs_embeds) is left as it is:
+                # a zero gradient for it would stay in the graph every step (47 MB a step for MiniLM). The
+                # unrolled callers train with SGD without weight decay, where a zero gradient changes nothing;
+                # under AdamW or weight decay it skips that parameter's step (torch.optim skips it too).
+                grads = {k: g for k, g in zip(params, raw) if g is not None}
+                reached = {k: params[k] for k in grads}
+                if recipe.optimizer == "sgd":
+                    params = {**params, **sgd_step(reached, grads, lr, recipe.weight_decay)}
+                else:
+                    sub = {part: {k: state[part][k] for k in grads} for part in ("m", "v")}
+                    new, sub = adamw_step(reached, grads, sub, step + 1, lr, recipe)
+                    params = {**params, **new}
+                    state = {part: {**state[part], **sub[part]} for part in ("m", "v")}
+                continue
+            # Without a graph a zero gradient is freed at once: keep evaluation's maths (weight decay and moments
+            # for every parameter, reached or not), so its numbers do not change.
+            grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), raw)}
             if recipe.optimizer == "sgd":
-                params = sgd_step(params, grads, lr, recipe.weight_decay) if differentiable else sgd_step_(
-                    params, grads, float(lr), recipe.weight_decay)
-            elif differentiable:
-                params, state = adamw_step(params, grads, state, step + 1, lr, recipe)
+                sgd_step_(params, grads, float(lr), recipe.weight_decay)
             else:
                 adamw_step_(params, grads, state, step + 1, float(lr), recipe)
     return {**fixed, **params}
