@@ -52,6 +52,13 @@ def test_soft_labels_equal_hard_for_one_hot():
     torch.testing.assert_close(loss_fn(logits, y), loss_fn(logits, torch.nn.functional.one_hot(y, 3).float()))
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_labels_are_hard(dtype):
+    logits = torch.randn(6, 3)
+    y = torch.tensor([0, 2, 1, 1, 0, 2])
+    torch.testing.assert_close(loss_fn(logits, y.to(dtype)), torch.nn.functional.cross_entropy(logits, y))
+
+
 def test_training_is_deterministic_and_learns(mr_small):
     learner = get_learner("textcnn-glove")
     texts, _, labels = mr_small.columns("train")

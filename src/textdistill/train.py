@@ -67,9 +67,9 @@ class Recipe(Config):
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against hard labels (long [n]) or label distributions (float [n, C])."""
-    if labels.dtype == torch.long:
-        return F.cross_entropy(logits, labels)
+    """Cross-entropy against hard labels (integer [n]) or label distributions (float [n, C])."""
+    if not labels.dtype.is_floating_point:  # any integer dtype is class ids (int32 used to broadcast as "soft")
+        return F.cross_entropy(logits, labels.long())
     return -(labels * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
