@@ -167,6 +167,21 @@ def test_compare_two_result_directories(tmp_path, results_dir, capsys):
     assert "+2.0" in capsys.readouterr().out
 
 
+def test_report_and_compare_cope_with_failed_runs(tmp_path, results_dir):
+    """A cell whose every run diverged shows as failed; a cell with some failed runs averages the rest."""
+    results = fake_results()
+    for r in results["records"]:
+        if r["learner"] == "minilm" and r["method"] == "kmeans":
+            for x in r["runs"] if r["dpc"] == 1 else r["runs"][:1]:
+                x.update(accuracy=None, failed="training loss became nan at step 0")
+    out = tmp_path / "failed"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    text = write_report(out)[0].read_text()
+    assert "| kmeans | failed (3 runs) | 71.5 ± 0.5 (1 failed) (+5.5, 95%) |" in text
+    assert "| mr | minilm | kmeans | 1 | 62.0 ± 0.8 | failed (3 runs) | - |" in compare(results_dir, out)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"bogus": 1}, "unknown key"),
     ({"methods": ["nope"]}, "unknown method 'nope'"),

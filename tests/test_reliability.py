@@ -235,3 +235,29 @@ def test_dilm_checks_save_generator_before_training(tmp_path, mr_small, monkeypa
     with pytest.raises(ArtifactError, match="not a distilled set"):
         get_method("dilm", save_generator=str(folder)).distill(mr_small, 1, None)
     assert (folder / "thesis.txt").exists()
+
+
+def test_a_diverging_evaluation_run_is_recorded_as_failed_and_the_rest_go_on(mr_small, monkeypatch):
+    from textdistill import evaluate as evaluate_module
+    from textdistill.errors import TrainingDiverged
+    from textdistill.evaluate import evaluate
+
+    # A learning rate that overflows the head's weights: every run diverges, and evaluate still returns.
+    (r,) = evaluate(mr_small, None, ["minilm-frozen"], seeds=2, recipe={"lr": 1e38, "steps": 5}, cache=False,
+                    progress=False)
+    assert r.accuracy_mean is None and r.failed_runs == 2 and r.summary() == "failed (2 of 2 runs)"
+    assert all(x["accuracy"] is None and "loss became nan" in x["failed"] for x in r.runs)
+
+    # One run of three diverges: the mean and std are over the two that finished.
+    real = evaluate_module.train
+
+    def diverges_for_seed_1(*args, seed, **kwargs):
+        if seed == 1:
+            raise TrainingDiverged("training loss became nan at step 0")
+        return real(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "train", diverges_for_seed_1)
+    (r,) = evaluate(mr_small, None, ["minilm-frozen"], seeds=3, recipe={"steps": 5}, cache=False, progress=False)
+    finished = [x["accuracy"] for x in r.runs if x["accuracy"] is not None]
+    assert r.failed_runs == 1 and len(finished) == 2 and r.runs[1]["failed"]
+    assert r.accuracy_mean == pytest.approx(sum(finished) / 2) and "(1 of 3 runs failed)" in r.summary()

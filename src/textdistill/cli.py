@@ -146,9 +146,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     results = evaluate(task, source, args.learner or ["minilm"], seeds=args.seeds, recipe=recipe,
                        device=args.device, cache=not args.no_cache)
     for r in results:
-        runs = ", ".join(f"{100 * x['accuracy']:.1f}" for x in r.runs)
+        runs = ", ".join("failed" if x["accuracy"] is None else f"{100 * x['accuracy']:.1f}" for x in r.runs)
         print(f"{r.task} | {r.train_set['method']} ({r.train_set['size']} examples) | {r.learner}: "
-              f"{100 * r.accuracy_mean:.2f} ± {100 * r.accuracy_std:.2f}  [{runs}]")
+              f"{r.summary(digits=2)}  [{runs}]")
     if args.json:
         payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
         Path(args.json).write_text(json.dumps(payload, indent=1))
@@ -209,8 +209,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("\n| train set | examples | accuracy % (mean ± std) | % of full | seconds | saved |")
     print("|---|---|---|---|---|---|")
     for name, n, r, secs, where in rows:
-        frac = 100 * r.accuracy_mean / full.accuracy_mean
-        print(f"| {name} | {n} | {100 * r.accuracy_mean:.1f} ± {100 * r.accuracy_std:.1f} | {frac:.0f} | {secs:.0f} | {where} |")
+        ok = r.accuracy_mean is not None and full.accuracy_mean is not None
+        frac = f"{100 * r.accuracy_mean / full.accuracy_mean:.0f}" if ok else "-"
+        print(f"| {name} | {n} | {r.summary()} | {frac} | {secs:.0f} | {where} |")
     print(f"\nrecipe: {json.dumps(full.recipe)}; full data uses {args.full_seeds} seed(s). Evaluations are cached "
           "in the user cache (TEXTDISTILL_CACHE), so a second run prints the same table in seconds.")
 

@@ -19,3 +19,7 @@ class ArtifactError(TextDistillError):
 
 class ConfigError(TextDistillError):
     """A method, learner or recipe was configured with values it cannot use."""
+
+
+class TrainingDiverged(TextDistillError):
+    """A training loss became NaN or infinite (evaluation records the run as failed and goes on)."""

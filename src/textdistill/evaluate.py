@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .cache import cached_json, key_of
 from .config import check_device
 from .data import Task
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, TrainingDiverged
 from .learners import Learner, get_learner
 from .synthetic import DistilledDataset
 from .train import Recipe, predict, train
@@ -22,15 +22,24 @@ from .train import Recipe, predict, train
 class EvalResult:
     task: str
     learner: str
-    accuracy_mean: float
-    accuracy_std: float
-    runs: list[dict]
+    accuracy_mean: float | None  # over the finished runs; None when every run failed
+    accuracy_std: float | None
+    runs: list[dict]  # a failed run has accuracy None and "failed": why
     recipe: dict
     train_set: dict = field(default_factory=dict)  # method, size, fingerprint (or "full")
     seconds: float = 0.0
+    failed_runs: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def summary(self, scale: float = 100, digits: int = 1) -> str:
+        """The accuracy as mean ± std in percent, with failed runs counted; "failed" when no run finished."""
+        n = len(self.runs)
+        if self.accuracy_mean is None:
+            return f"failed ({n} of {n} runs)"
+        text = f"{scale * self.accuracy_mean:.{digits}f} ± {scale * self.accuracy_std:.{digits}f}"
+        return text + (f" ({self.failed_runs} of {n} runs failed)" if self.failed_runs else "")
 
 
 def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides: dict | None) -> Recipe:
@@ -93,16 +102,21 @@ def evaluate(
                     test_inputs = learner.encode(test_texts, test_pairs)
                 t0 = time.time()
                 model = learner.build(task.num_classes, seed)
-                params = train(learner, model, inputs, labels_t, rec, seed=seed, lrs=lrs,
-                               attention_labels=attention_labels, device=device,
-                               progress=progress and len(labels_t) > 256)
+                try:
+                    params = train(learner, model, inputs, labels_t, rec, seed=seed, lrs=lrs,
+                                   attention_labels=attention_labels, device=device,
+                                   progress=progress and len(labels_t) > 256)
+                except TrainingDiverged as e:  # one diverged learner is a result to report, not a reason to stop
+                    return {"seed": seed, "accuracy": None, "failed": str(e),
+                            "seconds": round(time.time() - t0, 2), "device": str(device)}
                 preds = predict(learner, model, params, test_inputs, device=device, precision=rec.precision)
                 return {"seed": seed, "accuracy": float((preds == y_test).float().mean()),
                         "seconds": round(time.time() - t0, 2), "device": str(device)}
 
             key = key_of(task.fingerprint, learner.describe(), rec.to_dict(), train_set, lrs is not None, seed)
             runs.append(cached_json("evals", key, run) if cache else run())
-        accs = np.array([r["accuracy"] for r in runs])
-        results.append(EvalResult(task.name, name, float(accs.mean()), float(accs.std()), runs, rec.to_dict(),
-                                  train_set, round(time.time() - start, 2)))
+        accs = np.array([r["accuracy"] for r in runs if r["accuracy"] is not None])
+        mean, std = (float(accs.mean()), float(accs.std())) if len(accs) else (None, None)
+        results.append(EvalResult(task.name, name, mean, std, runs, rec.to_dict(), train_set,
+                                  round(time.time() - start, 2), failed_runs=len(runs) - len(accs)))
     return results

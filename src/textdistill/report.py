@@ -33,23 +33,35 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
         groups[(r["task"], r["learner"], r["method"], r["dpc"])].append(r)
     out = {}
     for key, rs in groups.items():
-        accs = [100 * x["accuracy"] for r in rs for x in r["runs"]]
-        mean = sum(accs) / len(accs)
+        runs = [x for r in rs for x in r["runs"]]
+        accs = [100 * x["accuracy"] for x in runs if x.get("accuracy") is not None]  # failed runs have None
+        mean = sum(accs) / len(accs) if accs else None  # None: every run of the cell failed
         distill = [r["steps"].get("distill") or r["steps"].get("decode") for r in rs]
         distill = [d for d in distill if d]
         out[key] = {
-            "mean": mean, "std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5, "runs": len(accs),
+            "mean": mean, "std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5 if accs else None,
+            "runs": len(accs), "failed": len(runs) - len(accs),
             "sets": len(rs), "size": rs[0]["train_set"]["size"], "device": rs[0].get("device", "cpu"),
             "distill_s": sum(d["seconds"] for d in distill) / len(distill) if distill else None,
             "distill_mib": max(d["peak_rss_mib"] for d in distill) if distill else None,
             "distill_cuda_mib": max((d.get("peak_cuda_mib") or 0) for d in distill) if distill else None,
-            "run_s": sum(x["seconds"] for r in rs for x in r["runs"]) / len(accs),
+            "run_s": sum(x["seconds"] for x in runs) / len(runs),
         }
     return out
 
 
 def _pm(cell: dict | None) -> str:
-    return "-" if cell is None else f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+    if cell is None:
+        return "-"
+    if cell["mean"] is None:
+        return f"failed ({cell['failed']} runs)"
+    failed = f" ({cell['failed']} failed)" if cell.get("failed") else ""
+    return f"{cell['mean']:.1f} ± {cell['std']:.1f}{failed}"
+
+
+def _finished(cell: dict | None) -> dict | None:
+    """The cell when at least one of its runs finished (gains, fractions and plots need a mean)."""
+    return cell if cell is not None and cell["mean"] is not None else None
 
 
 def _ordered(values) -> list:
@@ -129,17 +141,19 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
             dpcs = sorted({k[3] for k in cells if k[3] is not None})
             methods = _ordered(k[2] for k in cells if k[3] is not None)
             full = cells.get((task, learner, "full", None))
+            full_ok = _finished(full)
             rows = []
             for m in methods:
                 row = [m]
                 for d in dpcs:
-                    c, base = cells.get((task, learner, m, d)), cells.get((task, learner, "random", d))
+                    c = cells.get((task, learner, m, d))
                     text = _pm(c)
+                    c, base = _finished(c), _finished(cells.get((task, learner, "random", d)))
                     if c and base and m != "random":
                         text += f" ({c['mean'] - base['mean']:+.1f}"
-                        text += f", {100 * c['mean'] / full['mean']:.0f}%)" if full else ")"
-                    elif c and full:
-                        text += f" ({100 * c['mean'] / full['mean']:.0f}%)"
+                        text += f", {100 * c['mean'] / full_ok['mean']:.0f}%)" if full_ok else ")"
+                    elif c and full_ok:
+                        text += f" ({100 * c['mean'] / full_ok['mean']:.0f}%)"
                     row.append(text)
                 rows.append(row)
             if full:
@@ -149,9 +163,9 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
             blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
             if dpcs:
                 plot = Path("plots") / f"{task}-{learner}.png".replace("/", "_")
-                series = {m: {d: cells[(task, learner, m, d)] for d in dpcs if (task, learner, m, d) in cells}
+                series = {m: {d: cells[(task, learner, m, d)] for d in dpcs if _finished(cells.get((task, learner, m, d)))}
                           for m in methods}
-                _plot_curves(out / plot, f"{task}, {learner}", dpcs, series, full)
+                _plot_curves(out / plot, f"{task}, {learner}", dpcs, series, full_ok)
                 blocks.append(("img", str(plot), f"{task}, {learner}: accuracy against examples per class"))
         blocks += _cross_architecture(agg, task, learners, out)
         blocks += _costs(agg, task)
@@ -169,7 +183,9 @@ def _cross_architecture(agg: dict, task: str, learners: list[str], out: Path) ->
                if (task, l, m, None if m == "full" else dpc) in agg else None for l in learners] for m in methods]
     plot = Path("plots") / f"{task}-cross-architecture.png".replace("/", "_")  # a name never leaves plots/
     _plot_heatmap(out / plot, f"{task}: text sets at {dpc}/class across learners", methods, learners, values)
-    rows = [[m] + ["-" if v is None else f"{v:.1f}" for v in vs] for m, vs in zip(methods, values)]
+    keys = [[(task, l, m, None if m == "full" else dpc) for l in learners] for m in methods]
+    rows = [[m] + ["failed" if v is None and k in agg else "-" if v is None else f"{v:.1f}" for v, k in zip(vs, ks)]
+            for m, vs, ks in zip(methods, values, keys)]
     return [("h3", f"{task}: cross-architecture ({dpc} per class; sets that any learner can read)"),
             ("table", ["train set"] + learners, rows),
             ("img", str(plot), f"{task}: cross-architecture heat map")]
@@ -255,7 +271,10 @@ def compare(a: str | Path, b: str | Path) -> str:
     rows = []
     for key in _ordered([*agg_a, *agg_b]):
         ca, cb = agg_a.get(key), agg_b.get(key)
-        diff = f"{cb['mean'] - ca['mean']:+.1f}" if ca and cb else "only in " + ("A" if ca else "B")
+        if ca and cb:
+            diff = f"{cb['mean'] - ca['mean']:+.1f}" if _finished(ca) and _finished(cb) else "-"
+        else:
+            diff = "only in " + ("A" if ca else "B")
         rows.append([key[0], key[1], key[2], "full" if key[3] is None else str(key[3]), _pm(ca), _pm(cb), diff])
     return to_markdown([("p", f"A: {a}  \nB: {b}"),
                         ("table", ["task", "learner", "method", "per class", "A", "B", "B - A"], rows)])

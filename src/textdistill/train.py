@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import Config
-from .errors import ConfigError, TextDistillError
+from .errors import ConfigError, TrainingDiverged
 
 if TYPE_CHECKING:
     from .learners import Learner
@@ -216,7 +216,7 @@ def train(
                 loss = loss_fn(logits, labels[idx]) + recipe.attention_weight * attention_kl(
                     attention_labels[idx], attentions)
             if not torch.isfinite(loss):
-                raise TextDistillError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
+                raise TrainingDiverged(f"training loss became {loss.item()} at step {step}: lower the learning rate")
             raw = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable, allow_unused=True)
             lr = lrs[step] if lrs is not None else recipe.lr_at(step)
             if differentiable:
