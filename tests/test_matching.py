@@ -114,6 +114,17 @@ def test_expert_buffer_resumes_after_an_interruption(mr_small, frozen, tmp_path,
     assert len(calls) == 4 and all(p.exists() for p in paths)  # experts 1 and 2 only
 
 
+def test_experts_train_without_dropout_like_the_students(mr_small, frozen, tmp_path, monkeypatch):
+    """TextCNN's p=0.5 dropout would make the expert steps ones the dropout-free students cannot follow."""
+    assert mtt_module.expert_recipe(MTTConfig(), 100).dropout is False
+    recipes = []
+    real_train = mtt_module.train
+    monkeypatch.setattr(mtt_module, "train", lambda *a, **kw: recipes.append(a[4]) or real_train(*a, **kw))
+    cfg = MTTConfig(experts=1, expert_epochs=2, max_start_epoch=1, match_epochs=1, buffer_dir=str(tmp_path))
+    buffer(mr_small, frozen, cfg, progress=False)
+    assert len(recipes) == 2 and not any(r.dropout for r in recipes)
+
+
 def test_classifier_only_matches_the_head(mr_small):
     learner = get_learner("textcnn-glove")
     model = learner.build(2, 0)

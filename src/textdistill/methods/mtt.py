@@ -55,9 +55,11 @@ class MTTConfig(LearnedSetConfig):
 
 
 def expert_recipe(cfg: MTTConfig, n: int) -> Recipe:
-    """Plain SGD at a constant step size, one epoch per call: trajectories that a student can follow."""
+    """Plain SGD at a constant step size, one epoch per call: trajectories that a student can follow. Dropout
+    is off, as for the students (and the reference's matching): a trajectory trained with it is not one the
+    student's dropout-free steps can follow."""
     return Recipe(steps=math.ceil(n / cfg.expert_batch), lr=cfg.expert_lr, batch_size=cfg.expert_batch, warmup=0.0,
-                  schedule="constant", weight_decay=0.0, optimizer="sgd")
+                  schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
 
 
 def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True) -> list[Path]:
