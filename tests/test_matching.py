@@ -38,6 +38,14 @@ def test_distances_are_zero_for_equal_inputs_and_positive_otherwise():
     assert float(trajectory_loss(p, {"w": p["w"] + 1}, p)) == 0
 
 
+def test_cos_distance_leaves_out_one_dimensional_tensors_like_the_reference():
+    g = torch.Generator().manual_seed(0)
+    wa, wb, ba, bb = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), torch.randn(4), torch.randn(4)
+    assert gradient_distance([wa, ba], [wb, bb], "cos") == gradient_distance([wa], [wb], "cos")
+    assert gradient_distance([wa, ba], [wa, -ba], "cos") < 1e-6  # opposite biases: still 0, as in distance_wb
+    assert gradient_distance([wa, ba], [wb, bb], "mse") > gradient_distance([wa], [wb], "mse")  # mse keeps them
+
+
 def test_dc_matching_loss_is_zero_on_the_real_data_and_falls(mr_small, frozen):
     syn = whole_class_set(mr_small, frozen)
     real, y, per_class = real_inputs(mr_small, frozen)

@@ -42,7 +42,8 @@ class DCConfig(LearnedSetConfig):
 def gradient_distance(a: list[torch.Tensor | None], b: list[torch.Tensor | None], kind: str = "cos") -> torch.Tensor:
     """Sum over parameter tensors of the distance between two gradients; zero when they are equal.
 
-    cos: each tensor is viewed as [output units, rest] and contributes sum(1 - cosine) over its rows.
+    cos: each tensor is viewed as [output units, rest] and contributes sum(1 - cosine) over its rows; 1-D
+    tensors (biases, LayerNorm) contribute 0, as in the reference (``distance_wb``).
     A tensor one side does not reach (word embeddings under inputs_embeds) is left out.
     """
     total = next(g for g in a if g is not None).new_zeros(())
@@ -51,8 +52,8 @@ def gradient_distance(a: list[torch.Tensor | None], b: list[torch.Tensor | None]
             continue
         if kind == "mse":
             total = total + ((ga - gb) ** 2).sum()
-        else:
-            ra, rb = ga.reshape(ga.shape[0], -1) if ga.dim() > 1 else ga[None], gb.reshape(gb.shape[0], -1) if gb.dim() > 1 else gb[None]
+        elif ga.dim() > 1:
+            ra, rb = ga.reshape(ga.shape[0], -1), gb.reshape(gb.shape[0], -1)
             cos = (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1) + 1e-8)
             total = total + (1 - cos).sum()
     return total
