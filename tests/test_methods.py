@@ -68,6 +68,15 @@ def test_selection_is_real_and_distinct(method, mr_small):
     assert [labels[i] for i in ds.source_indices] == ds.labels.tolist()
 
 
+def test_kcenter_never_picks_an_example_twice_among_duplicates():
+    """Two distinct vectors, each three times, and a budget of 4: once both are covered every distance is 0."""
+    vectors = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    for seed in range(6):
+        picked = get_method("kcenter").select(vectors, 4, np.random.default_rng(seed))
+        assert len(set(picked.tolist())) == 4
+        assert {tuple(vectors[i]) for i in picked[:2]} == {(0.0, 1.0), (1.0, 0.0)}  # farthest-first still
+
+
 def test_herding_matches_the_class_mean_better_than_random(mr_small):
     learner = get_learner("minilm-frozen")
     texts, _, labels = mr_small.columns("train")

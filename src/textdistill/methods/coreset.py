@@ -56,10 +56,12 @@ class KCenter(CoresetDistiller):
     def select(self, vectors, k, rng):
         picked = [int(rng.integers(len(vectors)))]
         dist = np.linalg.norm(vectors - vectors[picked[0]], axis=1)
+        dist[picked[0]] = -np.inf  # never again: with fewer distinct vectors than k, unpicked duplicates come next
         while len(picked) < k:
             nxt = int(dist.argmax())
             picked.append(nxt)
             dist = np.minimum(dist, np.linalg.norm(vectors - vectors[nxt], axis=1))
+            dist[nxt] = -np.inf
         return np.array(picked)
 
 
