@@ -56,3 +56,15 @@ def test_readme_task_table_matches_list_tasks():
 def test_unknown_task_names_the_choices():
     with pytest.raises(DataError, match="unknown task 'nope'.*mr"):
         get_task("nope")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None])
+def test_an_empty_second_text_is_named(bad):
+    """Hub pair columns reach build_task unchecked: the second text is checked like the first."""
+    from textdistill.data import TaskSpec, build_task
+
+    spec = TaskSpec("pairs", ("no", "yes"), pair=True)
+    good = (["a", "b", "c", "d"], ["w", "x", "y", "z"], [0, 1, 0, 1])
+    assert len(build_task(spec, good, good).train) == 4
+    with pytest.raises(DataError, match="pairs: test example 2 has an empty second text"):
+        build_task(spec, good, (["a", "b", "c", "d"], ["w", "x", bad, "z"], [0, 1, 0, 1]))

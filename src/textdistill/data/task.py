@@ -109,6 +109,9 @@ def build_task(
         columns = {"text": texts, "label": labels}
         if spec.pair:
             assert pairs is not None
+            for i, text in enumerate(pairs):  # hub columns come here unchecked, like the first text
+                if not isinstance(text, str) or not text.strip():
+                    raise DataError(f"{spec.name}: {split} example {i} has an empty second text")
             columns["text_pair"] = pairs
         splits[split] = Dataset.from_dict(columns, features=Features(features))
     present = Counter(train[2])
