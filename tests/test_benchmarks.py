@@ -44,6 +44,31 @@ def test_hf_layout_jsonl(tmp_path):
     assert task.spec.classes[task.train["label"][0]] == "HUM"
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_yelp_digit_class_names_are_told_from_ids_by_column_type(tmp_path, fmt):
+    """yelp_polarity's classes are named "1" and "2"; the hub's label column holds ids 0 and 1, so id 1 is "2"."""
+    import pandas as pd
+
+    rows = pd.DataFrame({"text": ["bad", "good", "fine"], "label": [0, 1, 1]})
+    d = tmp_path / "ids"
+    d.mkdir()
+    for split in ("train", "test"):
+        {"jsonl": lambda p: rows.to_json(p, orient="records", lines=True), "csv": lambda p: rows.to_csv(p, index=False),
+         "parquet": lambda p: rows.to_parquet(p)}[fmt](d / f"{split}.{fmt}")
+    task = get_task("yelp_polarity", data_dir=d)
+    assert [task.spec.classes[y] for y in task.train["label"]] == ["1", "2", "2"]
+
+    # A column of strings holds class names: "1" is the class named "1" (id 0).
+    d = tmp_path / "names"
+    d.mkdir()
+    for split in ("train", "test"):
+        (d / f"{split}.jsonl").write_text('{"text": "bad", "label": "1"}\n{"text": "good", "label": "2"}\n')
+    assert get_task("yelp_polarity", data_dir=d).train["label"] == [0, 1]
+    (d / "train.jsonl").write_text('{"text": "bad", "label": "1"}\n{"text": "good", "label": "0"}\n')
+    with pytest.raises(DataError, match="train.jsonl:2: label '0' is not one of yelp_polarity's classes 1, 2"):
+        get_task("yelp_polarity", data_dir=d)
+
+
 def test_bad_label_and_missing_files(tmp_path):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\nok \t7\n")
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nok \t1\n")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, ResourceMissing
-from .files import FORMATS, Row, column, label_column, read_rows
+from .files import FORMATS, class_ids, column, read_rows
 from .task import Task, TaskSpec, build_task
 
 
@@ -77,19 +77,6 @@ def _spec(b: Benchmark, source: str) -> TaskSpec:
     return TaskSpec(b.name, b.classes, max_length=b.max_length, source=source, pair=b.pair is not None)
 
 
-def _label_ids(b: Benchmark, path: Path, rows: list[Row], values: list[str], offset: int) -> list[int]:
-    ids = []
-    for (n, _), v in zip(rows, values):
-        v = v.strip()
-        if v in b.classes:
-            ids.append(b.classes.index(v))
-        elif v.lstrip("-").isdigit() and 0 <= int(v) - offset < len(b.classes):
-            ids.append(int(v) - offset)
-        else:
-            raise DataError(f"{path}:{n}: label {v!r} is not one of {b.name}'s classes {', '.join(b.classes)}")
-    return ids
-
-
 def _read_split(b: Benchmark, path: Path, layout: LocalLayout | None) -> tuple[list[str], list[str] | None, list[int]]:
     text, pair, label = (layout.text, layout.pair, layout.label) if layout else (b.text, b.pair, b.label)
     rows = read_rows(path, header=list(layout.header) if layout and layout.header else None)
@@ -101,7 +88,7 @@ def _read_split(b: Benchmark, path: Path, layout: LocalLayout | None) -> tuple[l
         heads = column(path, rows, layout.join, text=True)
         texts = [f"{h} {t}".replace("\\n", " ") for h, t in zip(heads, texts)]
     pairs = column(path, rows, pair, text=True) if pair else None
-    labels = _label_ids(b, path, rows, label_column(path, rows, label), layout.label_offset if layout else 0)
+    labels = class_ids(path, rows, label, b.classes, f"{b.name}'s classes", layout.label_offset if layout else 0)
     return texts, pairs, labels
 
 

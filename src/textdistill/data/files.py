@@ -18,6 +18,7 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".jso
 Row = tuple[int, dict]  # (line number in the file, record)
 MISSING = ("", "nan", "none", "null")  # what spreadsheets and pandas write for a missing value
 DECIMAL = re.compile(r"[+-]?\d+\.\d*")  # "1.0" is the integer 1 written by a float column
+INTEGER = re.compile(r"-?\d+")
 
 csv.field_size_limit(2**31 - 1)  # a long document in one cell is still one field
 
@@ -132,6 +133,29 @@ def label_column(path: Path, rows: list[Row], name: str) -> list[str]:
         lines = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise DataError(f"{path}: missing value in label column {name!r} at line{'s' * (len(missing) > 1)} {lines} "
                         f"(empty, NaN, None or null); fill in or drop those rows")
+    return out
+
+
+def class_ids(path: Path, rows: list[Row], name: str, classes: list[str] | tuple[str, ...], what: str,
+              offset: int = 0) -> list[int]:
+    """Ids of known classes from a label column, read by the column's type: a column of integers holds class
+    ids (minus ``offset``), a column of strings holds class names, so that a digit class name (yelp_polarity's
+    "1") is never taken for an id, nor an id for a name. CSV and TSV have no types: there a column of integers
+    holds ids, as the hub's columns (and GLUE's) do."""
+    values = label_column(path, rows, name)
+    typed = FORMATS.get(path.suffix.lower()) in ("jsonl", "parquet")
+    ids = all(INTEGER.fullmatch(v) for v in values) and not (
+        typed and any(isinstance(record.get(name), str) for _, record in rows))
+    out = []
+    for (n, _), v in zip(rows, values):
+        if ids and 0 <= int(v) - offset < len(classes):
+            out.append(int(v) - offset)
+        elif not ids and v in classes:
+            out.append(list(classes).index(v))
+        else:
+            how = (f"a column of integers holds class ids {offset}..{offset + len(classes) - 1}" if ids
+                   else "a column of strings holds class names")
+            raise DataError(f"{path}:{n}: label {v!r} is not one of {what} {', '.join(classes)} ({how})")
     return out
 
 

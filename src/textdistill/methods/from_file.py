@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import Task
-from ..data.files import column, label_column, read_rows
+from ..data.files import class_ids, column, read_rows
 from ..errors import ConfigError, DataError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
@@ -61,15 +61,8 @@ class FromFile(Distiller):
             raise ConfigError(f"task {task.name} {'is' if task.spec.pair else 'is not'} a pair task: "
                               f"{'give' if task.spec.pair else 'drop'} --pair-col")
         names = list(task.spec.classes)
-        labels = []
-        for (line, _), value in zip(rows, label_column(path, rows, _pick(rows, self.config.label_col, LABEL_KEYS))):
-            if value in names:
-                labels.append(names.index(value))
-            elif value.isdigit() and int(value) < len(names):
-                labels.append(int(value))
-            else:
-                raise DataError(f"{path}:{line}: label {value!r} is neither a class of {task.name} "
-                                f"({', '.join(names)}) nor a class id below {len(names)}")
+        labels = class_ids(path, rows, _pick(rows, self.config.label_col, LABEL_KEYS), names,
+                           f"the classes of {task.name}")
         counts = Counter(labels)
         if any(counts[c] != dpc for c in range(len(names))):
             raise DataError(f"{path}: {dict(sorted(counts.items()))} examples per class id, expected {dpc} of each")
