@@ -121,6 +121,23 @@ def test_evaluate_full_data_and_cross_architecture(mr_small):
     assert results[0].runs[0]["seed"] == 0 and results[0].runs[1]["seed"] == 1
 
 
+def test_evaluation_learner_seeds_never_coincide_with_distillation_seeds(mr_small, monkeypatch):
+    """Every learner seed goes through torch.manual_seed (build and train): the seeds that two distilled sets
+    (set seeds 0 and 1) used for their own learners and the evaluation learners' seeds are disjoint."""
+    seen = []
+    real_seed = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: seen.append(int(s)) or real_seed(s))
+    sets = [(get_method(method, **CONFORMANCE[method][1]).distill(mr_small, 2, get_learner(name), seed=s), name)
+            for method, name in (("dm", "minilm-frozen"), ("dc", "textcnn-glove")) for s in (0, 1)]
+    distilling = set(seen)
+    assert {0, 1, 2, 1_000_003} <= distilling  # the sets' own learners
+    seen.clear()
+    for ds, name in sets:
+        (r,) = evaluate(mr_small, ds, [name], seeds=5, cache=False, progress=False, recipe={"steps": 2})
+        assert [x["seed"] for x in r.runs] == [0, 1, 2, 3, 4]  # reported as before
+    assert seen and not set(seen) & distilling
+
+
 def test_minilm_trains_on_a_text_set(mr_small):
     ds = get_method("kmeans").distill(mr_small, 2, get_learner("minilm"), seed=0)
     (r,) = evaluate(mr_small, ds, ["minilm"], seeds=1, cache=False, progress=False, recipe={"steps": 3})
