@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="train fresh learners on a set (or the full data) and test them",
                        description="Train fresh learners on a distilled set (or the full data) and report test "
                                    "accuracy mean ± std over seeds. The default learner is minilm, fully "
-                                   "fine-tuned: minutes per run on a CPU (about 4 on 2 cores); --learner "
+                                   "fine-tuned: minutes per run on a CPU (about 2.5 on 2 cores); --learner "
                                    "minilm-frozen takes seconds.")
     s.add_argument("dir", nargs="?", help="a distilled set directory (or give --task and --full)")
     _task_args(s, required=False)
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the README's main job: distil mr and compare with random and full data")
     s.add_argument("--method", default="herding", help="the best coreset method in docs/results.md")
     s.add_argument("--learner", default="minilm-frozen",
-                   help="minilm-frozen takes minutes on 2 cores; minilm (fine-tuned) about 4 minutes a run")
+                   help="minilm-frozen takes minutes on 2 cores; minilm (fine-tuned) about 2.5 minutes a run")
     s.add_argument("--dpc", type=int, default=10, help="examples per class (default 10)")
     s.add_argument("--seeds", type=int, default=5, help="learner seeds per distilled set (default 5)")
     s.add_argument("--full-seeds", type=int, default=5, help="learner seeds on the full data (default 5)")
