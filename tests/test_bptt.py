@@ -153,3 +153,25 @@ def test_attention_labels_on_cuda(mr_small):
     params = train(learner, learner.build(2, seed=0), inputs, torch.tensor(labels[:2]), Recipe(steps=1), seed=0,
                    lrs=torch.tensor([1e-4]), attention_labels=ds.attention_labels)
     assert all(p.is_cuda for p in params.values())
+
+
+def test_pair_task_keeps_token_types_and_decodes_to_pairs(tmp_path):
+    """Token-embedding sets of pair tasks keep the learner's token types (saved, and read in training), and
+    decode to text and text_pair."""
+    from textdistill.data import get_task
+
+    f = tmp_path / "pairs.csv"
+    f.write_text("text,other,label\n" + "".join(f"first sentence {i},second part {i},{'ab'[i % 2]}\n" for i in range(12)))
+    task = get_task(str(f), pair_col="other", test_size=0.25, seed=0)
+    ds = get_method("bptt", outer_steps=1, inner_steps=1, length=12, real_batch=4).distill(
+        task, 1, get_learner("minilm"), seed=0)
+    types = ds.tensors["token_type_ids"]
+    assert types.shape == ds.tensors["attention_mask"].shape and (types == 1).any(dim=1).all()
+    ds.save(tmp_path / "set")
+    back = DistilledDataset.load(tmp_path / "set")
+    assert torch.equal(back.tensors["token_type_ids"], types)
+    assert "token_type_ids" in back.inputs_for(get_learner("minilm"))
+    text = decode_to_text(back)
+    assert len(text.text_pairs) == len(text.texts) == 2
+    assert all("first" in t and "second" not in t for t in text.texts)  # one step of bptt barely moves the set
+    assert all("second" in t and "first" not in t for t in text.text_pairs)

@@ -9,13 +9,29 @@ from .synthetic import DistilledDataset
 
 def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
     """A text set from a token-embedding set: each position becomes its nearest token (cosine), so any learner
-    can train on it. Labels are kept (soft ones too); the learned step sizes belong to the bound learner and
+    can train on it; a pair set (pair task, or token types with a second sentence) decodes to text and text_pair.
+    Labels are kept (soft ones too); the learned step sizes belong to the bound learner and
     are dropped, so the text set trains with each learner's default recipe."""
     if ds.kind != "token-embeddings":
         raise ArtifactError(f"only a token-embedding set decodes to text (this one is {ds.kind!r})")
     learner = get_learner(ds.bound_learner())
-    tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], ds.tensors["attention_mask"])
-    texts = [learner.detokenize(t) or "[empty]" for t in tokens]
-    return DistilledDataset(kind="text", labels=ds.labels, label_names=ds.label_names, texts=texts,
+    mask = ds.tensors["attention_mask"].bool()
+    tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], mask)
+    types = ds.tensors.get("token_type_ids")
+    spec = ds.task.get("spec") if isinstance(ds.task, dict) else None
+    pair = (isinstance(spec, dict) and spec.get("pair") is True) or (types is not None and bool((types == 1).any()))
+    if not pair:
+        firsts, seconds = tokens, None
+    elif types is not None:  # the boundary the learner reads: token types are fixed, the [SEP] embedding is learned
+        kinds = [t[m].tolist() for t, m in zip(types, mask)]
+        firsts = [[tok for tok, k in zip(row, ks) if k == 0] for row, ks in zip(tokens, kinds)]
+        seconds = [[tok for tok, k in zip(row, ks) if k != 0] for row, ks in zip(tokens, kinds)]
+    else:  # learners without token types (GloVe joins a pair with a separator): split at the first one
+        cut = [row.index(learner.pair_separator) if learner.pair_separator in row else len(row) for row in tokens]
+        firsts = [row[:c] for row, c in zip(tokens, cut)]
+        seconds = [row[c + 1 :] for row, c in zip(tokens, cut)]
+    texts = [learner.detokenize(t) or "[empty]" for t in firsts]
+    pairs = None if seconds is None else [learner.detokenize(t) or "[empty]" for t in seconds]
+    return DistilledDataset(kind="text", labels=ds.labels, label_names=ds.label_names, texts=texts, text_pairs=pairs,
                             method=f"{ds.method}+decode", config={**ds.config, "decoded_from": ds.learner},
                             seed=ds.seed, task=ds.task, log=ds.log)

@@ -80,6 +80,8 @@ class Learner(ABC):
         """Tokens and their input embeddings, for learners with a token-embedding space."""
         raise NotImplementedError(f"learner {self.name!r} has no token-embedding space")
 
+    pair_separator = "[SEP]"  # the token between the two texts of a pair, where decoding splits them
+
     def detokenize(self, tokens: list[str]) -> str:
         """Text from vocabulary tokens (special tokens dropped)."""
         return " ".join(t for t in tokens if not (t.startswith("[") and t.endswith("]")))

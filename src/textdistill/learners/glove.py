@@ -62,6 +62,7 @@ class GloveEncoder(nn.Module):
 
 class GloveLearner(Learner):
     input_kind = "tokens"
+    pair_separator = "|"  # encode joins a pair as "text | pair"
 
     def __init__(self, name: str, kind: str, max_length: int = 64) -> None:
         self.name, self.kind, self.max_length = name, kind, max_length

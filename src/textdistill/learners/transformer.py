@@ -122,6 +122,10 @@ class TransformerLearner(Learner):
         ids = range(len(self.tokenizer))
         return self.tokenizer.convert_ids_to_tokens(list(ids)), model.get_input_embeddings().weight.detach()
 
+    @property
+    def pair_separator(self) -> str:  # type: ignore[override]
+        return self.tokenizer.sep_token
+
     def detokenize(self, tokens: list[str]) -> str:
         special = set(self.tokenizer.all_special_tokens)
         return self.tokenizer.convert_tokens_to_string([t for t in tokens if t not in special]).strip()

@@ -65,17 +65,20 @@ class SyntheticSet:
         if learner.input_kind == "features":
             x, self.fixed = enc["features"].float(), {}
         else:
-            ids = F.pad(enc["input_ids"], (0, max(0, length - enc["input_ids"].shape[1])))[:, :length]
-            mask = F.pad(enc["attention_mask"], (0, max(0, length - enc["attention_mask"].shape[1])))[:, :length]
+            fit = {k: F.pad(v, (0, max(0, length - v.shape[1])))[:, :length] for k, v in enc.items()}
             model = learner.build(task.num_classes, seed=0)
             with torch.no_grad():
-                x = learner.input_embeddings(model, dict(model.named_parameters()), ids).float()
-            self.fixed = {"attention_mask": mask}
+                x = learner.input_embeddings(model, dict(model.named_parameters()), fit["input_ids"]).float()
+            # fixed, not learned: which positions count and, for pairs, which sentence each position belongs to
+            # (single texts: all zeros, the model's default, so not stored)
+            keep = ("attention_mask", "token_type_ids") if pairs is not None else ("attention_mask",)
+            self.fixed = {k: fit[k] for k in keep if k in fit}
         if init == "noise":
             gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
             rows = x[self.fixed["attention_mask"].bool()] if self.fixed else x
             x = torch.randn(x.shape, generator=gen) * rows.std()
-            self.fixed = {k: torch.ones_like(v) for k, v in self.fixed.items()}
+            # noise has no sentence boundary to keep: every position counts, all as the first sentence
+            self.fixed = {"attention_mask": torch.ones_like(self.fixed["attention_mask"])} if self.fixed else {}
         self.key = "features" if learner.input_kind == "features" else "inputs_embeds"
         self.x = x.to(device).requires_grad_(True)
         self.fixed = {k: v.to(device) for k, v in self.fixed.items()}
