@@ -182,6 +182,39 @@ def test_report_and_compare_cope_with_failed_runs(tmp_path, results_dir):
     assert "| mr | minilm | kmeans | 1 | 62.0 ± 0.8 | failed (3 runs) | - |" in compare(results_dir, out)
 
 
+def test_report_counts_distinct_sets_and_names_its_standard_deviation(tmp_path):
+    """Herding ignores its seed: three identical sets are one set, and the report says so; std is numpy's."""
+    import copy
+
+    import numpy as np
+
+    from textdistill.report import aggregate
+
+    results = fake_results()
+    for r in list(results["records"]):
+        if r["learner"] == "minilm" and r["method"] in ("random", "kmeans") and r["dpc"] == 10:
+            for k in (0, 1, 2):  # random: three different sets; kmeans: the same set three times
+                other = copy.deepcopy(r) if k else r
+                fp = f"{r['method']}-{k}" if r["method"] == "random" else "same"
+                other.update(set_seed=k, train_set={"size": 20, "fingerprint": fp})
+                for x in other["runs"]:
+                    x["accuracy"] += 0.01 * k
+                if k:
+                    results["records"].append(other)
+    out = tmp_path / "sets"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    text = write_report(out)[0].read_text()
+    assert "numpy's std with ddof=0" in text
+    row = next(line for line in text.splitlines() if line.startswith("| kmeans |"))
+    assert row.endswith("| 72.0 ± 1.2 (over 1 distinct set of 3) (+5.0, 96%) |"), row
+    assert "distinct" not in next(line for line in text.splitlines() if line.startswith("| random |"))
+    cell = aggregate(results["records"])[("mr", "minilm", "kmeans", 10)]
+    accs = [100 * x["accuracy"] for r in results["records"] if r["method"] == "kmeans" and r["dpc"] == 10
+            and r["learner"] == "minilm" for x in r["runs"]]
+    assert len(accs) == 9 and cell["std"] == pytest.approx(np.std(accs)) and cell["distinct"] == 1
+
+
 @pytest.mark.parametrize("change, message", [
     ({"bogus": 1}, "unknown key"),
     ({"methods": ["nope"]}, "unknown method 'nope'"),

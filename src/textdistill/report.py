@@ -41,7 +41,9 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
         out[key] = {
             "mean": mean, "std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5 if accs else None,
             "runs": len(accs), "failed": len(runs) - len(accs),
-            "sets": len(rs), "size": rs[0]["train_set"]["size"], "device": rs[0].get("device", "cpu"),
+            # a method that ignores its seed (herding) gives the same set every time: its runs are not over n sets
+            "sets": len(rs), "distinct": len({r["train_set"].get("fingerprint") or i for i, r in enumerate(rs)}),
+            "size": rs[0]["train_set"]["size"], "device": rs[0].get("device", "cpu"),
             "distill_s": sum(d["seconds"] for d in distill) / len(distill) if distill else None,
             "distill_mib": max(d["peak_rss_mib"] for d in distill) if distill else None,
             "distill_cuda_mib": max((d.get("peak_cuda_mib") or 0) for d in distill) if distill else None,
@@ -56,6 +58,9 @@ def _pm(cell: dict | None) -> str:
     if cell["mean"] is None:
         return f"failed ({cell['failed']} runs)"
     failed = f" ({cell['failed']} failed)" if cell.get("failed") else ""
+    distinct = cell.get("distinct", cell["sets"])
+    if distinct < cell["sets"]:
+        failed += f" (over {distinct} distinct set{'s' if distinct > 1 else ''} of {cell['sets']})"
     return f"{cell['mean']:.1f} ± {cell['std']:.1f}{failed}"
 
 
@@ -130,8 +135,11 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
     if results.get("missing"):
         blocks.append(("p", f"**Incomplete**: {len(results['missing'])} cell(s) not run yet: "
                             + "; ".join(results["missing"][:10])))
-    blocks.append(("p", "Cells: test accuracy % (mean ± std over distilled sets x learner seeds), then the gain over "
-                        "random at the same budget in points and the fraction of full-data accuracy."))
+    blocks.append(("p", "Cells: test accuracy % (mean ± standard deviation over all runs, distilled sets x learner "
+                        "seeds; the population standard deviation, numpy's std with ddof=0), then the gain over "
+                        "random at the same budget in points and the fraction of full-data accuracy. A cell whose "
+                        "distilled sets are not all different (a method that ignores its seed) says over how many "
+                        "distinct sets its runs are."))
     tasks = _ordered(k[0] for k in agg)
     for task in tasks:
         blocks.append(("h2", task))
