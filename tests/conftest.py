@@ -36,3 +36,42 @@ def tiny_generator(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def _check_accuracy(task, source, result, recompute=True):
+    """Checks an evaluation's accuracy can fail: every run's is a whole number of correct answers over the test
+    split, the mean is the mean of the runs, and (``recompute``) the first run, done again by hand from its
+    learner seed and the recorded recipe, gives the same accuracy."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from textdistill.learners import get_learner
+    from textdistill.train import Recipe, predict, train
+
+    if isinstance(result, dict):  # a bench record
+        result = types.SimpleNamespace(**result)
+    texts, pairs, y = task.columns("test")
+    accs = [r["accuracy"] for r in result.runs]
+    for a in accs:
+        assert a * len(y) == pytest.approx(round(a * len(y)), abs=1e-4), (a, len(y))
+    assert result.accuracy_mean == pytest.approx(float(np.mean(accs)))
+    if recompute:
+        learner, run = get_learner(result.learner), result.runs[0]
+        if source is None:
+            train_texts, train_pairs, train_y = task.columns("train")
+            inputs, labels, lrs, attention = learner.encode(train_texts, train_pairs), torch.tensor(train_y), None, None
+        else:
+            inputs, labels, attention = source.inputs_for(learner), source.labels, source.attention_labels
+            lrs = source.lrs if source.kind != "text" else None
+        model = learner.build(task.num_classes, run["learner_seed"])
+        params = train(learner, model, inputs, labels, Recipe.from_dict(result.recipe), seed=run["learner_seed"],
+                       lrs=lrs, attention_labels=attention)
+        preds = predict(learner, model, params, learner.encode(texts, pairs))
+        assert run["accuracy"] == pytest.approx(float((preds == torch.tensor(y)).float().mean()))
+
+
+@pytest.fixture
+def check_accuracy():
+    return _check_accuracy

@@ -38,14 +38,21 @@ def test_every_suite_in_benchmarks_parses_and_plans_its_whole_grid():
         assert len({c.key(suite) for c in cells}) == len(cells), path  # no two cells share a result file
 
 
-def test_smoke_suite_runs_and_reports(tmp_path, cache):
+def test_smoke_suite_runs_and_reports(tmp_path, cache, check_accuracy):
+    from textdistill.data import get_task
+    from textdistill.synthetic import DistilledDataset
+
     suite = tiny_smoke()
     results = run_suite(suite, tmp_path / "out", progress=False)
     assert not results["missing"]
     methods = {(r["method"], r["dpc"]) for r in results["records"]}
     assert methods == {("random", 2), ("herding", 2), ("kmeans", 2), ("full", None)}
+    task = get_task("mr", subset=SLICE)
+    sets = {ds.fingerprint(): ds for ds in map(DistilledDataset.load, (tmp_path / "out" / "sets").iterdir())}
     for r in results["records"]:
-        assert len(r["runs"]) == 2 and 0 <= r["accuracy_mean"] <= 1
+        assert len(r["runs"]) == 2
+        # one run of each cell done again by hand, from the saved set (the full data: the task's training split)
+        check_accuracy(task, None if r["method"] == "full" else sets[r["train_set"]["fingerprint"]], r)
         assert r["steps"]["evaluate"]["seconds"] >= 0 and r["steps"]["evaluate"]["peak_rss_mib"] > 0
     md, page = write_report(tmp_path / "out")
     assert "| herding |" in md.read_text() and "data:image/png;base64," in page.read_text()
