@@ -261,3 +261,14 @@ def test_a_diverging_evaluation_run_is_recorded_as_failed_and_the_rest_go_on(mr_
     finished = [x["accuracy"] for x in r.runs if x["accuracy"] is not None]
     assert r.failed_runs == 1 and len(finished) == 2 and r.runs[1]["failed"]
     assert r.accuracy_mean == pytest.approx(sum(finished) / 2) and "(1 of 3 runs failed)" in r.summary()
+
+
+def test_cache_keys_change_with_the_package_version_and_schema(monkeypatch):
+    from textdistill import cache
+
+    key = cache.key_of("evals", 1)
+    monkeypatch.setattr(cache, "__version__", "99.0")
+    assert cache.key_of("evals", 1) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(cache, "SCHEMA", cache.SCHEMA + 1)
+    assert cache.key_of("evals", 1) != key

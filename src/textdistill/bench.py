@@ -8,6 +8,7 @@ distilled sets are saved under ``OUT/sets`` and evaluations go through the share
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import statistics
 import sys
@@ -157,9 +158,11 @@ class Cell:
     set_seed: int | None = None
 
     def key(self, suite: Suite) -> str:
+        """What fixes the cell's result; the task's content counts, so a changed task is run again."""
         task = suite.tasks[self.task]
         if self.entry is None:
-            return key_of("full", task, suite.learners, suite.full_seeds or suite.seeds, suite.recipe)
+            return key_of("full", task, load_task(task).fingerprint, suite.learners, suite.full_seeds or suite.seeds,
+                          suite.recipe)
         return key_of("set", *self._set_parts(suite), suite.learners, suite.seeds, suite.recipe)
 
     def set_key(self, suite: Suite) -> str:
@@ -171,7 +174,8 @@ class Cell:
 
         entry = suite.methods[self.entry]
         config = get_method(entry.method, **entry.options).config.to_dict()  # defaults count: a new default, a new set
-        return (suite.tasks[self.task], asdict(entry), config, suite.learner_of(entry), self.dpc,
+        task = suite.tasks[self.task]
+        return (task, load_task(task).fingerprint, asdict(entry), config, suite.learner_of(entry), self.dpc,
                 self.set_seed)
 
     def kind(self, suite: Suite) -> tuple[str, str]:
@@ -185,6 +189,19 @@ class Cell:
         return f"{task} {suite.methods[self.entry].label} {self.dpc}/class set {self.set_seed}"
 
 
+def load_task(spec: dict):
+    """A suite's task, loaded once per process (cell keys need its content fingerprint)."""
+    return _load_task(json.dumps(spec, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_task(spec_json: str):
+    from .data import get_task
+
+    spec = json.loads(spec_json)
+    return get_task(spec["name"], data_dir=spec.get("data_dir"), subset=spec.get("subset"))
+
+
 def plan(suite: Suite) -> list[Cell]:
     """Full data first, then budget by budget in the suite's order (list the budgets that matter most first)."""
     tasks, methods, sets = range(len(suite.tasks)), range(len(suite.methods)), range(suite.sets)
@@ -196,16 +213,10 @@ class Runner:
 
     def __init__(self, suite: Suite, out: str | Path, device: str = "cpu") -> None:
         self.suite, self.out, self.device = suite, Path(out), device
-        self._tasks: dict[int, object] = {}
         self._learners: dict[str, object] = {}
 
     def task(self, i: int):
-        from .data import get_task
-
-        if i not in self._tasks:
-            spec = self.suite.tasks[i]
-            self._tasks[i] = get_task(spec["name"], data_dir=spec.get("data_dir"), subset=spec.get("subset"))
-        return self._tasks[i]
+        return load_task(self.suite.tasks[i])
 
     def learner(self, name: str):
         from .learners import get_learner

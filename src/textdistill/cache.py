@@ -12,12 +12,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import __version__
 from .resources import cache_dir
+
+SCHEMA = 1  # bump when what a cached value means changes without its inputs changing
 
 
 def key_of(*parts: Any) -> str:
+    """The key of a cached value or a result: a hash of its inputs, the package version and the schema, so a
+    new release never reads what an older one wrote."""
     h = hashlib.sha256()
-    for p in parts:
+    for p in ("textdistill", __version__, SCHEMA, *parts):
         h.update(json.dumps(p, sort_keys=True, default=str).encode())
         h.update(b"\x1e")
     return h.hexdigest()[:20]
