@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, TextDistillError
+from .errors import ConfigError, DataError, ResourceMissing, TextDistillError
 
 
 def _task_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -46,6 +46,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{'task':<14}{'classes':>8}  {'train / test':<20}source")
         for t in list_tasks():
             print(f"{t.name:<14}{t.classes:>8}  {t.size:<20}{t.source}")
+        if args.check:
+            check_tasks(args.data_dir)
     elif args.what == "learners":
         from .learners import DESCRIPTIONS
 
@@ -62,6 +64,24 @@ def cmd_list(args: argparse.Namespace) -> None:
             for opt, _, default, help_ in cls.Config.options():
                 shown = "none" if default in ("", None) else default
                 print(f"{'':<{width}}--{opt.replace('_', '-')} (default: {shown}): {help_}")
+
+
+def check_tasks(data_dir: str | None) -> None:
+    """Duplicates and train/test overlap (case and whitespace ignored) of every task that loads here."""
+    from .data import BUILTIN, get_task, list_tasks
+    from .data.task import overlap
+
+    print(f"\n{'task':<14}{'train dup':>10}{'test dup':>10}{'test in train':>15}")
+    for t in list_tasks():
+        try:
+            o = overlap(get_task(t.name, None if t.name in BUILTIN else data_dir))
+        except ResourceMissing:
+            print(f"{t.name:<14}  not available here (hub or --data-dir)")
+            continue
+        except DataError as e:
+            print(f"{t.name:<14}  {e}")
+            continue
+        print(f"{t.name:<14}{o['train_duplicates']:>10}{o['test_duplicates']:>10}{o['test_in_train']:>15}")
 
 
 def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
@@ -268,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("list", help="list methods, tasks or learners")
     s.add_argument("what", choices=["methods", "tasks", "learners"], help="what to list")
+    s.add_argument("--check", action="store_true",
+                   help="tasks: load each one and count duplicates and test examples with a copy in train")
+    s.add_argument("--data-dir", help="with --check: local copies of the standard benchmarks (GLUE or HF layout)")
 
     s = sub.add_parser("distill", help="distil a task into a few examples per class",
                        epilog="Method options (textdistill list methods) follow as --name value.")

