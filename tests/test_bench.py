@@ -44,22 +44,30 @@ def test_every_suite_in_benchmarks_parses_and_plans_its_whole_grid():
 
 def test_smoke_suite_runs_and_reports(tmp_path, cache, check_accuracy):
     from textdistill.data import get_task
+    from textdistill.learners import get_learner
     from textdistill.synthetic import DistilledDataset
+    from textdistill.train import Recipe
 
     suite = tiny_smoke()
     results = run_suite(suite, tmp_path / "out", progress=False)
     assert not results["missing"]
     methods = {(r["method"], r["dpc"]) for r in results["records"]}
-    assert methods == {("random", 2), ("herding", 2), ("kmeans", 2), ("full", None)}
+    assert methods == {("random", 2), ("herding", 2), ("kmeans", 2), ("full", None), ("full, set recipe", None)}
+    full = {r["method"]: r for r in results["records"] if r["dpc"] is None}
+    learner = get_learner("minilm-frozen")
+    recipe = {m: Recipe.from_dict(r["recipe"]) for m, r in full.items()}
+    assert recipe["full"] == learner.full_data_recipe(full["full"]["train_set"]["size"])
+    assert recipe["full, set recipe"] == learner.default_recipe
     task = get_task("mr", subset=SLICE)
     sets = {ds.fingerprint(): ds for ds in map(DistilledDataset.load, (tmp_path / "out" / "sets").iterdir())}
     for r in results["records"]:
         assert len(r["runs"]) == 2
         # one run of each cell done again by hand, from the saved set (the full data: the task's training split)
-        check_accuracy(task, None if r["method"] == "full" else sets[r["train_set"]["fingerprint"]], r)
+        check_accuracy(task, None if r["dpc"] is None else sets[r["train_set"]["fingerprint"]], r)
         assert r["steps"]["evaluate"]["seconds"] >= 0 and r["steps"]["evaluate"]["peak_rss_mib"] > 0
     md, page = write_report(tmp_path / "out")
     assert "| herding |" in md.read_text() and "data:image/png;base64," in page.read_text()
+    assert "full data, small-set recipe" in md.read_text()
 
 
 def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path, cache, monkeypatch):

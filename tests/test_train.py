@@ -168,3 +168,11 @@ def test_unrolled_training_leaves_unreached_parameters_alone(optimizer):
     plain = train(FeatureLearner(), model, {"features": x}, y, recipe, seed=0)
     for k in ("head.weight", "head.bias"):
         torch.testing.assert_close(out[k].detach(), plain[k])
+
+
+def test_full_data_recipe_runs_whole_epochs():
+    from textdistill.learners import get_learner
+
+    r = get_learner("minilm").full_data_recipe(3000)
+    assert (r.steps, r.batch_size, r.lr, r.schedule) == (282, 32, 5e-5, "linear")  # 3 epochs of 94 batches
+    assert get_learner("minilm").full_data_recipe(10).batch_size == 32 and get_learner("minilm").full_data_recipe(10).steps == 3

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .cache import atomic_write, key_of
 from .config import check_device
 from .errors import ArtifactError, ConfigError
+from .report import FULL_SET_RECIPE
 
 
 @dataclass
@@ -161,8 +162,11 @@ class Cell:
         """What fixes the cell's result; the task's content counts, so a changed task is run again."""
         task = suite.tasks[self.task]
         if self.entry is None:
+            from .learners import get_learner
+
+            recipes = [get_learner(name).full_data for name in suite.learners]
             return key_of("full", task, load_task(task).fingerprint, suite.learners, suite.full_seeds or suite.seeds,
-                          suite.recipe)
+                          suite.recipe, recipes)
         return key_of("set", *self._set_parts(suite), suite.learners, suite.seeds, suite.recipe)
 
     def set_key(self, suite: Suite) -> str:
@@ -225,13 +229,13 @@ class Runner:
             self._learners[name] = get_learner(name)
         return self._learners[name]
 
-    def _evaluate(self, task, source, learner: str, seeds: int) -> tuple[dict, dict]:
+    def _evaluate(self, task, source, learner: str, seeds: int, **options) -> tuple[dict, dict]:
         from .evaluate import evaluate
         from .measure import Meter
 
         with Meter() as m:
             (r,) = evaluate(task, source, [learner], seeds=seeds, recipe=self.suite.recipe, device=self.device,
-                            progress=False)
+                            progress=False, **options)
         return r.to_dict(), m.result()
 
     def distilled(self, cell: Cell):
@@ -266,11 +270,15 @@ class Runner:
 
         suite, task = self.suite, self.task(cell.task)
         if cell.entry is None:
+            # Both: the full-data recipe (what "% of full" divides by) and the small sets' recipe, whose shorter
+            # schedule is what the sets get (the gap between the two is part of the comparison).
             records = []
             for name in suite.learners:
-                result, step = self._evaluate(task, None, name, suite.full_seeds or suite.seeds)
-                records.append({**result, "task": task.name, "method": "full", "dpc": None, "set_seed": None,
-                                "steps": {"evaluate": step}})
+                for method, converged in (("full", True), (FULL_SET_RECIPE, False)):
+                    result, step = self._evaluate(task, None, name, suite.full_seeds or suite.seeds,
+                                                  full_data_recipe=converged)
+                    records.append({**result, "task": task.name, "method": method, "dpc": None, "set_seed": None,
+                                    "steps": {"evaluate": step}})
             return records
         entry = suite.methods[cell.entry]
         ds, path = self.distilled(cell)

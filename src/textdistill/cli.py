@@ -163,8 +163,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         source = DistilledDataset.load(args.dir)
         task = _load_artifact_task(source, args)
     recipe = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision}
+    if args.set_recipe and not args.full:
+        raise ConfigError("--set-recipe goes with --full")
     results = evaluate(task, source, args.learner or ["minilm"], seeds=args.seeds, recipe=recipe,
-                       device=args.device, cache=not args.no_cache)
+                       device=args.device, cache=not args.no_cache, full_data_recipe=not args.set_recipe)
     for r in results:
         runs = ", ".join("failed" if x["accuracy"] is None else f"{100 * x['accuracy']:.1f}" for x in r.runs)
         print(f"{r.task} | {r.train_set['method']} ({r.train_set['size']} examples) | {r.learner}: "
@@ -310,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "minilm-frozen takes seconds.")
     s.add_argument("dir", nargs="?", help="a distilled set directory (or give --task and --full)")
     _task_args(s, required=False)
-    s.add_argument("--full", action="store_true", help="train on the task's full training split")
+    s.add_argument("--full", action="store_true",
+                   help="train on the task's full training split, with the learner's full-data recipe (epochs)")
+    s.add_argument("--set-recipe", action="store_true",
+                   help="with --full: train with the small sets' recipe (200 steps for minilm) instead")
     s.add_argument("--learner", action="append",
                    help="learner (default: minilm, fine-tuned; repeat for a cross-architecture table)")
     s.add_argument("--seeds", type=int, default=5, help="learner seeds (default 5)")

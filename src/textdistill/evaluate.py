@@ -47,9 +47,11 @@ class EvalResult:
         return text + (f" ({self.failed_runs} of {n} runs failed)" if self.failed_runs else "")
 
 
-def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides: dict | None) -> Recipe:
-    """The learner's default, then the artifact's own recipe (for the learner it is bound to), then overrides."""
-    values = learner.default_recipe.to_dict()
+def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides: dict | None,
+                   base: Recipe | None = None) -> Recipe:
+    """The learner's default (or ``base``), then the artifact's own recipe (for the learner it is bound to), then
+    overrides."""
+    values = (base or learner.default_recipe).to_dict()
     if source is not None and source.recipe and (source.kind == "text" or (source.learner or {}).get("id") == learner.name):
         values.update(source.recipe)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -65,10 +67,13 @@ def evaluate(
     device: str = "cpu",
     cache: bool = True,
     progress: bool = True,
+    full_data_recipe: bool = True,
 ) -> list[EvalResult]:
     """Train ``seeds`` fresh copies of each learner on ``source`` (None: the full training split) and test them.
 
-    Every run is cached on disk by (task, learner, recipe, training set, seed) unless ``cache=False``.
+    The full split trains with the learner's full-data recipe (epochs over it; ``Learner.full_data``), or with
+    the small-set recipe when ``full_data_recipe=False``. Every run is cached on disk by (task, learner, recipe,
+    training set, seed) unless ``cache=False``.
     """
     learners = learners or ["minilm"]
     if seeds < 1:
@@ -89,7 +94,8 @@ def evaluate(
     results = []
     for name in learners:
         learner = get_learner(name)
-        rec = resolve_recipe(learner, source, recipe)
+        base = learner.full_data_recipe(len(texts)) if source is None and full_data_recipe else None
+        rec = resolve_recipe(learner, source, recipe, base)
         if source is None:
             inputs, labels_t = learner.encode(texts, pairs), torch.tensor(labels)
         else:

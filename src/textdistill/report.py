@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+FULL_SET_RECIPE = "full, set recipe"  # the method of full-data runs trained with the small sets' recipe
+
 # A report is a list of blocks, rendered once as Markdown and once as HTML:
 # ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", relative path, caption).
 
@@ -166,6 +168,10 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                 rows.append(row)
             if full:
                 rows.append([f"full data ({full['size']})", _pm(full) + f" ({full['runs']} runs)"]
+                            + [""] * (len(dpcs) - 1))
+            short = cells.get((task, learner, FULL_SET_RECIPE, None))
+            if short:
+                rows.append([f"full data, small-set recipe ({short['size']})", _pm(short) + f" ({short['runs']} runs)"]
                             + [""] * (len(dpcs) - 1))
             blocks.append(("h3", f"{task}, learner {learner}"))
             blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))

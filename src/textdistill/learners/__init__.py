@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from typing import Callable, ContextManager
@@ -27,6 +28,17 @@ class Learner(ABC):
     @property
     @abstractmethod
     def default_recipe(self) -> Recipe: ...
+
+    # The learner's standard recipe for a whole training split (epochs, not a few hundred steps of a small set):
+    # full-data accuracy is what a distilled set is a fraction of, so it must not be cut short.
+    full_data: dict = {"epochs": 3, "batch_size": 32, "lr": 5e-5, "warmup": 0.1, "schedule": "linear"}
+
+    def full_data_recipe(self, n: int) -> Recipe:
+        """``full_data`` over ``n`` training examples, as a Recipe (its steps are the epochs' steps)."""
+        values = {**self.default_recipe.to_dict(), **self.full_data}
+        epochs = values.pop("epochs")
+        values["steps"] = max(1, math.ceil(epochs * n / min(values["batch_size"], n)))
+        return Recipe.from_dict(values)
 
     @abstractmethod
     def build(self, num_labels: int, seed: int) -> torch.nn.Module:

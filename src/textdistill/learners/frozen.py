@@ -23,6 +23,8 @@ class FrozenEncoderLearner(Learner):
     def default_recipe(self) -> Recipe:
         return Recipe(steps=300, lr=1e-2, warmup=0.1, schedule="cosine", weight_decay=0.0)
 
+    full_data = {"epochs": 20, "batch_size": 64}  # a linear probe: many cheap epochs
+
     @property
     def embedding_id(self) -> str:
         return self.encoder.embedding_id  # same vectors as the encoder's coreset space: one cache

@@ -71,6 +71,8 @@ class GloveLearner(Learner):
     def default_recipe(self) -> Recipe:
         return Recipe(steps=300, lr=1e-3, warmup=0.1, schedule="cosine", weight_decay=0.01)
 
+    full_data = {"epochs": 10, "batch_size": 64}
+
     @property
     def embedding_id(self) -> str:
         return "glove-50d-mean"  # both GloVe learners share the coreset space

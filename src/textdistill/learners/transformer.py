@@ -40,6 +40,9 @@ class TransformerLearner(Learner):
         # The DiLM evaluation protocol (200 steps, AdamW 1e-4, half warm-up, cosine), batch min(64, n).
         return Recipe(steps=200, lr=1e-4, warmup=0.5, schedule="cosine", weight_decay=0.01)
 
+    # Full data: the Hugging Face Trainer's defaults (3 epochs, lr 5e-5, linear decay) with BERT's batch 32 and
+    # 10% warm-up (Learner.full_data), not the 200-step protocol of small sets (under one epoch of SST-2).
+
     @cached_property
     def path(self) -> str:
         return resolve_model(self.name)
