@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import DatasetDict
 
 from textdistill.errors import ConfigError, DataError
 from textdistill.evaluate import evaluate
@@ -27,6 +28,17 @@ CONFORMANCE = {
                                "learner_batch": 8, "regenerate_every": 1, "syn_batch": 3, "real_batch": 6,
                                "teachers": 1, "teacher_size": 4, "pool_factor": 2, "gen_batch": 8}),
 }
+
+
+def with_test_labels_permuted(task):
+    """The task with its test labels shuffled (every test example of MR's slice moves to another label)."""
+    from textdistill.data import Task
+
+    labels = task.test["label"]
+    perm = np.random.default_rng(0).permutation(len(labels))
+    shuffled = task.test.map(lambda _, i: {"label": labels[perm[i]]}, with_indices=True)
+    assert shuffled["label"] != labels
+    return Task(task.spec, DatasetDict({"train": task.train, "test": shuffled}), task.origin)
 
 
 def own_options(method: str, request, tmp_path) -> dict:
@@ -56,8 +68,11 @@ def test_method_conformance(method, mr_small, tmp_path, request, check_accuracy)
     (result,) = evaluate(mr_small, back, [learner_name], seeds=2, cache=False, progress=False, recipe={"steps": 5})
     assert len(result.runs) == 2
     check_accuracy(mr_small, back, result)
-    again = get_method(method, **options).distill(mr_small, 2, learner, seed=0)
-    assert again.fingerprint() == ds.fingerprint()  # same seed, same artifact
+    # Same seed, same artifact, even with the test labels permuted: no method reads the test split.
+    permuted = with_test_labels_permuted(mr_small)
+    assert permuted.fingerprint != mr_small.fingerprint
+    again = get_method(method, **options).distill(permuted, 2, learner, seed=0)
+    assert again.fingerprint() == ds.fingerprint()
 
 
 @pytest.mark.parametrize("method", ["kcenter", "kmeans", "herding"])

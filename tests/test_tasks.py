@@ -102,3 +102,13 @@ def test_list_tasks_check_reports_overlap(capsys, monkeypatch):
     assert out[out.index(next(line for line in out if line.startswith("task ") and "test in train" in line)) + 1].split() \
         == ["mr", "0", "0", "0"]
     assert any(line.startswith("sst2") and "no sst2 files" in line for line in out)
+
+
+def test_validation_task_is_carved_from_train_only():
+    mr, val = get_task("mr"), get_task("mr:validation")
+    assert (len(val.train), len(val.test)) == (2400, 600) and val.name == "mr:validation"
+    assert set(val.train["text"]) | set(val.test["text"]) == set(mr.train["text"])
+    assert not set(val.train["text"]) & set(val.test["text"])
+    assert not set(val.test["text"]) & set(mr.test["text"])  # the real test split is never read
+    assert sorted(Counter(val.test["label"]).values()) == [300, 300]
+    assert get_task(val.origin["name"]).fingerprint == val.fingerprint  # reloads from what a set records

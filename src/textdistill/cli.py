@@ -122,7 +122,7 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def _load_artifact_task(ds, args: argparse.Namespace):
-    from .data import BENCHMARKS, BUILTIN, get_task
+    from .data import BENCHMARKS, BUILTIN, VALIDATION, get_task
 
     if args.task:
         task = _load_task(args)
@@ -132,10 +132,11 @@ def _load_artifact_task(ds, args: argparse.Namespace):
         name = origin.get("name") if isinstance(origin, dict) else None
         if not isinstance(name, str) or not name:
             raise ConfigError("the set does not record how to load its task: pass --task")
-        if name not in BUILTIN and name not in BENCHMARKS:
+        base = name[: -len(VALIDATION)] if name.endswith(VALIDATION) else name
+        if base not in BUILTIN and base not in BENCHMARKS:
             raise ConfigError(f"the set was distilled from a data file ({Path(name).name}); pass it again with --task "
                               "(and its --text-col, --label-col, ... options)")
-        if name in BENCHMARKS and origin.get("data_dir") and not args.data_dir:
+        if base in BENCHMARKS and origin.get("data_dir") and not args.data_dir:
             raise ConfigError(f"the set was distilled from a local copy of {name}; pass --data-dir")
         subset = origin.get("subset")
         keys = {"train_per_class", "test_size", "seed"}

@@ -16,6 +16,9 @@ from .task import Task, TaskSpec, build_task
 __all__ = ["Task", "TaskSpec", "build_task", "get_task", "list_tasks", "load_file_task", "TaskInfo"]
 
 
+VALIDATION = ":validation"
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     name: str
@@ -48,10 +51,14 @@ def _builtin(name: str) -> Task:
 def get_task(name: str, data_dir: str | Path | None = None, subset: dict | None = None, **file_options) -> Task:
     """A task by name (built-in or benchmark), or from a data file path (CSV, TSV, JSONL, Parquet).
 
+    ``NAME:validation`` is the task for tuning: its test split is carved from NAME's training split.
+
     ``subset`` (``train_per_class``, ``test_size``, ``seed``) takes a smaller slice for quick runs.
     """
     if subset:
         return get_task(name, data_dir, **file_options).subset(**subset)
+    if name.endswith(VALIDATION) and not Path(name).exists():
+        return get_task(name[: -len(VALIDATION)], data_dir, **file_options).validation()
     if name in BUILTIN:
         task = _builtin(name)
     elif name in BENCHMARKS:

@@ -70,6 +70,18 @@ class Task:
         h.update(repr(self.spec.classes).encode())
         return h.hexdigest()[:16]
 
+    def validation(self, seed: int = 0) -> "Task":
+        """The task for choices (hyperparameters, variants): its test split is carved from this task's training
+        split (stratified, as large as the test split but at most a fifth of train) and its train is the rest,
+        so tuning never reads the test split. ``get_task("NAME:validation")`` loads it by name."""
+        labels = list(self.train["label"])
+        size = min(len(self.test), len(labels) // 5)
+        train_idx, val_idx = stratified_split(labels, size, seed)
+        spec = TaskSpec(**{**self.spec.to_dict(), "name": f"{self.spec.name}:validation"})
+        data = DatasetDict({"train": self.train.select(train_idx), "test": self.train.select(val_idx)})
+        origin = {**self.origin, "name": f"{self.origin.get('name', self.spec.name)}:validation"}
+        return Task(spec, data, origin)
+
     def subset(self, train_per_class: int | None = None, test_size: int | None = None, seed: int = 0) -> "Task":
         """A smaller task (for tests and quick runs): the first n shuffled examples of each class."""
         rng = np.random.default_rng(seed)
