@@ -175,3 +175,26 @@ def test_pair_task_keeps_token_types_and_decodes_to_pairs(tmp_path):
     assert len(text.text_pairs) == len(text.texts) == 2
     assert all("first" in t and "second" not in t for t in text.texts)  # one step of bptt barely moves the set
     assert all("second" in t and "first" not in t for t in text.text_pairs)
+
+
+def test_attention_labels_start_from_the_attention_on_the_pairs_token_types(tmp_path):
+    """The initial attention labels are the pretrained model's attention on the initial set as it is trained:
+    with its token types (pair tasks)."""
+    from textdistill.data import get_task
+    from textdistill.methods.space import SyntheticSet
+
+    f = tmp_path / "pairs.csv"
+    f.write_text("text,other,label\n" + "".join(f"first sentence {i},second part {i},{'ab'[i % 2]}\n" for i in range(12)))
+    task = get_task(str(f), pair_col="other", test_size=0.25, seed=0)
+    method, learner = get_method("attention-labels", attention_rows="all", length=12), get_learner("minilm")
+    syn, _ = SyntheticSet.seeded(task, 1, learner, method.config, seed=0)
+    inputs = syn.inputs(detach=True)
+    assert (inputs["token_type_ids"] == 1).any()
+    start = method.extra_parameters(learner, task, inputs)["attention_logits"].exp()
+    model = learner.build(task.num_classes, seed=0).eval()
+    with torch.no_grad():
+        _, with_types = learner.forward(model, dict(model.named_parameters()), inputs, attentions=True)
+        no_types = {k: v for k, v in inputs.items() if k != "token_type_ids"}
+        _, without = learner.forward(model, dict(model.named_parameters()), no_types, attentions=True)
+    assert torch.allclose(start, torch.stack(with_types, 1).clamp_min(1e-6), atol=1e-6)
+    assert not torch.allclose(start, torch.stack(without, 1).clamp_min(1e-6), atol=1e-4)

@@ -42,13 +42,12 @@ class AttentionLabels(BPTT):
         if not isinstance(learner, TransformerLearner):
             raise ConfigError(f"attention-labels needs a transformer learner (minilm or an HF encoder), not {learner.name!r}")
 
-    def extra_parameters(self, learner: Learner, task: Task, embeds: torch.Tensor, mask: torch.Tensor
-                         ) -> dict[str, torch.Tensor]:
-        """Attention-label logits, initialised from the pretrained model's own attention on the initial set."""
-        model = learner.build(task.num_classes, seed=0).to(embeds.device).eval()  # where the synthetic set is
+    def extra_parameters(self, learner: Learner, task: Task, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Attention-label logits, initialised from the pretrained model's own attention on the initial set (its
+        token types included, for pairs)."""
+        model = learner.build(task.num_classes, seed=0).to(inputs["inputs_embeds"].device).eval()
         with torch.no_grad():
-            _, attentions = learner.forward(model, dict(model.named_parameters()),
-                                            {"inputs_embeds": embeds, "attention_mask": mask}, attentions=True)
+            _, attentions = learner.forward(model, dict(model.named_parameters()), inputs, attentions=True)
             att = torch.stack(attentions, 1)  # [n, layers, heads, L, L]
             if self.config.attention_rows == "cls":
                 att = att[:, :, :, 0]

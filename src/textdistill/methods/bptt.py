@@ -94,9 +94,8 @@ class BPTT(Distiller):
     description = "token-embedding sentences, soft labels and step sizes learned through unrolled training"
     Config = BPTTConfig
 
-    def extra_parameters(self, learner: Learner, task: Task, embeds: torch.Tensor, mask: torch.Tensor
-                         ) -> dict[str, torch.Tensor]:
-        """More learnable tensors (attention labels in the subclass)."""
+    def extra_parameters(self, learner: Learner, task: Task, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """More learnable tensors (attention labels in the subclass), from the initial set's inputs."""
         return {}
 
     def attention_targets(self, extra: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor | None:
@@ -114,7 +113,8 @@ class BPTT(Distiller):
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
         x, mask = syn.x, syn.fixed["attention_mask"]
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=cfg.device, requires_grad=True)
-        extra = {k: v.to(cfg.device).requires_grad_(True) for k, v in self.extra_parameters(learner, task, x, mask).items()}
+        extra = {k: v.to(cfg.device).requires_grad_(True)
+                 for k, v in self.extra_parameters(learner, task, syn.inputs(detach=True)).items()}
 
         groups = [{"params": syn.parameters() + list(extra.values()), "lr": cfg.outer_lr},
                   {"params": [raw_lrs], "lr": cfg.lr_lr}]
