@@ -247,16 +247,28 @@ def train(
 @torch.no_grad()
 def predict(learner: "Learner", model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
             batch_size: int = 128, device: str | torch.device = "cpu", precision: str = "float32") -> torch.Tensor:
-    """Predicted class ids for every row of ``inputs`` (dropout off). Token inputs go in batches of similar
-    length (sorted, then put back in order), so that each batch is padded to little more than its own length."""
+    """Predicted class ids for every row of ``inputs`` (dropout off)."""
+    return predict_logits(learner, model, params, inputs, batch_size, device, precision).argmax(-1)
+
+
+@torch.no_grad()
+def predict_logits(learner: "Learner", model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
+                   batch_size: int = 128, device: str | torch.device = "cpu", precision: str = "float32"
+                   ) -> torch.Tensor:
+    """Logits [n, C] for every row of ``inputs`` (dropout off). Token inputs go in batches of similar length
+    (sorted, then put back in order), so that each batch is padded to little more than its own length."""
     model.to(device).eval()
     n = next(iter(inputs.values())).shape[0]
     mask = inputs.get("attention_mask")
     order = torch.arange(n) if mask is None else mask.sum(1).argsort(stable=True)
-    preds = torch.empty(n, dtype=torch.long)
+    out: torch.Tensor | None = None
     with fast_kernels(learner, model, precision, device):
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in batch_of(inputs, idx).items()}
-            preds[idx] = learner.forward(model, params, batch).argmax(-1).cpu()
-    return preds
+            logits = learner.forward(model, params, batch).float().cpu()
+            if out is None:
+                out = torch.empty(n, logits.shape[-1])
+            out[idx] = logits
+    assert out is not None
+    return out

@@ -36,6 +36,12 @@ class Distiller:
         raise NotImplementedError
 
     def _artifact(self, task: Task, seed: int, **kw) -> DistilledDataset:
+        """The method's set; a text set takes teacher labels here when its config asks for them."""
+        from .teacher import TeacherLabelsConfig, relabel
+
+        if kw.get("kind") == "text" and isinstance(self.config, TeacherLabelsConfig):
+            kw["labels"], logged = relabel(self.config, task, kw["texts"], kw.get("text_pairs"), kw["labels"])
+            kw["log"] = {**kw.get("log", {}), **logged}
         return DistilledDataset(label_names=list(task.spec.classes), method=self.name, config=self.config.to_dict(),
                                 seed=seed, task=task.describe(), **kw)
 
@@ -96,4 +102,4 @@ def thin(history: list[float], points: int = 50) -> list[float]:
     return [round(h, 4) for h in history[:: max(1, len(history) // points)]]
 
 
-from . import attention_labels, bptt, coreset, dc, dilm, dm, from_file, mtt  # noqa: E402,F401  (registration)
+from . import attention_labels, bptt, coreset, dc, dilm, dm, from_file, learned_labels, mtt  # noqa: E402,F401  (registration)

@@ -9,10 +9,12 @@ import numpy as np
 from ..data import Task
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from . import Distiller, MethodConfig, class_indices, register_method
+from . import Distiller, class_indices, register_method
+from .teacher import TeacherLabelsConfig
 
 
 class CoresetDistiller(Distiller):
+    Config = TeacherLabelsConfig  # real examples, with their own labels or a teacher's
     needs_vectors = True
 
     def select(self, vectors: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -66,7 +68,7 @@ class KCenter(CoresetDistiller):
 
 
 @dataclass
-class KMeansConfig(MethodConfig):
+class KMeansConfig(TeacherLabelsConfig):
     n_init: int = field(default=10, metadata={"ge": 1, "help": "k-means restarts per class"})
 
 

@@ -18,13 +18,14 @@ from ..data.files import class_ids, column, read_rows
 from ..errors import ConfigError, DataError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from . import Distiller, MethodConfig, register_method
+from . import Distiller, register_method
+from .teacher import TeacherLabelsConfig
 
 TEXT_KEYS, LABEL_KEYS = ("text", "sentence"), ("label", "labels")
 
 
 @dataclass
-class FileConfig(MethodConfig):
+class FileConfig(TeacherLabelsConfig):
     path: str = field(default="", metadata={"help": "CSV/TSV/JSONL/Parquet file; {dpc}, {seed} and * are filled in"})
     text_col: str = field(default="", metadata={"help": "text column (default: text or sentence)"})
     label_col: str = field(default="", metadata={"help": "label column, class names or ids (default: label or labels)"})

@@ -1,0 +1,92 @@
+"""learned-labels: real texts picked by a coreset, with class distributions learned by meta-gradient.
+
+Sucholutsky & Schonlau 2019 (learnable soft labels), Bohdal et al. 2020 ("Flexible Dataset Distillation:
+Learn Labels Instead of Images"). The inputs stay real sentences, so the set is text that any learner can
+train on; only the labels are learned, by unrolling a learner's training on the fixed texts (bptt's
+machinery) and lowering the trained learner's loss on real batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import Task
+from ..errors import ConfigError
+from ..learners import Learner
+from ..synthetic import DistilledDataset
+from ..train import Params, batch_of
+from . import Distiller, MethodConfig, check_finite, get_method, register_method, thin
+from .bptt import inverse_softplus, real_loss, unroll
+from .space import real_inputs
+
+INITS = ("kmeans", "herding", "random", "kcenter")
+
+
+@dataclass
+class LearnedLabelsConfig(MethodConfig):
+    init: str = field(default="kmeans", metadata={"help": "the coreset that picks the texts: " + ", ".join(INITS)})
+    inner_steps: int = field(default=10, metadata={"ge": 1, "help": "unrolled SGD steps on the set per outer step"})
+    outer_steps: int = field(default=100, metadata={"ge": 1, "help": "outer steps (one fresh learner each)"})
+    outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the label logits"})
+    init_lr: float = field(default=0.1, metadata={"gt": 0, "help": "initial inner SGD step size (learned)"})
+    lr_lr: float = field(default=0.01, metadata={"gt": 0, "help": "Adam learning rate of the (softplus) step sizes"})
+    confidence: float = field(default=3.0, metadata={"ge": 0, "help": "initial logit of each text's real class"})
+    real_batch: int = field(default=256, metadata={"ge": 1, "help": "real examples per outer step"})
+    chunk: int = field(default=256, metadata={"ge": 1, "help": "real examples per forward of the outer loss (memory)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
+
+
+def label_meta_loss(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                    label_logits: torch.Tensor, lrs: torch.Tensor, real: dict[str, torch.Tensor],
+                    real_y: torch.Tensor, seed: int) -> torch.Tensor:
+    """The real-data loss of ``model`` after ``len(lrs)`` SGD steps on the texts with softmax(label_logits): the
+    quantity whose gradient in the label logits is the hypergradient (differentiable end to end)."""
+    trained: Params = unroll(learner, model, inputs, label_logits.softmax(-1), lrs, 0, seed=seed)
+    return F.cross_entropy(learner.forward(model, trained, real), real_y)
+
+
+@register_method
+class LearnedLabels(Distiller):
+    name = "learned-labels"
+    description = "coreset texts with class distributions learned through unrolled training (text, any learner)"
+    Config = LearnedLabelsConfig
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        cfg = self.config
+        picked = get_method(cfg.init).distill(task, dpc, learner, seed=seed)
+        inputs = picked.inputs_for(learner)
+        hard = picked.hard_labels
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        logits = (F.one_hot(hard, task.num_classes).float() * cfg.confidence).requires_grad_(True)
+        raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), requires_grad=True)
+        opt = torch.optim.Adam([{"params": [logits], "lr": cfg.outer_lr}, {"params": [raw_lrs], "lr": cfg.lr_lr}])
+        real, real_y, _ = real_inputs(task, learner)
+        history = []
+        bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
+        for step in bar:
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + step)
+            opt.zero_grad()
+            trained = unroll(learner, model, inputs, logits.softmax(-1), F.softplus(raw_lrs), 0, seed=step)
+            idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
+            loss = real_loss(learner, model, trained, batch_of(real, idx), real_y[idx], cfg.chunk, backward=True)
+            check_finite(self.name, loss, step)
+            opt.step()
+            history.append(loss)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        labels = logits.detach().softmax(-1)
+        log = {"real_loss": thin(history), "learned_with": learner.name, "init_set": picked.fingerprint(),
+               "step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())],
+               "agrees_with_labels": float((labels.argmax(-1) == hard).float().mean()),
+               "mean_top_probability": float(labels.max(-1).values.mean())}
+        return self._artifact(task, seed, kind="text", texts=picked.texts, text_pairs=picked.text_pairs,
+                              labels=labels, source_indices=picked.source_indices, log=log)

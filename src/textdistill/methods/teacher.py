@@ -1,0 +1,68 @@
+"""Teacher labels: a learner trained on the whole training split labels a text set with its class distribution.
+
+Any method that writes text can use them (``soft_labels: teacher``): the texts stay readable and
+model-agnostic, and every learner trains on the distributions with the loop's soft cross-entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..cache import key_of
+from ..data import Task
+from ..errors import ConfigError
+from . import MethodConfig
+
+TEACHER_SEED = 2**33  # apart from distillation seeds (0, 1, ...) and evaluation seeds (2**32 + m)
+
+
+@dataclass
+class TeacherLabelsConfig(MethodConfig):
+    """The label options of a method that writes text."""
+
+    soft_labels: str = field(default="none", metadata={"help": "none (the real labels) or teacher (its distributions)"})
+    teacher: str = field(default="minilm-frozen", metadata={"help": "the teacher learner, trained on the full split"})
+    temperature: float = field(default=1.0, metadata={"gt": 0, "help": "softmax temperature of the teacher labels"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.soft_labels not in ("none", "teacher"):
+            raise ConfigError(f"soft_labels must be none or teacher, not {self.soft_labels!r}")
+
+
+def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] | None) -> torch.Tensor:
+    """The teacher's logits for ``texts`` [n, C]: the learner trained (seeded, full-data recipe) on the task's
+    training split, once per (task content, teacher, recipe): its parameters are cached as safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from ..cache import atomic_write
+    from ..learners import get_learner
+    from ..resources import cache_dir
+    from ..train import predict_logits, train
+
+    learner = get_learner(teacher)
+    train_texts, train_pairs, train_labels = task.columns("train")
+    recipe = learner.full_data_recipe(len(train_labels))
+    model = learner.build(task.num_classes, TEACHER_SEED)
+    path = cache_dir() / "teachers" / f"{key_of(task.fingerprint, learner.describe(), recipe.to_dict(), TEACHER_SEED)}.safetensors"
+    if path.exists():
+        params = load_file(str(path))
+    else:
+        params = train(learner, model, learner.encode(train_texts, train_pairs), torch.tensor(train_labels), recipe,
+                       seed=TEACHER_SEED, progress=True)
+        params = {k: v.detach().clone().contiguous() for k, v in params.items()}  # clones: tied weights
+        atomic_write(path, lambda p: save_file(params, str(p)))
+    return predict_logits(learner, model, params, learner.encode(texts, pairs), precision=recipe.precision)
+
+
+def relabel(config: TeacherLabelsConfig, task: Task, texts: list[str], pairs: list[str] | None,
+            labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The labels a text set keeps (its real ones, or the teacher's distributions) and what to log about them."""
+    if config.soft_labels == "none":
+        return labels, {}
+    probs = (teacher_logits(task, config.teacher, texts, pairs) / config.temperature).softmax(-1)
+    agree = float((probs.argmax(-1) == labels).float().mean()) if labels.dim() == 1 else None
+    return probs, {"teacher": {"learner": config.teacher, "temperature": config.temperature,
+                               "agrees_with_labels": agree, "mean_top_probability": float(probs.max(-1).values.mean())}}

@@ -1,0 +1,108 @@
+"""learned-labels (labels learned through unrolled training) and teacher labels for text sets."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from textdistill.data import get_task
+from textdistill.learners import Learner, get_learner
+from textdistill.methods import get_method
+from textdistill.methods.learned_labels import label_meta_loss
+from textdistill.methods.teacher import teacher_logits
+from textdistill.synthetic import DistilledDataset
+from textdistill.train import Recipe
+
+
+class TinyFeatures(Learner):
+    """A float64 linear classifier on 4 features: small enough for gradcheck."""
+
+    name, input_kind = "tiny-features", "features"
+
+    @property
+    def default_recipe(self):
+        return Recipe()
+
+    def build(self, num_labels, seed):
+        torch.manual_seed(seed)
+        return torch.nn.Linear(4, num_labels).double()
+
+    def encode(self, texts, pairs=None):
+        raise NotImplementedError
+
+    def forward(self, model, params, inputs):
+        return torch.func.functional_call(model, params, (inputs["features"],))
+
+    def _sentence_vectors(self, texts, pairs):
+        raise NotImplementedError
+
+
+def test_label_hypergradient_passes_gradcheck_through_two_unrolled_steps():
+    gen = torch.Generator().manual_seed(0)
+    learner = TinyFeatures()
+    inputs = {"features": torch.randn(4, 4, generator=gen, dtype=torch.float64)}
+    real = {"features": torch.randn(12, 4, generator=gen, dtype=torch.float64)}
+    real_y = torch.randint(0, 2, (12,), generator=gen)
+    lrs = torch.tensor([0.5, 0.3], dtype=torch.float64)
+    logits = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def loss(x):
+        return label_meta_loss(learner, learner.build(2, 0), inputs, x, lrs, real, real_y, seed=0)
+
+    assert torch.autograd.gradcheck(loss, (logits,), eps=1e-6, atol=1e-5)
+    # and the gradient is not trivially zero: labels change what the learner learns
+    (g,) = torch.autograd.grad(loss(logits), logits)
+    assert g.abs().max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def small():
+    return get_task("mr").subset(train_per_class=40, test_size=40, seed=0)
+
+
+def test_learned_labels_lower_the_real_loss(small):
+    learner = get_learner("minilm-frozen")
+    options = {"outer_steps": 15, "inner_steps": 5, "init_lr": 5.0, "real_batch": 80, "outer_lr": 0.2}
+    ds = get_method("learned-labels", **options).distill(small, 2, learner, seed=0)
+    start = get_method("kmeans").distill(small, 2, learner, seed=0)
+    assert ds.texts == start.texts  # the texts are the coreset's, untouched
+    texts, pairs, labels = small.columns("train")
+    real, real_y = learner.encode(texts, pairs), torch.tensor(labels)
+    inputs = start.inputs_for(learner)
+    lrs = torch.tensor(ds.log["step_sizes"])
+
+    def real_loss(label_logits):  # same fresh learner, same steps: only the labels differ
+        return float(label_meta_loss(learner, learner.build(2, 123), inputs, label_logits, lrs, real, real_y, 0))
+
+    before = real_loss(F.one_hot(start.hard_labels, 2).float() * 3.0)
+    after = real_loss(ds.labels.log())
+    assert after < before - 1e-3, (before, after)
+
+
+def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path):
+    ds = get_method("learned-labels", outer_steps=2, inner_steps=2, real_batch=16).distill(
+        small, 2, get_learner("textcnn-glove"), seed=0)
+    assert ds.kind == "text" and ds.labels.dtype == torch.float32 and ds.labels.shape == (4, 2)
+    assert torch.allclose(ds.labels.sum(-1), torch.ones(4))
+    ds.save(tmp_path / "set")
+    back = DistilledDataset.load(tmp_path / "set")
+    assert back.fingerprint() == ds.fingerprint() and torch.equal(back.labels, ds.labels)
+    assert "input_ids" in back.inputs_for(get_learner("minilm"))  # text: another learner trains on it
+
+
+def test_teacher_labels_are_the_teachers_softmax_at_the_temperature(small):
+    learner = get_learner("minilm-frozen")
+    hard = get_method("herding").distill(small, 2, learner, seed=0)
+    soft = get_method("herding", soft_labels="teacher", teacher="minilm-frozen", temperature=2.0).distill(
+        small, 2, learner, seed=0)
+    assert soft.texts == hard.texts and soft.kind == "text"
+    expected = (teacher_logits(small, "minilm-frozen", hard.texts, None) / 2.0).softmax(-1)
+    assert torch.allclose(soft.labels, expected, atol=1e-6)
+    assert not torch.allclose(expected, F.one_hot(hard.labels, 2).float(), atol=0.05)  # soft indeed
+    assert soft.log["teacher"]["temperature"] == 2.0
+    # the teacher is trained once per task content: a set of other texts reuses it
+    texts, _, _ = small.columns("train")
+    again = teacher_logits(small, "minilm-frozen", texts[:3], None)
+    assert torch.allclose(again, teacher_logits(small, "minilm-frozen", texts[:3], None))
+    with pytest.raises(Exception, match="soft_labels"):
+        get_method("kmeans", soft_labels="maybe")
