@@ -7,7 +7,7 @@ from torch.func import functional_call
 
 from textdistill.decode import decode_to_text
 from textdistill.errors import ArtifactError, ConfigError
-from textdistill.evaluate import evaluate
+from textdistill.evaluation import evaluate
 from textdistill.learners import Learner, get_learner
 from textdistill.methods import get_method
 from textdistill.methods.bptt import real_loss, unroll

@@ -10,7 +10,7 @@ import torch
 from textdistill.cli import build_parser, main
 from textdistill.data import get_task, load_file_task
 from textdistill.errors import ArtifactError, ConfigError, DataError
-from textdistill.evaluate import evaluate
+from textdistill.evaluation import evaluate
 from textdistill.learners import get_learner
 from textdistill.methods import get_method
 from textdistill.train import Recipe

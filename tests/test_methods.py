@@ -10,7 +10,7 @@ import torch
 from datasets import DatasetDict
 
 from textdistill.errors import ConfigError, DataError
-from textdistill.evaluate import evaluate
+from textdistill.evaluation import evaluate
 from textdistill.learners import get_learner
 from textdistill.methods import get_method, list_methods
 from textdistill.synthetic import DistilledDataset

@@ -238,9 +238,9 @@ def test_dilm_checks_save_generator_before_training(tmp_path, mr_small, monkeypa
 
 
 def test_a_diverging_evaluation_run_is_recorded_as_failed_and_the_rest_go_on(mr_small, monkeypatch):
-    from textdistill import evaluate as evaluate_module
+    from textdistill import evaluation as evaluate_module
     from textdistill.errors import TrainingDiverged
-    from textdistill.evaluate import evaluate
+    from textdistill.evaluation import evaluate
 
     # A learning rate that overflows the head's weights: every run diverges, and evaluate still returns.
     (r,) = evaluate(mr_small, None, ["minilm-frozen"], seeds=2, recipe={"lr": 1e38, "steps": 5}, cache=False,

@@ -230,12 +230,12 @@ class Runner:
         return self._learners[name]
 
     def _evaluate(self, task, source, learner: str, seeds: int, **options) -> tuple[dict, dict]:
-        from .evaluate import evaluate
+        from .evaluation import evaluate
         from .measure import Meter
 
         with Meter() as m:
             (r,) = evaluate(task, source, [learner], seeds=seeds, recipe=self.suite.recipe, device=self.device,
-                            progress=False, **options)
+                            cache=True, progress=False, **options)
         return r.to_dict(), m.result()
 
     def distilled(self, cell: Cell):

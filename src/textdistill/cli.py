@@ -151,7 +151,7 @@ def _load_artifact_task(ds, args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .synthetic import DistilledDataset
 
     if args.full == (args.dir is not None):
@@ -211,7 +211,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     """Distil mr at 10 per class, evaluate beside random and the full data, print one table."""
     from .data import get_task
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .learners import get_learner
     from .methods import get_method
 
@@ -224,10 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
         ds = get_method(method).distill(task, args.dpc, learner, seed=0)
         out = Path(args.out) / f"mr-{method}-{args.dpc}"
         ds.save(out, overwrite=True)
-        (r,) = evaluate(task, ds, [args.learner], seeds=args.seeds)
+        (r,) = evaluate(task, ds, [args.learner], seeds=args.seeds, cache=True)
         rows.append((method, len(ds), r, time.time() - t0, str(out)))
     t0 = time.time()
-    (full,) = evaluate(task, None, [args.learner], seeds=args.full_seeds)
+    (full,) = evaluate(task, None, [args.learner], seeds=args.full_seeds, cache=True)
     rows.append(("full data", len(task.train), full, time.time() - t0, "(cached after the first run)"))
     print("\n| train set | examples | accuracy % (mean ± std) | % of full | seconds | saved |")
     print("|---|---|---|---|---|---|")

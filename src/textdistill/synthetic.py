@@ -98,7 +98,7 @@ class DistilledDataset:
 
     def to_dataset(self) -> "Dataset":
         """A text set as a ``datasets.Dataset`` with a ClassLabel."""
-        from datasets import ClassLabel, Dataset, Features, Value
+        from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
         if self.kind != "text":
             raise ArtifactError(f"only a text set converts to a datasets.Dataset (this one is {self.kind!r})")
@@ -106,7 +106,14 @@ class DistilledDataset:
         feats = {"text": Value("string"), "label": ClassLabel(names=self.label_names)}
         if self.text_pairs is not None:
             cols["text_pair"], feats["text_pair"] = self.text_pairs, Value("string")
+        if self.labels.dim() == 2:  # teacher or learned labels: the distribution beside its argmax
+            cols["soft_label"], feats["soft_label"] = self.labels.tolist(), Sequence(Value("float32"))
         return Dataset.from_dict(cols, features=Features(feats))
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> Any:
+        """Publish a text set as a Hugging Face dataset (``datasets.Dataset.push_to_hub``; kwargs pass through,
+        e.g. ``private=True``, ``token=...``)."""
+        return self.to_dataset().push_to_hub(repo_id, **kwargs)
 
     # -- persistence -----------------------------------------------------------------------------
     def _tensor_dict(self) -> dict[str, torch.Tensor]:

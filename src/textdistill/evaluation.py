@@ -61,11 +61,11 @@ def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides:
 def evaluate(
     task: Task,
     source: DistilledDataset | None = None,
-    learners: list[str] | None = None,
+    learners: "list[str | Learner] | None" = None,
     seeds: int = 5,
     recipe: dict | None = None,
     device: str = "cpu",
-    cache: bool = True,
+    cache: bool = False,
     progress: bool = True,
     full_data_recipe: bool = True,
 ) -> list[EvalResult]:
@@ -73,14 +73,14 @@ def evaluate(
 
     The full split trains with the learner's full-data recipe (epochs over it; ``Learner.full_data``), or with
     the small-set recipe when ``full_data_recipe=False``. Every run is cached on disk by (task, learner, recipe,
-    training set, seed) unless ``cache=False``.
+    training set, seed) when ``cache=True`` (the CLI and bench ask for it).
     """
     learners = learners or ["minilm"]
     if seeds < 1:
         raise ConfigError(f"evaluate: seeds must be >= 1 (--seeds), got {seeds}")
     check_device(device)
-    for name in learners:
-        get_learner(name)  # an unknown name fails before any run, not after the first learner's
+    # names or Learner objects; an unknown name fails before any run, not after the first learner's
+    learners = [name if isinstance(name, Learner) else get_learner(name) for name in learners]
     if source is not None and list(source.label_names) != list(task.spec.classes):
         raise ArtifactError(f"the set has classes {list(source.label_names)} but task {task.name} has "
                             f"{list(task.spec.classes)}: evaluate it on the task it was distilled from")
@@ -92,8 +92,8 @@ def evaluate(
     else:
         train_set = {"method": source.method, "size": len(source), "fingerprint": source.fingerprint()}
     results = []
-    for name in learners:
-        learner = get_learner(name)
+    for learner in learners:
+        name = learner.name
         base = learner.full_data_recipe(len(texts)) if source is None and full_data_recipe else None
         rec = resolve_recipe(learner, source, recipe, base)
         if source is None:
