@@ -1,6 +1,7 @@
 """Issue 16, part A: nothing the user owns is lost, checks come before work, crafted artifacts stay inside."""
 
 import json
+import re
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -272,3 +273,21 @@ def test_cache_keys_change_with_the_package_version_and_schema(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(cache, "SCHEMA", cache.SCHEMA + 1)
     assert cache.key_of("evals", 1) != key
+
+
+def test_cache_info_and_clear(tmp_path, monkeypatch, capsys):
+    from textdistill.cli import main
+
+    monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path))
+    for kind, name in (("evals", "a.json"), ("evals", "b.json"), ("vectors", "c.npy"), ("models", "m/x.bin")):
+        (tmp_path / kind / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / kind / name).write_bytes(b"0" * 1024)
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"evals\s+2 entries", out) and re.search(r"models\s+1 entries", out)
+    assert main(["cache", "clear", "--kind", "vectors"]) == 0
+    assert not (tmp_path / "vectors").exists() and (tmp_path / "evals").exists()
+    assert main(["cache", "clear"]) == 0  # computed results go; the converted models stay
+    assert not (tmp_path / "evals").exists() and (tmp_path / "models" / "m" / "x.bin").exists()
+    assert main(["cache", "clear", "--kind", "everything"]) == 2
+    assert "unknown cache kind 'everything'" in capsys.readouterr().err

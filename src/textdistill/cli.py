@@ -66,6 +66,19 @@ def cmd_list(args: argparse.Namespace) -> None:
                 print(f"{'':<{width}}--{opt.replace('_', '-')} (default: {shown}): {help_}")
 
 
+def cmd_cache(args: argparse.Namespace) -> None:
+    from .cache import KINDS, cache_info, clear_cache
+    from .resources import cache_dir
+
+    if args.action == "clear":
+        gone = clear_cache(args.kind)
+        print(f"cleared {', '.join(gone) or 'nothing'} under {cache_dir()}")
+        return
+    print(f"cache: {cache_dir()} (set TEXTDISTILL_CACHE to move it)")
+    for kind, entries, size in cache_info():
+        print(f"  {kind:<13}{entries:>7} entries {size / 2**20:>10.1f} MiB  {KINDS[kind]}")
+
+
 def check_tasks(data_dir: str | None) -> None:
     """Duplicates and train/test overlap (case and whitespace ignored) of every task that loads here."""
     from .data import BUILTIN, get_task, list_tasks
@@ -289,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     device_help = "cpu (default), cuda or cuda:N; checked before any work starts"
 
+    s = sub.add_parser("cache", help="what the cache holds (info), or delete it (clear)")
+    s.add_argument("action", choices=["info", "clear"])
+    s.add_argument("--kind", help="clear only this kind (evals, vectors, teachers, ...); without it, clear keeps "
+                                  "converted models and downloads")
+
     s = sub.add_parser("list", help="list methods, tasks or learners")
     s.add_argument("what", choices=["methods", "tasks", "learners"], help="what to list")
     s.add_argument("--check", action="store_true",
@@ -374,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "distill":
             cmd_distill(args, extra)
         else:
-            {"list": cmd_list, "evaluate": cmd_evaluate, "show": cmd_show, "decode": cmd_decode,
+            {"list": cmd_list, "cache": cmd_cache, "evaluate": cmd_evaluate, "show": cmd_show, "decode": cmd_decode,
              "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report, "compare": cmd_compare}[args.command](args)
     except TextDistillError as e:
         print(f"error: {e}", file=sys.stderr)
