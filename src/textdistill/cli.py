@@ -66,6 +66,18 @@ def cmd_list(args: argparse.Namespace) -> None:
                 print(f"{'':<{width}}--{opt.replace('_', '-')} (default: {shown}): {help_}")
 
 
+def cmd_audit(args: argparse.Namespace) -> None:
+    from .audit import audit
+    from .synthetic import DistilledDataset
+
+    ds = DistilledDataset.load(args.dir)
+    report = audit(ds, _load_artifact_task(ds, args), learner=args.learner, sample=args.sample)
+    print(json.dumps({k: v for k, v in report.items() if k != "verdict"}, indent=1))
+    print(report["verdict"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
 def cmd_cache(args: argparse.Namespace) -> None:
     from .cache import KINDS, cache_info, clear_cache
     from .resources import cache_dir
@@ -302,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     device_help = "cpu (default), cuda or cuda:N; checked before any work starts"
 
+    s = sub.add_parser("audit", help="privacy audit of a set: copying, distances, membership inference")
+    s.add_argument("dir", help="a distilled set")
+    _task_args(s, required=False)
+    s.add_argument("--learner", default="minilm-frozen", help="the sentence space of the distances")
+    s.add_argument("--sample", type=int, default=500, help="members and non-members each, for membership inference")
+    s.add_argument("--json", help="write every number to this JSON file")
+
     s = sub.add_parser("cache", help="what the cache holds (info), or delete it (clear)")
     s.add_argument("action", choices=["info", "clear"])
     s.add_argument("--kind", help="clear only this kind (evals, vectors, teachers, ...); without it, clear keeps "
@@ -392,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "distill":
             cmd_distill(args, extra)
         else:
-            {"list": cmd_list, "cache": cmd_cache, "evaluate": cmd_evaluate, "show": cmd_show, "decode": cmd_decode,
+            {"list": cmd_list, "audit": cmd_audit, "cache": cmd_cache, "evaluate": cmd_evaluate, "show": cmd_show, "decode": cmd_decode,
              "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report, "compare": cmd_compare}[args.command](args)
     except TextDistillError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,65 @@
+"""The privacy audit: copying, distances and the membership attack find what they should, and no more."""
+
+import numpy as np
+import pytest
+
+from textdistill.audit import audit, max_word_overlap, ngram_overlap, roc
+from textdistill.data import get_task
+from textdistill.methods import get_method
+from textdistill.learners import get_learner
+
+
+def test_overlap_measures_on_known_texts():
+    corpus = ["the cat sat on the mat", "a dog ran far away today"]
+    assert max_word_overlap(["the cat sat", "dog ran to the mat", "nothing here"], corpus).tolist() == \
+        pytest.approx([1.0, 0.4, 0.0])  # one document at a time: 2 of 5 words in either
+    assert ngram_overlap(["the cat sat on", "cat sat on the mat now", "too short"], corpus).tolist()[:2] == \
+        pytest.approx([1.0, 2 / 3])
+    assert np.isnan(ngram_overlap(["too short"], corpus)[0])
+
+
+def test_membership_attack_auc_is_one_on_copied_members_and_a_half_on_chance():
+    rng = np.random.default_rng(0)
+    perfect = roc(np.ones(50), rng.uniform(0, 0.9, 50))
+    assert perfect["auc"] == 1.0 and perfect["tpr_at_1%_fpr"] == 1.0
+    chance = roc(rng.normal(size=400), rng.normal(size=400))
+    assert abs(chance["auc"] - 0.5) < 0.06 and chance["auc_95"][0] < 0.5 < chance["auc_95"][1]
+
+
+@pytest.fixture(scope="module")
+def validation_task(tmp_path_factory):
+    """A small task whose test split is carved from train (``NAME:validation``): true non-members."""
+    texts, _, labels = get_task("mr").subset(train_per_class=60, test_size=10, seed=0).columns("train")
+    path = tmp_path_factory.mktemp("audit") / "small.csv"
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels))
+    return get_task(f"{path}:validation")
+
+
+def test_audit_of_a_coreset_finds_every_copy_and_its_members(validation_task):
+    ds = get_method("random").distill(validation_task, 5, get_learner("minilm-frozen"), seed=0)
+    report = audit(ds, validation_task, sample=100)
+    assert report["copying"]["exact_copies"] == len(ds) == 10
+    assert report["copying"]["max_word_overlap_train"] == 1.0 > report["copying"]["max_word_overlap_test"]
+    assert report["nearest"]["set_to_train_cosine"] == pytest.approx(1.0, abs=1e-5)
+    d = report["membership"]["distance"]
+    assert d["members"] == d["non_members"] == len(validation_task.test)
+    assert "10 of 10 examples are verbatim" in report["verdict"]
+    # the attack on those very members: each is in the set, so the distance attack separates them perfectly
+    from textdistill.audit import _cosine_max
+
+    enc = get_learner("minilm-frozen")
+    own = enc.sentence_vectors(ds.texts)
+    held_out = enc.sentence_vectors(validation_task.columns("test")[0])
+    assert roc(_cosine_max(own, own), _cosine_max(held_out, own))["auc"] == 1.0
+
+
+def test_audit_of_a_full_task_set_skips_membership(validation_task):
+    task = get_task("mr").subset(train_per_class=20, test_size=20, seed=0)
+    ds = get_method("kmeans", n_init=2).distill(task, 2, get_learner("minilm-frozen"), seed=0)
+    report = audit(ds, task)
+    assert report["membership"] is None and "not run" in report["verdict"]
