@@ -24,6 +24,7 @@ CONFORMANCE = {
     "dm": ("minilm-frozen", {"iterations": 5}),
     "mtt": ("minilm-frozen", {"iterations": 3, "experts": 1, "expert_epochs": 2, "max_start_epoch": 1,
                               "match_epochs": 1, "syn_steps": 3, "eval_steps": 5}),
+    "embed-invert": ("minilm-frozen", {"space_options": "iterations=3"}),
     "learned-labels": ("minilm-frozen", {"outer_steps": 2, "inner_steps": 2, "real_batch": 16}),
     "dilm": ("minilm-frozen", {"max_length": 10, "lm_steps": 2, "lm_batch": 4, "outer_loops": 1, "inner_loops": 2,
                                "learner_batch": 8, "regenerate_every": 1, "syn_batch": 3, "real_batch": 6,

@@ -102,4 +102,5 @@ def thin(history: list[float], points: int = 50) -> list[float]:
     return [round(h, 4) for h in history[:: max(1, len(history) // points)]]
 
 
-from . import attention_labels, bptt, coreset, dc, dilm, dm, from_file, learned_labels, mtt  # noqa: E402,F401  (registration)
+from . import (  # noqa: E402,F401  (registration)
+    attention_labels, bptt, coreset, dc, dilm, dm, embed_invert, from_file, learned_labels, mtt)

@@ -1,0 +1,46 @@
+"""Language models that write text: one loader and seeded generation, shared by the methods that write sets."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+class CausalLM:
+    """A causal LM by name (offline default ``smollm2-135m``, SmolLM2-135M-Instruct; any local folder or hub id),
+    prompted through its chat template when it has one."""
+
+    def __init__(self, name: str = "smollm2-135m", device: str = "cpu") -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..resources import check_model, resolve_model
+
+        path = resolve_model(name)  # a named model is converted (once) to a local folder first
+        check_model(path)
+        self.name, self.device = name, device
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+
+    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0, temperature: float = 0.8,
+                 top_p: float = 0.95) -> list[str]:
+        """``n`` sampled continuations of ``prompt`` (their first non-empty line), reproducible from ``seed``."""
+        import torch
+
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+        else:
+            text = prompt
+        enc = self.tokenizer(text, return_tensors="pt").to(self.device)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
+                                      max_new_tokens=max_new_tokens, num_return_sequences=n,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [next((line.strip(" -*\"'") for line in t.splitlines() if line.strip(" -*\"'")), "") for t in texts]
+
+
+@lru_cache(maxsize=2)
+def load_lm(name: str = "smollm2-135m", device: str = "cpu") -> CausalLM:
+    """One loaded copy per (name, device) per process."""
+    return CausalLM(name, device)

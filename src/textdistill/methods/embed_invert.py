@@ -1,0 +1,138 @@
+"""embed-invert (Tao et al. 2024): distil in a sentence-embedding space, then write each learned vector as text.
+
+A learned-vector method (``dm``, ``mtt`` or ``dc`` on a frozen-encoder learner such as ``minilm-frozen``)
+gives target vectors per class; an inverter turns each into a sentence, so the set is readable and any
+learner trains on it. ``nearest`` takes the closest real training sentence of the class (a coreset steered
+by distillation); ``search`` lets a language model propose sentences, prompted with the class and the real
+sentences nearest the target, keeps the candidate whose vector is closest, and repeats with the best as new
+context: it never ends further from the target than the nearest real sentence it starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..data import Task
+from ..errors import ConfigError
+from ..learners import Learner
+from ..synthetic import DistilledDataset
+from . import Distiller, MethodConfig, get_method, register_method
+
+SPACES, INVERTERS = ("dm", "mtt", "dc"), ("nearest", "search")
+PROMPT = ("Here are {kind} labelled \"{label}\":\n{examples}\nWrite one new {kind_one} labelled \"{label}\", "
+          "similar to these. Reply with the sentence only.")
+
+
+@dataclass
+class EmbedInvertConfig(MethodConfig):
+    space: str = field(default="dm", metadata={"help": "the method that learns the vectors: dm, mtt or dc"})
+    space_options: str = field(default="", metadata={"help": "its options, e.g. 'iterations=200,outer_lr=0.05'"})
+    inverter: str = field(default="nearest", metadata={"help": "nearest (real sentence) or search (LM proposals)"})
+    lm: str = field(default="smollm2-135m", metadata={"help": "the language model of the search inverter"})
+    candidates: int = field(default=8, metadata={"ge": 1, "help": "search: sentences proposed per round"})
+    rounds: int = field(default=2, metadata={"ge": 1, "help": "search: propose-and-keep rounds per vector"})
+    context: int = field(default=4, metadata={"ge": 1, "help": "search: real sentences in the prompt"})
+    max_new_tokens: int = field(default=40, metadata={"ge": 4, "help": "search: tokens per proposal"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.space not in SPACES:
+            raise ConfigError(f"space must be one of {', '.join(SPACES)}, not {self.space!r}")
+        if self.inverter not in INVERTERS:
+            raise ConfigError(f"inverter must be one of {', '.join(INVERTERS)}, not {self.inverter!r}")
+        self.space_method()  # bad pass-through options fail now, not after the distillation
+
+    def space_method(self) -> Distiller:
+        options = {}
+        for part in filter(None, (p.strip() for p in self.space_options.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ConfigError(f"space_options: {part!r} is not key=value")
+            options[key.strip()] = yaml.safe_load(value)
+        return get_method(self.space, **options)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+
+
+def search(target: np.ndarray, start: str, context: list[str], propose: Callable[[list[str], int], list[str]],
+           embed: Callable[[list[str]], np.ndarray], rounds: int) -> tuple[str, float]:
+    """Hypothesis and correct: the best sentence (by cosine to ``target``) among ``start`` and the proposals of
+    ``rounds`` rounds, each prompted with the best so far and the rest of the context."""
+    best, best_cos = start, float(_unit(embed([start]))[0] @ target)
+    for r in range(rounds):
+        cands = [c for c in propose([best] + [s for s in context if s != best][: len(context) - 1], r) if c.strip()]
+        if not cands:
+            continue
+        cos = _unit(embed(cands)) @ target
+        i = int(cos.argmax())
+        if cos[i] > best_cos:
+            best, best_cos = cands[i], float(cos[i])
+    return best, best_cos
+
+
+@register_method
+class EmbedInvert(Distiller):
+    name = "embed-invert"
+    description = "vectors learned in a sentence space (dm, mtt, dc), written back as text (nearest or LM search)"
+    Config = EmbedInvertConfig
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        cfg = self.config
+        if learner.input_kind != "features":
+            raise ConfigError(f"embed-invert learns vectors in a frozen sentence space: use a learner such as "
+                              f"minilm-frozen, not {learner.name!r}")
+        vectors = cfg.space_method().distill(task, dpc, learner, seed=seed)
+        targets = _unit(vectors.tensors["features"].float().numpy())
+        hard = vectors.hard_labels.numpy()
+        texts, pairs, labels = task.columns("train")
+        if pairs is not None:
+            raise ConfigError("embed-invert writes single sentences; pair tasks are not supported yet")
+        real = _unit(learner.sentence_vectors(texts))
+        labels = np.asarray(labels)
+        lm = None
+        if cfg.inverter == "search":
+            from ..lm import load_lm
+
+            lm = load_lm(cfg.lm)
+        out_texts, fidelity, nearest_cos = [], [], []
+        for c in range(task.num_classes):
+            rows, pool = np.flatnonzero(hard == c), np.flatnonzero(labels == c)
+            used: set[int] = set()
+            for i in tqdm(rows, desc=f"embed-invert {task.spec.classes[c]}", leave=False):
+                cos = real[pool] @ targets[i]
+                order = [int(pool[j]) for j in np.argsort(-cos)]
+                start = next(j for j in order if j not in used)  # a real sentence appears once per class
+                used.add(start)
+                nearest_cos.append(float(real[start] @ targets[i]))
+                if lm is None:
+                    out_texts.append(texts[start])
+                    fidelity.append(nearest_cos[-1])
+                    continue
+                name = task.spec.classes[c]
+                step_seed = seed * 1_000_003 + int(i) * 101
+
+                def propose(context: list[str], r: int) -> list[str]:
+                    prompt = PROMPT.format(kind="sentences", kind_one="sentence", label=name,
+                                           examples="\n".join(f"- {s}" for s in context))
+                    return lm.generate(prompt, cfg.candidates, cfg.max_new_tokens, seed=step_seed + r)
+
+                best, best_cos = search(targets[i], texts[start], [texts[j] for j in order[: cfg.context]],
+                                        propose, lambda s: learner._sentence_vectors(s, None), cfg.rounds)
+                out_texts.append(best)
+                fidelity.append(best_cos)
+        order = np.concatenate([np.flatnonzero(hard == c) for c in range(task.num_classes)])
+        log = {"space": {"method": vectors.method, "config": vectors.config, "fingerprint": vectors.fingerprint()},
+               "fidelity": {"cosine_to_target": [round(x, 4) for x in fidelity],
+                            "nearest_real_cosine": [round(x, 4) for x in nearest_cos],
+                            "mean_cosine_to_target": float(np.mean(fidelity)),
+                            "mean_nearest_real_cosine": float(np.mean(nearest_cos))}}
+        return self._artifact(task, seed, kind="text", texts=out_texts, labels=torch.from_numpy(hard[order]).long(),
+                              log=log)
