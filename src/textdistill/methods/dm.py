@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
+from ..privacy import epsilon, noise_multiplier, noisy_mean
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import batch_of, train
@@ -32,6 +33,9 @@ class DMConfig(LearnedSetConfig):
     iterations: int = field(default=1000, metadata={"ge": 1, "help": "matching steps (a fresh learner each)"})
     outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the synthetic inputs"})
     real_batch: int = field(default=128, metadata={"ge": 1, "help": "real examples per class per step"})
+    dp_epsilon: float = field(default=0.0, metadata={"ge": 0, "help": "differential privacy: target epsilon (0: off)"})
+    dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.1, "help": "differential privacy: delta"})
+    dp_clip: float = field(default=1.0, metadata={"gt": 0, "help": "differential privacy: L2 clip of each example"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +43,12 @@ class DMConfig(LearnedSetConfig):
             raise ConfigError("dm does not learn labels: use hard or soft (a teacher's distribution)")
         if self.kernel not in ("mean", "mmd"):
             raise ConfigError(f"kernel must be mean or mmd, not {self.kernel!r}")
+        if self.dp_epsilon:  # only the noisy class means may touch the private data
+            for ok, what in ((self.init == "noise", "init real copies private examples: use --init noise"),
+                             (self.labels == "hard", "soft labels come from a teacher trained on the private data"),
+                             (self.kernel == "mean", "the MMD kernel has no clipped per-example mechanism here")):
+                if not ok:
+                    raise ConfigError(f"dm with dp_epsilon: {what}")
 
 
 def mmd(a: torch.Tensor, b: torch.Tensor, bandwidth: float = 0.0) -> torch.Tensor:
@@ -79,6 +89,8 @@ class DM(Distiller):
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, labels="hard")
         real, real_y, per_class = real_inputs(task, learner)
         opt = torch.optim.Adam([syn.x], lr=cfg.outer_lr)
+        dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
+        noise = torch.Generator().manual_seed(int(rng.integers(2**31))) if dp else None
         history = []
         bar = tqdm(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
         for it in bar:
@@ -86,15 +98,39 @@ class DM(Distiller):
             params = fresh_parameters(model)
             loss = 0.0
             for c, rows in enumerate(per_class):
-                idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
+                if dp:  # Poisson sampling, as the accountant assumes
+                    idx = torch.from_numpy(rows[rng.random(len(rows)) < dp["sampling_rate"]])
+                else:
+                    idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
                 with torch.no_grad():
-                    real_emb = learner.embed(model, params, {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()})
+                    real_emb = learner.embed(model, params, {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}) \
+                        if len(idx) else None  # a Poisson sample can be empty: the release is then noise alone
                 syn_emb = learner.embed(model, params, syn.inputs(syn.rows_of(c)))
-                loss = loss + distribution_distance(syn_emb, real_emb, cfg.kernel, cfg.bandwidth)
+                if dp:
+                    rows_emb = syn_emb.new_zeros((0, syn_emb.shape[-1])) if real_emb is None else real_emb
+                    target = noisy_mean(rows_emb, cfg.dp_clip, dp["noise_multiplier"], dp["sampling_rate"] * len(rows),
+                                        noise)
+                    loss = loss + ((syn_emb.mean(0) - target) ** 2).sum()
+                else:
+                    loss = loss + distribution_distance(syn_emb, real_emb, cfg.kernel, cfg.bandwidth)
             loss = loss / len(per_class)
             descend(self.name, opt, loss, it, history)
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         labels = None
         if cfg.labels == "soft":
             labels = teacher_labels(learner, task, real, real_y, syn.inputs(detach=True), cfg.device, seed)
-        return syn.artifact(self, task, seed, labels=labels, log={"matching_loss": thin(history)})
+        log = {"matching_loss": thin(history)}
+        if dp:
+            log["dp"] = dp
+        return syn.artifact(self, task, seed, labels=labels, log=log)
+
+    def dp_plan(self, per_class: list) -> dict:
+        """The mechanism of a DP run and its accounting: one Poisson-subsampled Gaussian release per step (the
+        classes are disjoint), at the largest per-class sampling rate."""
+        cfg = self.config
+        rate = max(min(1.0, cfg.real_batch / len(rows)) for rows in per_class)
+        sigma = noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, cfg.iterations)
+        return {"mechanism": "Gaussian on clipped per-class sums of representations, Poisson-subsampled; RDP "
+                             "accountant (dp-accounting)", "epsilon": epsilon(sigma, cfg.dp_delta, rate, cfg.iterations),
+                "delta": cfg.dp_delta, "noise_multiplier": sigma, "clip": cfg.dp_clip, "sampling_rate": rate,
+                "steps": cfg.iterations}
