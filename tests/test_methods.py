@@ -47,6 +47,10 @@ def own_options(method: str, request, tmp_path) -> dict:
     """Options that need a fixture: dilm's tiny generator, a file of 2 examples per class for `file`."""
     if method == "dilm":
         return {"generator": request.getfixturevalue("tiny_generator")}
+    if method == "condense":  # a fixed writer stands in for the LM (tests/test_condense.py; the real one is slow)
+        from test_condense import FakeLM
+
+        request.getfixturevalue("monkeypatch").setattr("textdistill.lm.get_lm", lambda name, device="cpu": FakeLM())
     if method == "file":
         texts, _, labels = request.getfixturevalue("mr_small").columns("train")
         first_two = [i for c in (0, 1) for i in [j for j, y in enumerate(labels) if y == c][:2]]

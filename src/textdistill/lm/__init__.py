@@ -44,3 +44,34 @@ class CausalLM:
 def load_lm(name: str = "smollm2-135m", device: str = "cpu") -> CausalLM:
     """One loaded copy per (name, device) per process."""
     return CausalLM(name, device)
+
+
+class OpenAIChat:
+    """Any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, hosted models): ``openai:URL/MODEL``; the key
+    comes from ``OPENAI_API_KEY`` (local servers accept any)."""
+
+    def __init__(self, spec: str) -> None:
+        import os
+
+        from openai import OpenAI
+
+        from ..errors import ConfigError
+
+        url, _, model = spec.removeprefix("openai:").rpartition("/")
+        if not url or not model:
+            raise ConfigError(f"{spec!r}: an endpoint is openai:URL/MODEL, e.g. openai:http://localhost:8000/v1/qwen")
+        self.name, self.model = spec, model
+        self.client = OpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
+
+    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0, temperature: float = 0.8,
+                 top_p: float = 0.95) -> list[str]:
+        reply = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
+                                                    n=n, max_tokens=max_new_tokens, temperature=temperature,
+                                                    top_p=top_p, seed=seed)
+        return [next((line.strip(" -*\"'") for line in (c.message.content or "").splitlines()
+                      if line.strip(" -*\"'")), "") for c in reply.choices]
+
+
+def get_lm(name: str, device: str = "cpu") -> "CausalLM | OpenAIChat":
+    """A text writer by name: ``openai:URL/MODEL`` for an endpoint, else a local or hub causal LM."""
+    return OpenAIChat(name) if name.startswith("openai:") else load_lm(name, device)
