@@ -72,7 +72,7 @@ def test_learned_labels_lower_the_real_loss(small):
     lrs = torch.tensor(ds.log["step_sizes"])
 
     def real_loss(label_logits):  # same fresh learner, same steps: only the labels differ
-        return float(label_meta_loss(learner, learner.build(2, 123), inputs, label_logits, lrs, real, real_y, 0))
+        return label_meta_loss(learner, learner.build(2, 123), inputs, label_logits, lrs, real, real_y, 0).detach().item()
 
     before = real_loss(F.one_hot(start.hard_labels, 2).float() * 3.0)
     after = real_loss(ds.labels.log())

@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write every number to this JSON file")
 
     s = sub.add_parser("cache", help="what the cache holds (info), or delete it (clear)")
-    s.add_argument("action", choices=["info", "clear"])
+    s.add_argument("action", choices=["info", "clear"], help="info: entries and size per kind; clear: delete")
     s.add_argument("--kind", help="clear only this kind (evals, vectors, teachers, ...); without it, clear keeps "
                                   "converted models and downloads")
 
