@@ -5,6 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 
+def first_line(text: str) -> str:
+    """What a chat model wrote as its answer: the first non-empty line, without list marks or quotes."""
+    return next((line.strip(" -*\"'") for line in text.splitlines() if line.strip(" -*\"'")), "")
+
+
 class CausalLM:
     """A causal LM by name (offline default ``smollm2-135m``, SmolLM2-135M-Instruct; any local folder or hub id),
     prompted through its chat template when it has one."""
@@ -36,8 +41,8 @@ class CausalLM:
             out = self.model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
                                       max_new_tokens=max_new_tokens, num_return_sequences=n,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        texts = self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [next((line.strip(" -*\"'") for line in t.splitlines() if line.strip(" -*\"'")), "") for t in texts]
+        return [first_line(t) for t in self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                                     skip_special_tokens=True)]
 
 
 @lru_cache(maxsize=2)
@@ -68,8 +73,7 @@ class OpenAIChat:
         reply = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
                                                     n=n, max_tokens=max_new_tokens, temperature=temperature,
                                                     top_p=top_p, seed=seed)
-        return [next((line.strip(" -*\"'") for line in (c.message.content or "").splitlines()
-                      if line.strip(" -*\"'")), "") for c in reply.choices]
+        return [first_line(c.message.content or "") for c in reply.choices]
 
 
 def get_lm(name: str, device: str = "cpu") -> "CausalLM | OpenAIChat":
