@@ -1,8 +1,8 @@
 """Issue 16, part A: nothing the user owns is lost, checks come before work, crafted artifacts stay inside."""
 
 import json
-import re
 import os
+import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -291,3 +291,35 @@ def test_cache_info_and_clear(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "evals").exists() and (tmp_path / "models" / "m" / "x.bin").exists()
     assert main(["cache", "clear", "--kind", "everything"]) == 2
     assert "unknown cache kind 'everything'" in capsys.readouterr().err
+
+
+def test_evaluation_cache_is_reused_only_when_nothing_changed(tmp_path, monkeypatch):
+    from textdistill.data import get_task
+    from textdistill.evaluation import evaluate
+    from textdistill.learners import get_learner
+    from textdistill.methods import get_method
+    from textdistill.resources import cache_dir
+
+    task = get_task("mr").subset(train_per_class=10, test_size=20, seed=0)  # loaded before the cache moves
+    (tmp_path / "downloads").symlink_to(cache_dir() / "downloads")
+    monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path))
+    learner = get_learner("minilm-frozen")
+    ds = get_method("random").distill(task, 2, learner, seed=0)
+    runs = lambda: len(list((tmp_path / "evals").glob("*.json")))  # noqa: E731
+
+    def run(t=task, s=ds, learners=("minilm-frozen",), recipe=None):
+        return evaluate(t, s, list(learners), seeds=2, recipe=recipe, cache=True, progress=False)[0]
+
+    first = run()
+    assert runs() == 2
+    assert run().runs == first.runs and runs() == 2  # the same everything: read back, not trained again
+    run(recipe={"steps": 7})
+    assert runs() == 4  # a new recipe
+    run(s=get_method("random").distill(task, 2, learner, seed=1))
+    assert runs() == 6  # a new set
+    run(learners=("textcnn-glove",))
+    assert runs() == 8  # a new learner
+    run(t=get_task("mr").subset(train_per_class=10, test_size=21, seed=0))
+    assert runs() == 10  # a new task (one more test sentence)
+    evaluate(task, ds, ["minilm-frozen"], seeds=2, progress=False)  # the library default: no cache
+    assert runs() == 10
