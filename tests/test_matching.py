@@ -142,6 +142,24 @@ def test_classifier_only_matches_the_head(mr_small):
     assert ds.labels.shape == (2, 2) and ds.kind == "token-embeddings"
 
 
+def test_classifier_only_changes_the_matched_gradients(mr_small, monkeypatch):
+    from textdistill.methods.dc import DC
+
+    seen, real = [], DC.matching_loss
+
+    def spy(self, learner, model, params, names, *rest):
+        seen.append(list(names))
+        return real(self, learner, model, params, names, *rest)
+
+    monkeypatch.setattr(DC, "matching_loss", spy)
+    learner = get_learner("textcnn-glove")
+    for head_only in (True, False):
+        get_method("dc", outer_loops=1, inner_loops=1, classifier_only=head_only, length=8).distill(mr_small, 1, learner)
+    head, every = seen
+    assert head == ["head.weight", "head.bias"]
+    assert set(head) < set(every) and any(not n.startswith("head.") for n in every)
+
+
 def test_embed_reads_what_the_head_reads(mr_small):
     learner = get_learner("minilm")
     model = learner.build(2, 0).eval()
