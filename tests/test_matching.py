@@ -170,6 +170,22 @@ def test_embed_reads_what_the_head_reads(mr_small):
     torch.testing.assert_close(model.classifier(emb), learner.forward(model, params, inputs))
 
 
+def test_dm_loss_is_zero_on_the_real_data_through_a_non_identity_embedding(mr_small):
+    """The probe's representation is its input; TextCNN's is a convolution of GloVe tokens: zero still."""
+    learner = get_learner("textcnn-glove")
+    syn = SyntheticSet(mr_small, 12, learner, np.random.default_rng(0), length=64)
+    real, _, per_class = real_inputs(mr_small, learner)
+    model = learner.build(2, seed=0).eval()
+    for c, rows in enumerate(per_class):
+        params = fresh_parameters(model)
+        order = syn.rows_of(c)
+        real_emb = learner.embed(model, params, {k: v[rows] for k, v in real.items()})
+        syn_emb = learner.embed(model, params, syn.inputs(order))
+        assert syn_emb.shape[-1] != syn.inputs(order)["inputs_embeds"].shape[-1]  # not the identity
+        assert distribution_distance(syn_emb, real_emb, "mean").item() == pytest.approx(0, abs=1e-6)
+        assert distribution_distance(syn_emb[:-1], real_emb, "mean").item() > 1e-6
+
+
 def test_dm_refuses_learned_labels():
     from textdistill.errors import ConfigError
 
