@@ -191,3 +191,19 @@ def test_dm_refuses_learned_labels():
 
     with pytest.raises(ConfigError, match="does not learn labels"):
         get_method("dm", labels="unrestricted")
+
+
+def test_pair_task_through_dc_keeps_token_types_and_decodes_to_pairs(tmp_path):
+    """A CSV pair task through dc on minilm: the set keeps the pair's token types and decodes to pairs."""
+    from textdistill.data import get_task
+    from textdistill.decode import decode_to_text
+
+    f = tmp_path / "pairs.csv"
+    f.write_text("text,other,label\n" + "".join(f"first sentence {i},second part {i},{'ab'[i % 2]}\n" for i in range(12)))
+    task = get_task(str(f), pair_col="other", test_size=0.25, seed=0)
+    ds = get_method("dc", outer_loops=1, inner_loops=1, length=12, real_batch=4).distill(task, 1, get_learner("minilm"))
+    types = ds.tensors["token_type_ids"]
+    assert types.shape == ds.tensors["attention_mask"].shape and (types == 1).any(dim=1).all()
+    text = decode_to_text(ds)
+    assert len(text.text_pairs) == len(text.texts) == 2
+    assert all("second" in t for t in text.text_pairs) and all("second" not in t for t in text.texts)
