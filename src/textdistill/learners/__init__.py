@@ -78,9 +78,12 @@ class Learner(ABC):
     @abstractmethod
     def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
 
-    def sentence_vectors(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
-        """The learner's embedding space for texts (coresets, nearest examples), cached on disk."""
+    def sentence_vectors(self, texts: list[str], pairs: list[str] | None = None, cache: bool = True) -> np.ndarray:
+        """The learner's embedding space for texts (coresets, nearest examples), cached on disk unless the texts
+        are throwaway (``cache=False``: candidates a method proposes and discards)."""
         texts, pairs = list(texts), None if pairs is None else list(pairs)
+        if not cache:
+            return self._sentence_vectors(texts, pairs)
         key = key_of(self.embedding_id, self.max_length, texts, pairs)
         return cached_array("vectors", key, lambda: self._sentence_vectors(texts, pairs))
 

@@ -22,7 +22,9 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
+from ..train import batch_of
 from . import Distiller, MethodConfig, register_method
+from .space import real_inputs
 
 PROMPT = ("Here are examples of {kind} labelled \"{label}\":\n{examples}\nWrite one new {kind_one} labelled "
           "\"{label}\" that condenses what these have in common, in the same style. Reply with the text only.")
@@ -66,6 +68,7 @@ class Condense(Distiller):
             raise ConfigError("condense writes single texts; pair tasks are not supported yet")
         per_class = class_indices(labels, task.spec.classes, dpc)
         vectors = learner.sentence_vectors(texts)
+        real, _, _ = real_inputs(task, learner)  # encoded once; clusters take rows of it
         lm = get_lm(cfg.llm)
         model = learner.build(task.num_classes, seed).eval()
         rng = np.random.default_rng(seed)
@@ -80,15 +83,16 @@ class Condense(Distiller):
                 cands = [t for t in lm.generate(prompt, cfg.candidates, cfg.max_new_tokens,
                                                 seed=seed * 1_000_003 + c * 1_009 + k) if t.strip()]
                 cands = cands or [texts[near[0]]]  # nothing usable written: the cluster's central example stands
-                target = head_gradient(learner, model, learner.encode([texts[i] for i in rows]),
+                target = head_gradient(learner, model, batch_of(real, torch.from_numpy(rows)),
                                        torch.full((len(rows),), c))
-                scores = [float(F.cosine_similarity(head_gradient(learner, model, learner.encode([t]),
+                proposed = learner.encode(cands)  # all of a cluster's candidates at once
+                scores = [float(F.cosine_similarity(head_gradient(learner, model, batch_of(proposed, torch.tensor([j])),
                                                                   torch.tensor([c])), target, dim=0))
-                          for t in cands]
+                          for j in range(len(cands))]
                 best = int(np.argmax(scores))
                 out_texts.append(cands[best])
                 out_labels.append(c)
-                log.append({"class": task.spec.classes[c], "cluster_size": int(len(rows)), "prompt": prompt,
+                log.append({"class": task.spec.classes[c], "rows": rows.tolist(), "prompt": prompt,
                             "generations": cands, "scores": [round(s, 4) for s in scores], "chosen": best})
         return self._artifact(task, seed, kind="text", texts=out_texts, labels=torch.tensor(out_labels),
                               log={"llm": getattr(lm, "name", cfg.llm), "clusters": log})

@@ -125,7 +125,7 @@ class EmbedInvert(Distiller):
                     return lm.generate(prompt, cfg.candidates, cfg.max_new_tokens, seed=step_seed + r)
 
                 best, best_cos = search(targets[i], texts[start], [texts[j] for j in order[: cfg.context]],
-                                        propose, lambda s: learner._sentence_vectors(s, None), cfg.rounds)
+                                        propose, lambda s: learner.sentence_vectors(s, cache=False), cfg.rounds)
                 out_texts.append(best)
                 fidelity.append(best_cos)
         order = np.concatenate([np.flatnonzero(hard == c) for c in range(task.num_classes)])

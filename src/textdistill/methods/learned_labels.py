@@ -21,7 +21,7 @@ from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import Params, batch_of
 from . import Distiller, MethodConfig, check_finite, get_method, register_method, thin
-from .bptt import inverse_softplus, real_loss, unroll
+from .bptt import inverse_softplus, unroll
 from .space import real_inputs
 
 INITS = ("kmeans", "herding", "random", "kcenter")
@@ -37,7 +37,6 @@ class LearnedLabelsConfig(MethodConfig):
     lr_lr: float = field(default=0.01, metadata={"gt": 0, "help": "Adam learning rate of the (softplus) step sizes"})
     confidence: float = field(default=3.0, metadata={"ge": 0, "help": "initial logit of each text's real class"})
     real_batch: int = field(default=256, metadata={"ge": 1, "help": "real examples per outer step"})
-    chunk: int = field(default=256, metadata={"ge": 1, "help": "real examples per forward of the outer loss (memory)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,10 +75,12 @@ class LearnedLabels(Distiller):
         for step in bar:
             model = learner.build(task.num_classes, seed=seed * 1_000_003 + step)
             opt.zero_grad()
-            trained = unroll(learner, model, inputs, logits.softmax(-1), F.softplus(raw_lrs), 0, seed=step)
             idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
-            loss = real_loss(learner, model, trained, batch_of(real, idx), real_y[idx], cfg.chunk, backward=True)
+            loss_t = label_meta_loss(learner, model, inputs, logits, F.softplus(raw_lrs), batch_of(real, idx),
+                                     real_y[idx], seed=step)
+            loss = loss_t.item()
             check_finite(self.name, loss, step)
+            loss_t.backward()
             opt.step()
             history.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}")
