@@ -82,7 +82,8 @@ def cached_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:
 # are inputs (a conversion, a download), so `clear` without a kind keeps them.
 KINDS = {"evals": "evaluation runs (JSON)", "vectors": "sentence vectors (.npy)",
          "teachers": "teacher learners for teacher labels (safetensors)", "trajectories": "mtt expert trajectories",
-         "generators": "dilm stage-1 language models", "dilm": "dilm stage-2 checkpoints",
+         "generators": "dilm stage-1 language models",
+         "generations": "LM generations by prompt (condense, embed-invert search)", "dilm": "dilm stage-2 checkpoints",
          "models": "converted models (smollm2-135m)", "downloads": "downloaded sources (the MR sdist)"}
 INPUTS = ("models", "downloads")
 

@@ -1,8 +1,21 @@
-"""Language models that write text: one loader and seeded generation, shared by the methods that write sets."""
+"""Language models that write text: one loader and seeded generation, shared by the methods that write sets.
+
+``generate`` returns raw completions; callers parse them (``first_line``) and skip what is unusable.
+``cached_generate`` keeps every prompt's completions on disk, so a killed run resumes without asking again.
+"""
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
+
+from ..errors import TextDistillError
+
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}
+
+
+class LMUnavailable(TextDistillError):
+    """An LM endpoint failed or timed out on every retry."""
 
 
 def first_line(text: str) -> str:
@@ -25,9 +38,8 @@ class CausalLM:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
 
-    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0, temperature: float = 0.8,
-                 top_p: float = 0.95) -> list[str]:
-        """``n`` sampled continuations of ``prompt`` (their first non-empty line), reproducible from ``seed``."""
+    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0) -> list[str]:
+        """``n`` sampled completions of ``prompt``, reproducible from ``seed``."""
         import torch
 
         if self.tokenizer.chat_template:
@@ -38,11 +50,9 @@ class CausalLM:
         enc = self.tokenizer(text, return_tensors="pt").to(self.device)
         torch.manual_seed(seed)
         with torch.no_grad():
-            out = self.model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
-                                      max_new_tokens=max_new_tokens, num_return_sequences=n,
+            out = self.model.generate(**enc, do_sample=True, **SAMPLING, max_new_tokens=max_new_tokens, num_return_sequences=n,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        return [first_line(t) for t in self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                                     skip_special_tokens=True)]
+        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @lru_cache(maxsize=2)
@@ -53,9 +63,10 @@ def load_lm(name: str = "smollm2-135m", device: str = "cpu") -> CausalLM:
 
 class OpenAIChat:
     """Any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, hosted models): ``openai:URL/MODEL``; the key
-    comes from ``OPENAI_API_KEY`` (local servers accept any)."""
+    comes from ``OPENAI_API_KEY`` (local servers accept any). A failed or timed-out call is retried ``retries``
+    times with exponential backoff, then stops with ``LMUnavailable``."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, timeout: float = 120.0, retries: int = 4, backoff: float = 2.0) -> None:
         import os
 
         from openai import OpenAI
@@ -65,17 +76,40 @@ class OpenAIChat:
         url, _, model = spec.removeprefix("openai:").rpartition("/")
         if not url or not model:
             raise ConfigError(f"{spec!r}: an endpoint is openai:URL/MODEL, e.g. openai:http://localhost:8000/v1/qwen")
-        self.name, self.model = spec, model
-        self.client = OpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
+        self.name, self.url, self.model = spec, url, model
+        self.retries, self.backoff = retries, backoff
+        # our own retries (the client's are off) so that the last failure is reported with the endpoint's name
+        self.client = OpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"), timeout=timeout,
+                             max_retries=0)
 
-    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0, temperature: float = 0.8,
-                 top_p: float = 0.95) -> list[str]:
-        reply = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
-                                                    n=n, max_tokens=max_new_tokens, temperature=temperature,
-                                                    top_p=top_p, seed=seed)
-        return [first_line(c.message.content or "") for c in reply.choices]
+    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0) -> list[str]:
+        import openai
+
+        for attempt in range(self.retries + 1):
+            try:
+                reply = self.client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": prompt}], n=n, max_tokens=max_new_tokens,
+                    seed=seed, **SAMPLING)
+                if not isinstance(getattr(reply, "choices", None), list) or not reply.choices:
+                    raise ValueError(f"a reply without choices: {str(reply)[:200]}")
+                return [(getattr(getattr(c, "message", None), "content", None) or "") for c in reply.choices]
+            except (openai.APIError, ValueError, TypeError) as e:
+                error = e
+                if attempt < self.retries:
+                    time.sleep(self.backoff * 2**attempt)
+        raise LMUnavailable(f"the LM endpoint {self.url} (model {self.model!r}) failed {self.retries + 1} times; last "
+                            f"error: {type(error).__name__}: {error}. Generations already received are cached: "
+                            "rerun to resume.")
 
 
 def get_lm(name: str, device: str = "cpu") -> "CausalLM | OpenAIChat":
     """A text writer by name: ``openai:URL/MODEL`` for an endpoint, else a local or hub causal LM."""
     return OpenAIChat(name) if name.startswith("openai:") else load_lm(name, device)
+
+
+def cached_generate(lm: "CausalLM | OpenAIChat", prompt: str, n: int, max_new_tokens: int, seed: int) -> list[str]:
+    """``lm.generate``, kept on disk by LM, prompt and sampling settings: a rerun asks only what it has not."""
+    from ..cache import cached_json, key_of
+
+    key = key_of("generate", lm.name, prompt, n, max_new_tokens, seed, SAMPLING)
+    return cached_json("generations", key, lambda: lm.generate(prompt, n, max_new_tokens, seed=seed))

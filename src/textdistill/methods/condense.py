@@ -6,12 +6,16 @@ LM is shown the members nearest each centroid and asked for new examples of the 
 scored by how well the loss gradient it gives a learner (its head, freshly initialised and seeded) aligns
 with the mean gradient of the cluster's real members, and the best candidate stands for the cluster. This
 is our reading of the paper's reward matching, not its exact rule (see docs/results.md). Every prompt and
-generation is kept in the set's log.
+generation is kept in the set's log; a generation that is empty or malformed (too short, an echo of the
+instructions, a pair without both texts) is skipped and counted, never written. Prompts live in
+``prompts/condense-{single,pair}.txt``; generations are cached by prompt, so a killed run resumes.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 
 import numpy as np
 import torch
@@ -19,15 +23,35 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import Task
-from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import batch_of
 from . import Distiller, MethodConfig, register_method
 from .space import real_inputs
 
-PROMPT = ("Here are examples of {kind} labelled \"{label}\":\n{examples}\nWrite one new {kind_one} labelled "
-          "\"{label}\" that condenses what these have in common, in the same style. Reply with the text only.")
+MIN_WORDS = 3  # shorter answers are refusals or fragments ("Sure!", "Positive.")
+
+
+def prompt_template(pair: bool) -> str:
+    return (files(__package__) / "prompts" / f"condense-{'pair' if pair else 'single'}.txt").read_text().strip()
+
+
+def show_example(text: str, pair: str | None) -> str:
+    return f"- {text}" if pair is None else f"- Text 1: {text}\n  Text 2: {pair}"
+
+
+def parse_generation(raw: str, label: str, pair: bool) -> tuple[str, str | None] | None:
+    """The example an LM wrote (a text, or both texts of a pair), or None when the answer is unusable."""
+    from ..lm import first_line
+
+    if pair:
+        found = dict(re.findall(r"(?im)^[\W_]*text\s*([12])\s*:\s*(.*?)\s*$", raw))
+        parts = [found.get(k, "").strip(" *_\"'") for k in "12"]
+    else:
+        parts = [first_line(raw)]
+    if any(len(p.split()) < MIN_WORDS or f'labelled "{label}"' in p for p in parts):
+        return None
+    return parts[0], parts[1] if pair else None
 
 
 @dataclass
@@ -59,40 +83,54 @@ class Condense(Distiller):
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         from sklearn.cluster import KMeans
 
-        from ..lm import get_lm
+        from ..lm import cached_generate, get_lm
         from . import class_indices
 
         cfg = self.config
         texts, pairs, labels = task.columns("train")
-        if pairs is not None:
-            raise ConfigError("condense writes single texts; pair tasks are not supported yet")
+        is_pair = pairs is not None
+        template = prompt_template(is_pair)
         per_class = class_indices(labels, task.spec.classes, dpc)
-        vectors = learner.sentence_vectors(texts)
+        vectors = learner.sentence_vectors(texts, pairs)
         real, _, _ = real_inputs(task, learner)  # encoded once; clusters take rows of it
         lm = get_lm(cfg.llm)
         model = learner.build(task.num_classes, seed).eval()
         rng = np.random.default_rng(seed)
-        out_texts, out_labels, log = [], [], []
+        out_texts, out_pairs, out_labels, log = [], [], [], []
         for c, idx in enumerate(per_class):
+            label = task.spec.classes[c]
             km = KMeans(n_clusters=dpc, n_init=3, random_state=int(rng.integers(2**31))).fit(vectors[idx])
-            for k in tqdm(range(dpc), desc=f"condense {task.spec.classes[c]}", leave=False):
+            for k in tqdm(range(dpc), desc=f"condense {label}", leave=False):
                 rows = idx[km.labels_ == k]
                 near = rows[np.argsort(np.linalg.norm(vectors[rows] - km.cluster_centers_[k], axis=1))[: cfg.members]]
-                prompt = PROMPT.format(kind=cfg.kind, kind_one=cfg.kind.rstrip("s"), label=task.spec.classes[c],
-                                       examples="\n".join(f"- {texts[i]}" for i in near))
-                cands = [t for t in lm.generate(prompt, cfg.candidates, cfg.max_new_tokens,
-                                                seed=seed * 1_000_003 + c * 1_009 + k) if t.strip()]
-                cands = cands or [texts[near[0]]]  # nothing usable written: the cluster's central example stands
+                prompt = template.format(kind=cfg.kind, kind_one=cfg.kind.rstrip("s"), label=label, examples="\n".join(
+                    show_example(texts[i], pairs[i] if is_pair else None) for i in near))
+                raw = cached_generate(lm, prompt, cfg.candidates, cfg.max_new_tokens, seed * 1_000_003 + c * 1_009 + k)
+                parsed = [parse_generation(r, label, is_pair) for r in raw]
+                cands = [p for p in parsed if p is not None]
+                entry = {"class": label, "rows": rows.tolist(), "prompt": prompt, "raw": raw,
+                         "skipped": len(raw) - len(cands)}
+                if not cands:  # nothing usable written: the cluster's central real example stands for it
+                    cands, entry["fallback"] = [(texts[near[0]], pairs[near[0]] if is_pair else None)], True
                 target = head_gradient(learner, model, batch_of(real, torch.from_numpy(rows)),
                                        torch.full((len(rows),), c))
-                proposed = learner.encode(cands)  # all of a cluster's candidates at once
+                # all of a cluster's candidates encoded at once, scored one by one
+                proposed = learner.encode([a for a, _ in cands], [b for _, b in cands] if is_pair else None)
                 scores = [float(F.cosine_similarity(head_gradient(learner, model, batch_of(proposed, torch.tensor([j])),
                                                                   torch.tensor([c])), target, dim=0))
                           for j in range(len(cands))]
                 best = int(np.argmax(scores))
-                out_texts.append(cands[best])
+                out_texts.append(cands[best][0])
+                out_pairs.append(cands[best][1])
                 out_labels.append(c)
-                log.append({"class": task.spec.classes[c], "rows": rows.tolist(), "prompt": prompt,
-                            "generations": cands, "scores": [round(s, 4) for s in scores], "chosen": best})
-        return self._artifact(task, seed, kind="text", texts=out_texts, labels=torch.tensor(out_labels),
-                              log={"llm": getattr(lm, "name", cfg.llm), "clusters": log})
+                log.append({**entry, "generations": [a if b is None else [a, b] for a, b in cands],
+                            "scores": [round(s, 4) for s in scores], "chosen": best})
+        skipped = sum(e["skipped"] for e in log)
+        fallbacks = sum(e.get("fallback", False) for e in log)
+        if skipped:
+            tqdm.write(f"condense: skipped {skipped} of {sum(len(e['raw']) for e in log)} generations as empty or "
+                       f"malformed; {fallbacks} clusters kept their central real example")
+        return self._artifact(task, seed, kind="text", texts=out_texts, text_pairs=out_pairs if is_pair else None,
+                              labels=torch.tensor(out_labels),
+                              log={"llm": getattr(lm, "name", cfg.llm), "skipped_generations": skipped,
+                                   "fallback_clusters": fallbacks, "clusters": log})

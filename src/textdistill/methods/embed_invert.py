@@ -99,7 +99,7 @@ class EmbedInvert(Distiller):
         labels = np.asarray(labels)
         lm = None
         if cfg.inverter == "search":
-            from ..lm import load_lm
+            from ..lm import cached_generate, first_line, load_lm
 
             lm = load_lm(cfg.lm)
         out_texts, fidelity, nearest_cos = [], [], []
@@ -122,7 +122,8 @@ class EmbedInvert(Distiller):
                 def propose(context: list[str], r: int) -> list[str]:
                     prompt = PROMPT.format(kind="sentences", kind_one="sentence", label=name,
                                            examples="\n".join(f"- {s}" for s in context))
-                    return lm.generate(prompt, cfg.candidates, cfg.max_new_tokens, seed=step_seed + r)
+                    return [first_line(t) for t in cached_generate(lm, prompt, cfg.candidates, cfg.max_new_tokens,
+                                                                   step_seed + r)]
 
                 best, best_cos = search(targets[i], texts[start], [texts[j] for j in order[: cfg.context]],
                                         propose, lambda s: learner.sentence_vectors(s, cache=False), cfg.rounds)
