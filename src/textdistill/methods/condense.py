@@ -30,6 +30,16 @@ from . import Distiller, MethodConfig, register_method
 from .space import real_inputs
 
 MIN_WORDS = 3  # shorter answers are refusals or fragments ("Sure!", "Positive.")
+# small instruct LMs often talk about the task instead of doing it ("Here's a revised version:"); such a line
+# is not an example of the class
+META = re.compile(r"\b(condens\w*|revised|rephras\w*|label+ed|here is|here's|original (text|sentence)s?|"
+                  r"(new|this|the following) (sentence|text|example)s?)\b", re.IGNORECASE)
+
+
+def answer_lines(raw: str) -> list[str]:
+    """The lines of an answer without list marks and quotes, less introductions ("Here it is:")."""
+    lines = [line.strip().strip("-*\"' ").strip() for line in raw.splitlines()]
+    return [line for line in lines if line and not line.endswith(":")]
 
 
 def prompt_template(pair: bool) -> str:
@@ -42,14 +52,12 @@ def show_example(text: str, pair: str | None) -> str:
 
 def parse_generation(raw: str, label: str, pair: bool) -> tuple[str, str | None] | None:
     """The example an LM wrote (a text, or both texts of a pair), or None when the answer is unusable."""
-    from ..lm import first_line
-
     if pair:
         found = dict(re.findall(r"(?im)^[\W_]*text\s*([12])\s*:\s*(.*?)\s*$", raw))
         parts = [found.get(k, "").strip(" *_\"'") for k in "12"]
     else:
-        parts = [first_line(raw)]
-    if any(len(p.split()) < MIN_WORDS or f'labelled "{label}"' in p for p in parts):
+        parts = answer_lines(raw)[:1] or [""]
+    if any(len(p.split()) < MIN_WORDS or META.search(p) for p in parts):
         return None
     return parts[0], parts[1] if pair else None
 
@@ -58,8 +66,8 @@ def parse_generation(raw: str, label: str, pair: bool) -> tuple[str, str | None]
 class CondenseConfig(MethodConfig):
     llm: str = field(default="smollm2-135m", metadata={"help": "local or hub causal LM, or openai:URL/MODEL"})
     members: int = field(default=5, metadata={"ge": 1, "help": "real examples of a cluster shown in its prompt"})
-    candidates: int = field(default=4, metadata={"ge": 1, "help": "generations per cluster"})
-    max_new_tokens: int = field(default=48, metadata={"ge": 4, "help": "tokens per generation"})
+    candidates: int = field(default=8, metadata={"ge": 1, "help": "generations per cluster"})
+    max_new_tokens: int = field(default=64, metadata={"ge": 4, "help": "tokens per generation"})
     kind: str = field(default="sentences", metadata={"help": "what the examples are, in the prompt (plural)"})
 
 
