@@ -4,7 +4,7 @@ import torch
 from textdistill.learners import get_learner, list_learners
 
 
-@pytest.mark.parametrize("name", ["minilm", "minilm-frozen", "textcnn-glove", "bilstm-glove"])
+@pytest.mark.parametrize("name", ["minilm", "minilm-frozen", "textcnn-glove", "bilstm-glove", "smollm2-135m"])
 def test_learner_forward_and_seeded_build(name):
     learner = get_learner(name)
     inputs = learner.encode(["a good film", "a dull , overlong film"], None)
@@ -35,3 +35,27 @@ def test_pairs_and_registry():
     assert enc["token_type_ids"].max() == 1
     assert {"minilm", "minilm-frozen", "textcnn-glove", "bilstm-glove"} <= set(list_learners())
     assert list_learners("*glove") == ["textcnn-glove", "bilstm-glove"]
+
+
+def test_decoder_head_reads_the_last_real_token_and_lora_trains_adapters_and_head():
+    from textdistill.train import Recipe, train
+
+    learner = get_learner("smollm2-135m")
+    model = learner.build(2, seed=1).eval()
+    params = dict(model.named_parameters())
+    texts = ["a good film", "a dull , overlong and tiresome film"]
+    padded = learner.forward(model, params, learner.encode(texts))  # the first row is right-padded
+    alone = torch.cat([learner.forward(model, params, learner.encode([t])) for t in texts])
+    torch.testing.assert_close(padded, alone, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(learner.build(2, seed=2).score.weight, model.score.weight)
+    assert learner.encode(["first"], ["second"])["input_ids"].tolist() == learner.encode(["first\nsecond"])["input_ids"].tolist()
+
+    lora = get_learner("smollm2-135m-lora")
+    model = lora.build(2, seed=0)
+    trainable = {k for k, v in model.named_parameters() if v.requires_grad}
+    assert trainable and all("lora_" in k or k.endswith("score.weight") for k in trainable)
+    assert any(k.endswith("score.weight") for k in trainable)
+    after = train(lora, model, lora.encode(texts), torch.tensor([1, 0]), Recipe(steps=2, lr=1e-2), seed=0)
+    before = dict(model.named_parameters())
+    changed = {k for k in trainable if not torch.equal(after[k], before[k])}
+    assert any("lora_B" in k for k in changed) and any(k.endswith("score.weight") for k in changed)

@@ -158,3 +158,59 @@ class TransformerLearner(Learner):
 @register_learner("minilm", "all-MiniLM-L6-v2 with a new head, fully fine-tuned (CPU default)")
 def _minilm() -> Learner:
     return TransformerLearner("minilm")
+
+
+class DecoderLearner(TransformerLearner):
+    """A causal LM as a sequence classifier: a new seeded head reads the last non-padding token (Hugging Face's
+    ``*ForSequenceClassification``). Fully fine-tuned, or (``lora_rank > 0``) frozen with LoRA adapters on the
+    attention projections through ``peft``, the head trained in full."""
+
+    def __init__(self, model_id: str, max_length: int = 64, lora_rank: int = 0) -> None:
+        super().__init__(model_id, max_length)
+        self.lora_rank = lora_rank
+
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        model = super().build(num_labels, seed)
+        model.config.pad_token_id = self.tokenizer.pad_token_id  # where the head finds the last real token
+        if not self.lora_rank:
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        with torch.random.fork_rng():  # the adapters' random init, from the seed and nothing else
+            torch.manual_seed(seed)
+            model = get_peft_model(model, LoraConfig(r=self.lora_rank, lora_alpha=2 * self.lora_rank,
+                                                     target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+        for p in self.head(model).parameters():
+            p.requires_grad_(True)
+        return model
+
+    @cached_property
+    def tokenizer(self):
+        tok = super().tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"  # the head reads the last non-padding token
+        return tok
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        # a decoder has no segment token: the two texts of a pair go on two lines
+        joined = list(texts) if pairs is None else [f"{a}{self.pair_separator}{b}" for a, b in zip(texts, pairs)]
+        return super().encode(joined)
+
+    pair_separator = "\n"
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return next(m for name, m in model.named_modules() if name.split(".")[-1] == "score")
+
+    def describe(self) -> dict:
+        return {**super().describe(), "lora_rank": self.lora_rank}
+
+
+@register_learner("smollm2-135m", "SmolLM2-135M-Instruct (decoder) as a sequence classifier, fully fine-tuned")
+def _smollm2() -> Learner:
+    return DecoderLearner("smollm2-135m")
+
+
+@register_learner("smollm2-135m-lora", "SmolLM2-135M-Instruct as a sequence classifier, LoRA rank 8 and the head")
+def _smollm2_lora() -> Learner:
+    return DecoderLearner("smollm2-135m", lora_rank=8)
