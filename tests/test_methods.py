@@ -24,6 +24,7 @@ CONFORMANCE = {
     "dm": ("minilm-frozen", {"iterations": 5}),
     "mtt": ("minilm-frozen", {"iterations": 3, "experts": 1, "expert_epochs": 2, "max_start_epoch": 1,
                               "match_epochs": 1, "syn_steps": 3, "eval_steps": 5}),
+    "gradmm": ("tiny-decoder", {"iterations": 2, "embed_steps": 1, "length": 6, "real_batch": 4}),
     "embed-invert": ("minilm-frozen", {"space_options": "iterations=3"}),
     "learned-labels": ("minilm-frozen", {"outer_steps": 2, "inner_steps": 2, "real_batch": 16}),
     "dilm": ("minilm-frozen", {"max_length": 10, "lm_steps": 2, "lm_batch": 4, "outer_loops": 1, "inner_loops": 2,
@@ -63,6 +64,8 @@ def own_options(method: str, request, tmp_path) -> dict:
 @pytest.mark.parametrize("method", list_methods())
 def test_method_conformance(method, mr_small, tmp_path, request, check_accuracy):
     learner_name, options = CONFORMANCE.get(method, ("minilm-frozen", {}))
+    if learner_name == "tiny-decoder":  # a two-layer Llama folder (conftest), read as a decoder classifier
+        learner_name = request.getfixturevalue("tiny_generator")
     options = {**options, **own_options(method, request, tmp_path)}
     learner = get_learner(learner_name)
     ds = get_method(method, **options).distill(mr_small, 2, learner, seed=0)

@@ -15,7 +15,11 @@ from .errors import ConfigError
 
 def epsilon(noise_multiplier: float, delta: float, sampling_rate: float, steps: int) -> float:
     """The epsilon that the RDP accountant gives the run."""
+    import logging
+
     import dp_accounting
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orders it cannot evaluate are skipped, with a warning each
 
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps)

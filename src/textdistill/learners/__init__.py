@@ -137,9 +137,10 @@ _instances: dict[str, Learner] = {}
 
 
 def get_learner(name: str) -> Learner:
-    """A registered learner, or any Hugging Face encoder id / local path as a fine-tuned transformer."""
+    """A registered learner, or any Hugging Face model id / local path as a fine-tuned transformer (a causal LM
+    as a decoder classifier, anything else as an encoder)."""
     if name not in _instances:
-        from .transformer import TransformerLearner
+        from .transformer import learner_for
 
         if name not in LEARNERS:
             try:
@@ -148,7 +149,7 @@ def get_learner(name: str) -> Learner:
                 raise ConfigError(f"unknown learner {name!r}: {e}. Registered learners: {', '.join(LEARNERS)}; "
                                   "other names must be a local model folder or a Hugging Face hub id") from None
 
-        _instances[name] = LEARNERS[name]() if name in LEARNERS else TransformerLearner(name)
+        _instances[name] = LEARNERS[name]() if name in LEARNERS else learner_for(name)
     return _instances[name]
 
 

@@ -214,3 +214,15 @@ def _smollm2() -> Learner:
 @register_learner("smollm2-135m-lora", "SmolLM2-135M-Instruct as a sequence classifier, LoRA rank 8 and the head")
 def _smollm2_lora() -> Learner:
     return DecoderLearner("smollm2-135m", lora_rank=8)
+
+
+def learner_for(name: str) -> TransformerLearner:
+    """A model id or folder as a learner: a causal LM (``*ForCausalLM``) as a decoder classifier, else an encoder."""
+    from transformers import AutoConfig
+
+    try:
+        architectures = AutoConfig.from_pretrained(resolve_model(name)).architectures or []
+    except OSError as e:
+        raise ResourceMissing(f"cannot read the config of model {name!r} ({e})") from None
+    causal = any(a.endswith("ForCausalLM") for a in architectures)
+    return DecoderLearner(name) if causal else TransformerLearner(name)

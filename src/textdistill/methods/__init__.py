@@ -103,4 +103,5 @@ def thin(history: list[float], points: int = 50) -> list[float]:
 
 
 from . import (  # noqa: E402,F401  (registration)
-    attention_labels, bptt, condense, coreset, dc, dilm, dm, embed_invert, from_file, learned_labels, mtt)
+    attention_labels, bptt, condense, coreset, dc, dilm, dm, embed_invert, from_file, gradmm, learned_labels,
+    mtt)

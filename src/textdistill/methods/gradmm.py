@@ -1,0 +1,280 @@
+"""gradmm (after GRADMM, Nguyen et al. 2025): gradient matching in a decoder LM's input-embedding space, pulled
+onto real token sequences by ADMM, with the LM's own likelihood keeping the text readable.
+
+Per class the synthetic examples are three variables: continuous embeddings E, token ids Z and a scaled dual U.
+Each iteration (``admm``):
+  (a) ``embed_steps`` Adam steps on E lower  match(E) + rho/2 ||E - emb(Z) + U||^2, where match is the distance
+      between the learner's loss gradient on the synthetic examples and on a real batch of their class (a fresh
+      seeded head each iteration, the pretrained body, the parameters chosen by ``match``);
+  (b) Z = the projection of E + U onto tokens: left to right, among the LM's top-k next tokens and the k tokens
+      nearest the target, the one that maximises  log p_LM(z | Z[:t]) - distance_weight * ||(E + U)_t - emb(z)||^2;
+  (c) U += E - emb(Z), and rho adapts by residual balancing (Boyd et al. 2011, section 3.4.1).
+The set is Z decoded: plain text that any learner trains on. Synthetic rows are left-padded, so the head reads
+the last position (rotary positions make the left offset harmless).
+
+Differential privacy (``dp_epsilon``): the real gradients are per-example clipped, summed with Gaussian noise
+(Poisson-sampled batches, one release per iteration, accounted by dp-accounting's RDP accountant); the
+synthetic text starts from noise and reads the private data through nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import check_device
+from ..data import Task
+from ..errors import ConfigError
+from ..learners import Learner
+from ..privacy import epsilon, noise_multiplier, noisy_mean
+from ..synthetic import DistilledDataset
+from ..train import Params, batch_of
+from . import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
+from .dc import class_gradients, gradient_distance
+from .space import fresh_parameters, real_inputs
+
+
+@dataclass
+class GradmmConfig(MethodConfig):
+    init: str = field(default="real", metadata={"help": "real (random real examples) or noise (refused with DP)"})
+    length: int = field(default=24, metadata={"ge": 2, "help": "tokens per synthetic example (at most)"})
+    iterations: int = field(default=30, metadata={"ge": 1, "help": "ADMM iterations"})
+    embed_steps: int = field(default=5, metadata={"ge": 1, "help": "Adam steps on the embeddings per iteration"})
+    lr: float = field(default=0.01, metadata={"gt": 0, "help": "Adam learning rate of the embeddings"})
+    rho: float = field(default=1.0, metadata={"gt": 0, "help": "initial ADMM penalty"})
+    adaptive_rho: bool = field(default=True, metadata={"help": "residual balancing of rho"})
+    topk: int = field(default=32, metadata={"ge": 1, "help": "LM and nearest-token candidates per position"})
+    distance_weight: float = field(default=1.0, metadata={"ge": 0, "help": "weight of the embedding distance "
+                                                                          "against the LM log-likelihood (0: greedy LM)"})
+    match: str = field(default="last", metadata={"help": "gradients matched: head, last (head + last block) or all"})
+    distance: str = field(default="cos", metadata={"help": "cos (layer-wise 1 - cosine) or mse"})
+    real_batch: int = field(default=32, metadata={"ge": 1, "help": "real examples per class per iteration"})
+    dp_epsilon: float = field(default=0.0, metadata={"ge": 0, "help": "differential privacy: target epsilon (0: off)"})
+    dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.1, "help": "differential privacy: delta"})
+    dp_clip: float = field(default=1.0, metadata={"gt": 0, "help": "differential privacy: L2 clip of each gradient"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_device(self.device)
+        for name, value, allowed in (("init", self.init, ("real", "noise")), ("match", self.match, MATCH),
+                                     ("distance", self.distance, ("cos", "mse"))):
+            if value not in allowed:
+                raise ConfigError(f"gradmm {name} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.dp_epsilon and self.init == "real":
+            raise ConfigError("gradmm with dp_epsilon: init real copies private examples into the set; use --init "
+                              "noise (only the clipped, noised gradients may read the private data)")
+
+
+MATCH = ("head", "last", "all")
+
+
+def matched_names(learner: Learner, model: torch.nn.Module, match: str) -> list[str]:
+    """The parameters whose gradients are matched: the head, the head and the last transformer block, or all."""
+    trainable = [k for k, v in model.named_parameters() if v.requires_grad]
+    if match == "all":
+        return trainable
+    head = learner.head_parameter_names(model)
+    if match == "head":
+        return head
+    blocks = sorted({int(k.split("layers.")[1].split(".")[0]) for k in trainable if "layers." in k})
+    if not blocks:
+        raise ConfigError(f"gradmm match 'last': learner {learner.name!r} has no numbered transformer layers")
+    last = f"layers.{blocks[-1]}."
+    return [k for k in trainable if last in k or (k.endswith("norm.weight") and "layers." not in k)] + head
+
+
+def projection(lm: torch.nn.Module, table: torch.Tensor, target: torch.Tensor, start_id: int, topk: int,
+               distance_weight: float, banned: torch.Tensor) -> list[int]:
+    """Token ids for one example's target embeddings [n, d], left to right: each position takes, among the LM's
+    top-k next tokens and the k tokens nearest its target, the best of log p - distance_weight * squared distance."""
+    ids, past, step = [], None, torch.tensor([[start_id]], device=table.device)
+    with torch.no_grad():
+        for t in range(target.shape[0]):
+            out = lm(input_ids=step, cache=past, use_cache=True)
+            past = out.cache
+            logp = out.logits[0, -1].float().log_softmax(-1)
+            logp[banned] = -torch.inf
+            dist = ((table - target[t]) ** 2).sum(-1)
+            dist[banned] = torch.inf
+            cands = torch.cat([logp.topk(topk).indices, dist.topk(topk, largest=False).indices])
+            score = logp[cands] - distance_weight * dist[cands]
+            best = int(cands[score.argmax()])
+            ids.append(best)
+            step = torch.tensor([[best]], device=table.device)
+    return ids
+
+
+def admm(objective: Callable[[torch.Tensor, int], torch.Tensor], project: Callable[[torch.Tensor], torch.Tensor],
+         embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, *,
+         iterations: int, embed_steps: int, lr: float, rho: float, adaptive_rho: bool,
+         progress: Callable[[int, dict], None] | None = None) -> tuple[torch.Tensor, list[dict]]:
+    """Scaled-form ADMM for  min f(x)  s.t.  x = embed(z), z discrete. ``objective(x, iteration)`` is f;
+    ``project(v)`` returns the z whose embedding is closest to v in its own sense; ``mask`` [n, L] marks the
+    positions that count. Returns the final z and one record per iteration (objective, residuals, rho)."""
+    x = x.detach().clone().requires_grad_(True)
+    u, rho0 = torch.zeros_like(x), rho
+    m = mask.unsqueeze(-1).to(x.dtype)
+    opt = torch.optim.Adam([x], lr=lr)
+    history = []
+    for it in range(iterations):
+        target = embed(z).detach()
+        for _ in range(embed_steps):
+            f = objective(x, it)
+            value = f.item()
+            check_finite("gradmm", value, it)
+            loss = f + rho / 2 * (((x - target + u) * m) ** 2).sum() / m.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        z_prev, z = z, project((x + u).detach())
+        fixed = embed(z).detach()
+        u = u + (x.detach() - fixed) * m
+        primal = float((((x.detach() - fixed) * m) ** 2).sum().sqrt())
+        dual = rho * float((((fixed - embed(z_prev).detach()) * m) ** 2).sum().sqrt())
+        history.append({"objective": value, "primal_residual": primal, "dual_residual": dual, "rho": rho,
+                        "tokens_changed": int(((z != z_prev).reshape(*mask.shape, -1).any(-1) & mask.bool()).sum())})
+        if adaptive_rho and primal > 10 * dual and rho < 1e3 * rho0:
+            rho, u = rho * 2, u / 2
+        elif adaptive_rho and dual > 10 * primal and rho > 1e-3 * rho0:
+            rho, u = rho / 2, u * 2
+        if progress:
+            progress(it, history[-1])
+    return z, history
+
+
+@register_method
+class Gradmm(Distiller):
+    name = "gradmm"
+    description = "gradient matching in a decoder LM's embedding space, projected onto readable tokens by ADMM"
+    Config = GradmmConfig
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        from ..learners.transformer import DecoderLearner
+        from ..lm import load_lm
+
+        cfg = self.config
+        if not isinstance(learner, DecoderLearner):
+            raise ConfigError(f"gradmm matches gradients of a decoder LM and projects with its likelihood: use a "
+                              f"decoder learner (smollm2-135m, or a causal LM id), not {learner.name!r}")
+        texts, pairs, labels = task.columns("train")
+        if pairs is not None:
+            raise ConfigError("gradmm writes single texts; pair tasks are not supported yet")
+        per_class = class_indices(labels, task.spec.classes, dpc)
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        lm = load_lm(learner.name, cfg.device).model
+        tok = learner.tokenizer
+        template = learner.build(task.num_classes, seed=0).to(cfg.device).eval()
+        table = template.get_input_embeddings().weight.detach().float()  # the LM's own table (same checkpoint)
+        banned = torch.tensor(sorted(set(tok.all_special_ids)), dtype=torch.long, device=cfg.device)
+        # what the LM reads before the first token
+        start_id = next(i for i in (lm.config.bos_token_id, tok.bos_token_id, tok.eos_token_id, tok.cls_token_id, 0)
+                        if i is not None)
+
+        # the starting tokens, left-padded to `length`: real examples of the class, or the LM's projection of noise
+        z, mask, source = self.start(task, per_class, dpc, learner, table, rng)
+        hard = torch.arange(task.num_classes).repeat_interleave(dpc).to(cfg.device)
+        if cfg.init == "noise":
+            noise = torch.randn(z.shape + (table.shape[1],), generator=torch.Generator().manual_seed(seed))
+            z = self.project_all(lm, table, noise.to(cfg.device) * table.std(), mask, start_id, banned)
+        real, real_y, _ = real_inputs(task, learner)
+        dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
+        noise_gen = torch.Generator().manual_seed(int(rng.integers(2**31))) if dp else None
+        state: dict = {}
+
+        def objective(x: torch.Tensor, it: int) -> torch.Tensor:
+            if state.get("it") != it:  # a fresh head and fresh real gradients once per iteration
+                model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(cfg.device).eval()
+                names = matched_names(learner, model, cfg.match)
+                params = fresh_parameters(model)
+                g_real = [self.real_gradient(learner, model, params, names, real, real_y, rows, dp, noise_gen, rng)
+                          for rows in per_class]
+                state.update(it=it, model=model, names=names, params=params, g_real=g_real)
+            total = x.new_zeros(())
+            for c in range(task.num_classes):
+                own = slice(c * dpc, (c + 1) * dpc)
+                g_syn = class_gradients(learner, state["model"], state["params"], state["names"],
+                                        {"inputs_embeds": x[own], "attention_mask": mask[own]}, hard[own], True)
+                total = total + gradient_distance(g_syn, state["g_real"][c], cfg.distance)
+            return total / task.num_classes
+
+        bar = tqdm(total=cfg.iterations, desc=f"gradmm {task.name} {dpc}/class", leave=False)
+        z, history = admm(objective, lambda v: self.project_all(lm, table, v, mask, start_id, banned),
+                          lambda ids: table[ids], table[z], z, mask, iterations=cfg.iterations,
+                          embed_steps=cfg.embed_steps, lr=cfg.lr, rho=cfg.rho, adaptive_rho=cfg.adaptive_rho,
+                          progress=lambda it, h: (bar.update(), bar.set_postfix(match=f"{h['objective']:.3f}",
+                                                                                 changed=h["tokens_changed"])))
+        bar.close()
+        out = [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip() for row, m in zip(z, mask)]
+        log = {"admm": {k: [h[k] for h in history] for k in history[0]} if history else {},
+               "matching_loss": thin([h["objective"] for h in history])}
+        if dp:
+            log["dp"] = dp
+        return self._artifact(task, seed, kind="text", texts=out, labels=hard.cpu(), log=log,
+                              **({"source_indices": source} if source else {}))
+
+    def start(self, task: Task, per_class: list[np.ndarray], dpc: int, learner: Learner, table: torch.Tensor,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
+        """Starting token ids and masks [C * dpc, length], left-padded: real examples (truncated), or for noise
+        every position, as the public length."""
+        cfg = self.config
+        n = len(per_class) * dpc
+        if cfg.init == "noise":
+            ones = torch.ones(n, cfg.length, dtype=torch.long, device=table.device)
+            return ones * 0, ones, None
+        texts, _, _ = task.columns("train")
+        picked = np.concatenate([rng.choice(rows, size=dpc, replace=False) for rows in per_class])
+        ids = [learner.tokenizer(texts[i], add_special_tokens=False)["input_ids"][: cfg.length] for i in picked]
+        z = torch.zeros(n, cfg.length, dtype=torch.long)
+        mask = torch.zeros(n, cfg.length, dtype=torch.long)
+        for r, row in enumerate(ids):
+            z[r, cfg.length - len(row):] = torch.tensor(row)
+            mask[r, cfg.length - len(row):] = 1
+        return z.to(table.device), mask.to(table.device), picked.tolist()
+
+    def project_all(self, lm: torch.nn.Module, table: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                    start_id: int, banned: torch.Tensor) -> torch.Tensor:
+        """``projection`` of every example's counted positions; padding keeps token 0."""
+        cfg = self.config
+        z = torch.zeros(mask.shape, dtype=torch.long, device=table.device)
+        for r in range(mask.shape[0]):
+            keep = mask[r].bool()
+            z[r, keep] = torch.tensor(projection(lm, table, v[r, keep].float(), start_id, cfg.topk,
+                                                 cfg.distance_weight, banned), device=table.device)
+        return z
+
+    def real_gradient(self, learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
+                      real: dict[str, torch.Tensor], real_y: torch.Tensor, rows: np.ndarray, dp: dict | None,
+                      gen: torch.Generator | None, rng: np.random.Generator) -> list[torch.Tensor | None]:
+        """The class's mean loss gradient on a real batch; with DP, the Gaussian mechanism on per-example
+        gradients clipped to ``dp_clip`` (a Poisson sample, divided by its expected size)."""
+        cfg = self.config
+        if not dp:
+            idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
+            batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
+            return [g if g is None else g.detach()
+                    for g in class_gradients(learner, model, params, names, batch, real_y[idx].to(cfg.device), False)]
+        idx = rows[rng.random(len(rows)) < dp["sampling_rate"]]
+        shapes = [params[k].shape for k in names]
+        flat = [torch.cat([g.flatten() for g in class_gradients(
+            learner, model, params, names, {k: v[[i]].to(cfg.device) for k, v in real.items()},
+            real_y[[i]].to(cfg.device), False)]) for i in idx]
+        rows_g = torch.stack(flat) if flat else torch.zeros(0, sum(s.numel() for s in shapes), device=cfg.device)
+        mean = noisy_mean(rows_g, cfg.dp_clip, dp["noise_multiplier"], dp["sampling_rate"] * len(rows), gen)
+        return [part.view(s) for part, s in zip(torch.split(mean, [s.numel() for s in shapes]), shapes)]
+
+    def dp_plan(self, per_class: list[np.ndarray]) -> dict:
+        """One Poisson-subsampled Gaussian release of clipped gradients per iteration (the classes are disjoint
+        and compose in parallel), at the largest per-class sampling rate."""
+        cfg = self.config
+        rate = max(min(1.0, cfg.real_batch / len(rows)) for rows in per_class)
+        sigma = noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, cfg.iterations)
+        return {"mechanism": "Gaussian on clipped per-example loss gradients, Poisson-subsampled; RDP accountant "
+                             "(dp-accounting)", "epsilon": epsilon(sigma, cfg.dp_delta, rate, cfg.iterations),
+                "delta": cfg.dp_delta, "noise_multiplier": sigma, "clip": cfg.dp_clip, "sampling_rate": rate,
+                "steps": cfg.iterations}

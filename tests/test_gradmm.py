@@ -1,0 +1,101 @@
+"""gradmm: gradient matching in a decoder LM's embedding space, projected onto tokens by ADMM (tiny Llama)."""
+
+import pytest
+import torch
+
+from textdistill.errors import ConfigError
+from textdistill.learners import get_learner
+from textdistill.methods import get_method
+from textdistill.methods.dc import class_gradients, gradient_distance
+from textdistill.methods.gradmm import admm, matched_names, projection
+from textdistill.privacy import epsilon, noise_multiplier
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tiny_generator):
+    learner = get_learner(tiny_generator)  # a causal LM folder becomes a decoder classifier
+    assert type(learner).__name__ == "DecoderLearner"
+    return learner
+
+
+def test_matching_loss_is_zero_when_the_synthetic_embeddings_are_a_real_batch(tiny_decoder):
+    """Synthetic rows are left-padded embeddings; a real batch is right-padded token ids: same gradients."""
+    learner = tiny_decoder
+    model = learner.build(2, seed=0).eval()
+    params = {k: v.detach().requires_grad_(True) for k, v in model.named_parameters()}
+    texts = ["a good film", "a dull , overlong and tiresome film"]
+    real = learner.encode(texts)
+    y = torch.tensor([1, 1])
+    for match in ("head", "last", "all"):
+        names = [k for k in matched_names(learner, model, match) if "embed_tokens" not in k]
+        g_real = class_gradients(learner, model, params, names, real, y, False)
+        length = real["input_ids"].shape[1]
+        ids = torch.zeros_like(real["input_ids"])
+        mask = torch.zeros_like(real["attention_mask"])
+        for r, row in enumerate(real["input_ids"]):
+            kept = row[real["attention_mask"][r].bool()]
+            ids[r, length - len(kept):], mask[r, length - len(kept):] = kept, 1
+        embeds = model.get_input_embeddings().weight[ids].detach()
+        g_syn = class_gradients(learner, model, params, names, {"inputs_embeds": embeds, "attention_mask": mask}, y,
+                                True)
+        scale = float(sum((g**2).sum() for g in g_real))
+        assert float(gradient_distance(g_syn, g_real, "mse").detach()) < 1e-8 * scale
+        # cos counts rows where both gradients are zero as distance 1 (the reference's rule): equal to self-distance
+        same = float(gradient_distance(g_real, g_real, "cos"))
+        assert float(gradient_distance(g_syn, g_real, "cos").detach()) == pytest.approx(same, abs=1e-4)
+        other = class_gradients(learner, model, params, names, {"inputs_embeds": embeds, "attention_mask": mask},
+                                torch.tensor([0, 0]), True)
+        assert float(gradient_distance(other, g_real, "mse").detach()) > 0.1 * scale  # the other class's gradient differs
+
+
+def test_projection_gives_valid_ids_the_greedy_lm_without_distance_and_nearest_tokens_with_it(tiny_decoder):
+    from textdistill.lm import load_lm
+
+    lm = load_lm(tiny_decoder.name).model
+    table = lm.get_input_embeddings().weight.detach()
+    banned = torch.tensor(sorted(set(tiny_decoder.tokenizer.all_special_ids)))
+    target = table[torch.tensor([2000, 3000, 4000, 5000, 6000])]
+    greedy = projection(lm, table, target, 101, topk=8, distance_weight=0.0, banned=banned)
+    assert all(0 <= i < len(table) and i not in banned.tolist() for i in greedy)
+    out = lm.generate(torch.tensor([[101]]), do_sample=False, max_new_tokens=5, min_new_tokens=5,
+                      suppress_tokens=banned.tolist(), pad_token_id=0)
+    assert greedy == out[0, 1:].tolist()
+    assert projection(lm, table, target, 101, topk=8, distance_weight=1e4, banned=banned) == [2000, 3000, 4000, 5000,
+                                                                                               6000]
+
+
+def test_admm_converges_on_a_convex_toy_problem():
+    """min ||x - a||^2 s.t. x >= 0 (projection: clamp): ADMM reaches max(a, 0), and both residuals vanish."""
+    a = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0))
+    z, history = admm(lambda x, it: ((x - a) ** 2).sum(), lambda v: v.clamp(min=0), lambda z: z, torch.zeros_like(a),
+                      torch.zeros_like(a), torch.ones(1, 4), iterations=100, embed_steps=20, lr=0.02, rho=1.0,
+                      adaptive_rho=False)
+    torch.testing.assert_close(z, a.clamp(min=0), atol=1e-2, rtol=0)  # Adam's inexact inner solves: not exact
+    assert history[-1]["primal_residual"] < 1e-2 and history[-1]["dual_residual"] < 1e-2
+    assert history[-1]["primal_residual"] < history[0]["primal_residual"]
+
+
+def test_dp_noise_matches_the_accountant_and_real_init_is_refused():
+    with pytest.raises(ConfigError, match="init real copies private examples"):
+        get_method("gradmm", dp_epsilon=8)
+    method = get_method("gradmm", dp_epsilon=4, dp_delta=1e-5, init="noise", iterations=20, real_batch=30)
+    plan = method.dp_plan([range(300), range(200)])  # the larger rate counts: 30 / 200
+    assert plan["sampling_rate"] == pytest.approx(0.15) and plan["steps"] == 20
+    assert plan["noise_multiplier"] == pytest.approx(noise_multiplier(4, 1e-5, 0.15, 20))
+    assert plan["epsilon"] == pytest.approx(epsilon(plan["noise_multiplier"], 1e-5, 0.15, 20)) and plan["epsilon"] <= 4
+    assert epsilon(plan["noise_multiplier"] * 0.99, 1e-5, 0.15, 20) > 4 * 0.995  # the smallest sigma, not any
+
+
+def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tmp_path):
+    from textdistill.cli import main
+
+    ds = get_method("gradmm", dp_epsilon=8, init="noise", iterations=2, embed_steps=1, length=6,
+                    real_batch=4).distill(mr_small, 2, tiny_decoder, seed=0)
+    assert ds.kind == "text" and len(ds.texts) == 4 and all(ds.texts) and ds.log["dp"]["epsilon"] <= 8
+    ds.save(tmp_path / "set")
+    main(["show", str(tmp_path / "set")])
+
+
+def test_an_encoder_learner_is_refused(mr_small):
+    with pytest.raises(ConfigError, match="decoder learner"):
+        get_method("gradmm").distill(mr_small, 1, get_learner("minilm"))
