@@ -54,14 +54,16 @@ def test_projection_gives_valid_ids_the_greedy_lm_without_distance_and_nearest_t
     lm = load_lm(tiny_decoder.name).model
     table = lm.get_input_embeddings().weight.detach()
     banned = torch.tensor(sorted(set(tiny_decoder.tokenizer.all_special_ids)))
-    target = table[torch.tensor([2000, 3000, 4000, 5000, 6000])]
-    greedy = projection(lm, table, target, 101, topk=8, distance_weight=0.0, banned=banned)
-    assert all(0 <= i < len(table) and i not in banned.tolist() for i in greedy)
-    out = lm.generate(torch.tensor([[101]]), do_sample=False, max_new_tokens=5, min_new_tokens=5,
-                      suppress_tokens=banned.tolist(), pad_token_id=0)
-    assert greedy == out[0, 1:].tolist()
-    assert projection(lm, table, target, 101, topk=8, distance_weight=1e4, banned=banned) == [2000, 3000, 4000, 5000,
-                                                                                               6000]
+    ids = torch.tensor([[0, 0, 2000, 3000, 4000], [5000, 6000, 7000, 8000, 9000]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # left-padded, as synthetic rows are
+    greedy = projection(lm, table, table[ids], mask, 101, topk=8, distance_weight=0.0, banned=banned)
+    assert (greedy[mask == 0] == 0).all() and not torch.isin(greedy[mask == 1], banned).any()
+    for row, m in zip(greedy, mask):  # each row: the LM's greedy continuation of the start token, alone
+        out = lm.generate(torch.tensor([[101]]), do_sample=False, max_new_tokens=int(m.sum()),
+                          min_new_tokens=int(m.sum()), suppress_tokens=banned.tolist(), pad_token_id=0)
+        assert row[m.bool()].tolist() == out[0, 1:].tolist()
+    nearest = projection(lm, table, table[ids], mask, 101, topk=8, distance_weight=1e4, banned=banned)
+    assert torch.equal(nearest, ids * mask)
 
 
 def test_admm_converges_on_a_convex_toy_problem():

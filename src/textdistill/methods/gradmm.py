@@ -35,15 +35,15 @@ from ..synthetic import DistilledDataset
 from ..train import Params, batch_of
 from . import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
 from .dc import class_gradients, gradient_distance
-from .space import fresh_parameters, real_inputs
+from .space import real_inputs
 
 
 @dataclass
 class GradmmConfig(MethodConfig):
     init: str = field(default="real", metadata={"help": "real (random real examples) or noise (refused with DP)"})
     length: int = field(default=24, metadata={"ge": 2, "help": "tokens per synthetic example (at most)"})
-    iterations: int = field(default=30, metadata={"ge": 1, "help": "ADMM iterations"})
-    embed_steps: int = field(default=5, metadata={"ge": 1, "help": "Adam steps on the embeddings per iteration"})
+    iterations: int = field(default=20, metadata={"ge": 1, "help": "ADMM iterations"})
+    embed_steps: int = field(default=3, metadata={"ge": 1, "help": "Adam steps on the embeddings per iteration"})
     lr: float = field(default=0.01, metadata={"gt": 0, "help": "Adam learning rate of the embeddings"})
     rho: float = field(default=1.0, metadata={"gt": 0, "help": "initial ADMM penalty"})
     adaptive_rho: bool = field(default=True, metadata={"help": "residual balancing of rho"})
@@ -88,25 +88,33 @@ def matched_names(learner: Learner, model: torch.nn.Module, match: str) -> list[
     return [k for k in trainable if last in k or (k.endswith("norm.weight") and "layers." not in k)] + head
 
 
-def projection(lm: torch.nn.Module, table: torch.Tensor, target: torch.Tensor, start_id: int, topk: int,
-               distance_weight: float, banned: torch.Tensor) -> list[int]:
-    """Token ids for one example's target embeddings [n, d], left to right: each position takes, among the LM's
-    top-k next tokens and the k tokens nearest its target, the best of log p - distance_weight * squared distance."""
-    ids, past, step = [], None, torch.tensor([[start_id]], device=table.device)
+def projection(lm: torch.nn.Module, table: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, start_id: int,
+               topk: int, distance_weight: float, banned: torch.Tensor) -> torch.Tensor:
+    """Token ids [n, L] for target embeddings [n, L, d] whose counted positions (``mask``, left-padded) are
+    filled left to right: each takes, among the LM's top-k next tokens and the k tokens nearest its target, the
+    best of  log p(z | the tokens before) - distance_weight * ||target - emb(z)||^2. All rows advance together:
+    a row's LM context starts with ``start_id`` just before its first counted position (padding is masked; the
+    LM's rotary positions make the left offset harmless). Padding keeps token 0."""
+    n, length = mask.shape
+    first = length - mask.sum(1)  # each row's first counted position
+    z = torch.zeros(n, length, dtype=torch.long, device=table.device)
+    sq_norms = (table**2).sum(-1)
+    cache, seen = None, torch.zeros(n, 0, dtype=torch.long, device=table.device)
     with torch.no_grad():
-        for t in range(target.shape[0]):
-            out = lm(input_ids=step, cache=past, use_cache=True)
-            past = out.cache
-            logp = out.logits[0, -1].float().log_softmax(-1)
-            logp[banned] = -torch.inf
-            dist = ((table - target[t]) ** 2).sum(-1)
-            dist[banned] = torch.inf
-            cands = torch.cat([logp.topk(topk).indices, dist.topk(topk, largest=False).indices])
-            score = logp[cands] - distance_weight * dist[cands]
-            best = int(cands[score.argmax()])
-            ids.append(best)
-            step = torch.tensor([[best]], device=table.device)
-    return ids
+        for t in range(length):
+            prev = z[:, t - 1] if t else torch.zeros_like(first)
+            step = torch.where(t == first, start_id, torch.where(t > first, prev, 0))
+            seen = torch.cat([seen, (t >= first).long().unsqueeze(1)], 1)
+            out = lm(input_ids=step.unsqueeze(1), attention_mask=seen, cache=cache, use_cache=True)
+            cache = out.cache
+            logp = out.logits[:, -1].float().log_softmax(-1)
+            logp[:, banned] = -torch.inf
+            dist = sq_norms - 2 * target[:, t].float() @ table.T + (target[:, t].float() ** 2).sum(-1, keepdim=True)
+            dist[:, banned] = torch.inf
+            cands = torch.cat([logp.topk(topk).indices, dist.topk(topk, largest=False).indices], 1)
+            score = logp.gather(1, cands) - distance_weight * dist.gather(1, cands)
+            z[:, t] = torch.where(mask[:, t].bool(), cands.gather(1, score.argmax(1, keepdim=True)).squeeze(1), 0)
+    return z
 
 
 def admm(objective: Callable[[torch.Tensor, int], torch.Tensor], project: Callable[[torch.Tensor], torch.Tensor],
@@ -179,9 +187,10 @@ class Gradmm(Distiller):
         # the starting tokens, left-padded to `length`: real examples of the class, or the LM's projection of noise
         z, mask, source = self.start(task, per_class, dpc, learner, table, rng)
         hard = torch.arange(task.num_classes).repeat_interleave(dpc).to(cfg.device)
+        project = lambda v: projection(lm, table, v, mask, start_id, cfg.topk, cfg.distance_weight, banned)  # noqa: E731
         if cfg.init == "noise":
             noise = torch.randn(z.shape + (table.shape[1],), generator=torch.Generator().manual_seed(seed))
-            z = self.project_all(lm, table, noise.to(cfg.device) * table.std(), mask, start_id, banned)
+            z = project(noise.to(cfg.device) * table.std())
         real, real_y, _ = real_inputs(task, learner)
         dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
         noise_gen = torch.Generator().manual_seed(int(rng.integers(2**31))) if dp else None
@@ -191,7 +200,9 @@ class Gradmm(Distiller):
             if state.get("it") != it:  # a fresh head and fresh real gradients once per iteration
                 model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(cfg.device).eval()
                 names = matched_names(learner, model, cfg.match)
-                params = fresh_parameters(model)
+                # only the matched tensors are leaves that take gradients: the rest of the body stays constant
+                params = {**dict(model.named_buffers()), **{k: v.detach() for k, v in model.named_parameters()}}
+                params.update({k: params[k].clone().requires_grad_(True) for k in names})
                 g_real = [self.real_gradient(learner, model, params, names, real, real_y, rows, dp, noise_gen, rng)
                           for rows in per_class]
                 state.update(it=it, model=model, names=names, params=params, g_real=g_real)
@@ -200,12 +211,18 @@ class Gradmm(Distiller):
                 own = slice(c * dpc, (c + 1) * dpc)
                 g_syn = class_gradients(learner, state["model"], state["params"], state["names"],
                                         {"inputs_embeds": x[own], "attention_mask": mask[own]}, hard[own], True)
-                total = total + gradient_distance(g_syn, state["g_real"][c], cfg.distance)
+                total = total + gradient_distance(g_syn, state["g_real"][c], cfg.distance) / scale(state["g_real"][c])
             return total / task.num_classes
 
+        def scale(g_real: list[torch.Tensor]) -> float:
+            """The distance's size, so that the matching term is O(1) beside the ADMM penalty: cos sums one term
+            per matrix row; mse is taken relative to the real gradient's squared norm."""
+            if cfg.distance == "cos":
+                return float(sum(g.shape[0] for g in g_real if g.dim() > 1))
+            return float(sum((g**2).sum() for g in g_real)) + 1e-12
+
         bar = tqdm(total=cfg.iterations, desc=f"gradmm {task.name} {dpc}/class", leave=False)
-        z, history = admm(objective, lambda v: self.project_all(lm, table, v, mask, start_id, banned),
-                          lambda ids: table[ids], table[z], z, mask, iterations=cfg.iterations,
+        z, history = admm(objective, project, lambda ids: table[ids], table[z], z, mask, iterations=cfg.iterations,
                           embed_steps=cfg.embed_steps, lr=cfg.lr, rho=cfg.rho, adaptive_rho=cfg.adaptive_rho,
                           progress=lambda it, h: (bar.update(), bar.set_postfix(match=f"{h['objective']:.3f}",
                                                                                  changed=h["tokens_changed"])))
@@ -236,17 +253,6 @@ class Gradmm(Distiller):
             z[r, cfg.length - len(row):] = torch.tensor(row)
             mask[r, cfg.length - len(row):] = 1
         return z.to(table.device), mask.to(table.device), picked.tolist()
-
-    def project_all(self, lm: torch.nn.Module, table: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                    start_id: int, banned: torch.Tensor) -> torch.Tensor:
-        """``projection`` of every example's counted positions; padding keeps token 0."""
-        cfg = self.config
-        z = torch.zeros(mask.shape, dtype=torch.long, device=table.device)
-        for r in range(mask.shape[0]):
-            keep = mask[r].bool()
-            z[r, keep] = torch.tensor(projection(lm, table, v[r, keep].float(), start_id, cfg.topk,
-                                                 cfg.distance_weight, banned), device=table.device)
-        return z
 
     def real_gradient(self, learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
                       real: dict[str, torch.Tensor], real_y: torch.Tensor, rows: np.ndarray, dp: dict | None,
