@@ -101,3 +101,12 @@ def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tm
 def test_an_encoder_learner_is_refused(mr_small):
     with pytest.raises(ConfigError, match="decoder learner"):
         get_method("gradmm").distill(mr_small, 1, get_learner("minilm"))
+
+
+def test_perplexity_is_lower_for_text_the_lm_wrote(tiny_decoder):
+    from textdistill.lm import load_lm
+
+    lm = load_lm(tiny_decoder.name)
+    ids = lm.model.generate(torch.tensor([[101]]), do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0)
+    written = lm.tokenizer.decode(ids[0, 1:], skip_special_tokens=True)
+    assert lm.perplexity([written]) < lm.perplexity(["a warm , funny and moving film about two brothers"])

@@ -55,6 +55,22 @@ class CausalLM:
         return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+    def perplexity(self, texts: list[str]) -> float:
+        """exp of the mean token negative log-likelihood of ``texts`` (each read after the BOS/EOS token)."""
+        import torch
+
+        start = next(i for i in (self.model.config.bos_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for text in texts:
+                ids = torch.tensor([[start] + self.tokenizer(text, add_special_tokens=False)["input_ids"]],
+                                   device=self.device)
+                logp = self.model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+                total -= float(logp.gather(1, ids[0, 1:, None]).sum())
+                count += ids.shape[1] - 1
+        return float(torch.tensor(total / max(1, count)).exp())
+
+
 @lru_cache(maxsize=2)
 def load_lm(name: str = "smollm2-135m", device: str = "cpu") -> CausalLM:
     """One loaded copy per (name, device) per process."""
