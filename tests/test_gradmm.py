@@ -88,7 +88,7 @@ def test_dp_noise_matches_the_accountant_and_real_init_is_refused():
     assert epsilon(plan["noise_multiplier"] * 0.99, 1e-5, 0.15, 20) > 4 * 0.995  # the smallest sigma, not any
 
 
-def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tmp_path):
+def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tmp_path, capsys):
     from textdistill.cli import main
 
     ds = get_method("gradmm", dp_epsilon=8, init="noise", iterations=2, embed_steps=1, length=6,
@@ -96,6 +96,7 @@ def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tm
     assert ds.kind == "text" and len(ds.texts) == 4 and all(ds.texts) and ds.log["dp"]["epsilon"] <= 8
     ds.save(tmp_path / "set")
     main(["show", str(tmp_path / "set")])
+    assert f"({ds.log['dp']['epsilon']:.2f}, 1e-05)-DP over 2 releases" in capsys.readouterr().out
 
 
 def test_an_encoder_learner_is_refused(mr_small):

@@ -208,6 +208,10 @@ def cmd_show(args: argparse.Namespace) -> None:
     ds = DistilledDataset.load(args.dir)
     print(f"{args.dir}: {ds.kind} set, {len(ds)} examples, method {ds.method}, task {ds.task.get('name')}, "
           f"seed {ds.seed}{', soft labels' if ds.labels.dtype.is_floating_point else ''}")
+    if "dp" in ds.log:
+        dp = ds.log["dp"]
+        print(f"differentially private: ({dp['epsilon']:.2f}, {dp['delta']:g})-DP over {dp['steps']} releases "
+              f"(noise multiplier {dp['noise_multiplier']:.3f}, clip {dp['clip']:g}; {dp['mechanism']})")
     if ds.kind == "text":
         rows = [(ds.label_names[y], t if p is None else f"{t} ||| {p}")
                 for y, t, p in zip(ds.hard_labels.tolist(), ds.texts, ds.text_pairs or [None] * len(ds))]
