@@ -275,3 +275,45 @@ def test_cell_keys_follow_the_task_content(tmp_path):
     after = [(c.key(suite), c.entry is None or c.set_key(suite)) for c in plan(suite)]
     assert all(b[0] != a[0] for b, a in zip(before, after))
     assert before[1][1] != after[1][1]
+
+
+def test_a_ray_run_equals_the_serial_run_and_resumes(tmp_path, monkeypatch):
+    """Cells as Ray tasks on a local instance: the same cell files and records as a serial run (each run with its
+    own fresh cache, so nothing is read back), and a run that lost cells redoes only those."""
+    from textdistill.resources import cache_dir
+
+    suite = tiny_smoke(methods=["herding", "kmeans"])
+
+    def fresh_cache(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "downloads").symlink_to(cache_dir() / "downloads")
+        monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path / name))
+
+    fresh_cache("serial-cache")
+    serial = run_suite(suite, tmp_path / "serial", progress=False)
+    fresh_cache("ray-cache")
+    on_ray = run_suite(suite, tmp_path / "ray", progress=False, ray="local")
+    cells = sorted(p.name for p in (tmp_path / "serial" / "cells").glob("*.json"))
+    assert cells == sorted(p.name for p in (tmp_path / "ray" / "cells").glob("*.json")) and not on_ray["missing"]
+
+    def accuracies(results):
+        return sorted((r["method"], r["dpc"] or 0, [run["accuracy"] for run in r["runs"]]) for r in results["records"])
+
+    assert accuracies(on_ray) == accuracies(serial)
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "cells").glob("*.json")}
+    lost = sorted(kept)[:2]
+    for p in lost:  # as if the run had been killed before these finished
+        p.unlink()
+    again = run_suite(suite, tmp_path / "ray", progress=False, ray="local")
+    assert accuracies(again) == accuracies(serial)
+    assert all(p.exists() and (p in lost or p.stat().st_mtime_ns == kept[p]) for p in kept)
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, cache, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "ray" else real_import(name, *a, **k))
+    with pytest.raises(ConfigError, match=r"pip install 'textdistill\[ray\]'"):
+        run_suite(tiny_smoke(methods=["herding"]), tmp_path / "out", progress=False, ray="local")

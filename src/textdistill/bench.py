@@ -301,11 +301,14 @@ class Runner:
 
 
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[int, int] = (0, 1),
-              progress: bool = True, distill_only: bool = False) -> dict:
+              progress: bool = True, distill_only: bool = False, ray: str | None = None,
+              cpus_per_cell: int = 1) -> dict:
     """Run (or resume) every cell of this shard, then write ``results.json`` from all finished cells.
 
     ``distill_only`` saves the distilled sets and evaluates nothing: a later run (on another machine, with the
-    ``sets/`` folder) evaluates them without distilling again.
+    ``sets/`` folder) evaluates them without distilling again. ``ray`` runs the cells as Ray tasks ("local"
+    starts a Ray instance on this machine; otherwise the address of a cluster to join), ``cpus_per_cell`` CPUs
+    each (and a GPU each on ``cuda``); the driver writes every finished cell exactly as a serial run would.
     """
     from .learners import get_learner
     from .measure import environment
@@ -319,7 +322,6 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     index, count = shard
     mine = [c for i, c in enumerate(plan(suite)) if i % count == index]
     todo = [c for c in mine if read_cell(out / "cells" / f"{c.key(suite)}.json", "it is run again") is None]
-    runner = Runner(suite, out, device)
     env = environment()
     costs = CostModel()
     for c in mine:
@@ -331,24 +333,90 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
               f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite)}", file=sys.stderr)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
                disable=not progress)
-    for i, cell in enumerate(todo):
-        left = costs.estimate(todo[i:], suite)[0]
-        bar.set_postfix_str(cell.describe(suite) + (f"; about {duration(left)} left" if left else ""))
-        if distill_only:
-            if cell.entry is not None:
-                runner.distilled(cell)
-            bar.update()
-            continue
-        start = time.time()
-        records = runner.run_cell(cell)
-        doc = {"key": cell.key(suite), "cell": cell.describe(suite), "environment": env, "device": device,
-               "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "seconds": round(time.time() - start, 1), "records": records}
-        atomic_write(out / "cells" / f"{doc['key']}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
-        costs.add(cell.kind(suite), doc["seconds"])
+
+    def finish(cell: Cell, records: list[dict] | None, seconds: float) -> None:
+        if records is not None:
+            doc = {"key": cell.key(suite), "cell": cell.describe(suite), "environment": env, "device": device,
+                   "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                   "seconds": round(seconds, 1), "records": records}
+            atomic_write(out / "cells" / f"{doc['key']}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
+            costs.add(cell.kind(suite), doc["seconds"])
         bar.update()
+
+    def status(i: int) -> None:  # what runs next (all that is left, on Ray) and the estimate of the rest
+        left = costs.estimate(todo[i:], suite)[0]
+        now = f"{len(todo) - i} cells queued or running" if ray else todo[i].describe(suite)
+        bar.set_postfix_str(now + (f"; about {duration(left)} left" if left else ""))
+
+    run = run_on_ray(ray, cpus_per_cell) if ray else run_here
+    for i, (cell, records, seconds) in enumerate(run(suite, out, device, todo, distill_only)):
+        if i == 0:
+            status(0)
+        finish(cell, records, seconds)
+        if i + 1 < len(todo):
+            status(i + 1)
     bar.close()
     return collect(suite, out)
+
+
+def run_cell(suite: Suite, out: str | Path, device: str, cell: Cell, distill_only: bool,
+             runner: "Runner | None" = None) -> tuple[Cell, list[dict] | None, float]:
+    """One cell: its records and seconds (None records for a distill-only cell: its set is saved, no more)."""
+    runner = runner or Runner(suite, out, device)
+    start = time.time()
+    if distill_only:
+        if cell.entry is not None:
+            runner.distilled(cell)
+        return cell, None, time.time() - start
+    return cell, runner.run_cell(cell), time.time() - start
+
+
+def run_here(suite: Suite, out: Path, device: str, todo: list[Cell], distill_only: bool):
+    runner = Runner(suite, out, device)  # tasks and learners loaded once for every cell
+    for cell in todo:
+        yield run_cell(suite, out, device, cell, distill_only, runner)
+
+
+def run_on_ray(address: str, cpus_per_cell: int):
+    """Cells as Ray tasks, yielded as they finish. Ray is an optional extra: its absence is a clear error."""
+    import os
+
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("bench --ray needs Ray: pip install 'textdistill[ray]'") from None
+
+    def on_ray(suite: Suite, out: Path, device: str, todo: list[Cell], distill_only: bool):
+        if not todo:
+            return
+        started = not ray.is_initialized()
+        if started:  # the workers see this process's cache and offline settings
+            env = {k: v for k, v in os.environ.items() if k.startswith(("TEXTDISTILL_", "HF_"))}
+            ray.init(address=None if address == "local" else address, runtime_env={"env_vars": env},
+                     include_dashboard=False, log_to_driver=False)
+        task = ray.remote(num_cpus=cpus_per_cell, num_gpus=1 if device.startswith("cuda") else 0)(ray_cell)
+        try:
+            pending = {task.remote(suite, str(out), device, cell, distill_only, cpus_per_cell): cell
+                       for cell in todo}
+            while pending:
+                (done,), _ = ray.wait(list(pending), num_returns=1)
+                pending.pop(done)
+                yield ray.get(done)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if started:
+                ray.shutdown()
+
+    return on_ray
+
+
+def ray_cell(suite: Suite, out: str, device: str, cell: Cell, distill_only: bool, threads: int):
+    """A cell in a Ray worker, with torch held to the CPUs Ray granted it."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_cell(suite, out, device, cell, distill_only)
 
 
 def cell_seconds(doc: dict) -> float:

@@ -288,7 +288,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.report_only:
         collect(suite, args.out)
     else:
-        run_suite(suite, args.out, device=args.device, shard=_parse_shard(args.shard), distill_only=args.distill_only)
+        run_suite(suite, args.out, device=args.device, shard=_parse_shard(args.shard), distill_only=args.distill_only,
+                  ray=args.ray, cpus_per_cell=args.cpus_per_cell)
     if args.distill_only:
         print(f"sets saved under {args.out}/sets; run again without --distill-only to evaluate them")
         return
@@ -393,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report-only", action="store_true", help="collect finished cells and render, run nothing")
     s.add_argument("--learners", help="evaluate with these learners (comma-separated) instead of the suite's; the "
                    "methods still work with the suite's first learner, so its sets are shared")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the cells as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS "
+                        "(pip install 'textdistill[ray]')")
+    s.add_argument("--cpus-per-cell", type=int, default=1, help="CPUs a Ray cell asks for (default 1)")
     s.add_argument("--distill-only", action="store_true",
                    help="save the distilled sets, evaluate nothing (evaluate later, e.g. on a GPU)")
 
