@@ -110,6 +110,7 @@ def check_tasks(data_dir: str | None) -> None:
 
 
 def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
+    from .distributed import init_from_env, is_main, world
     from .learners import get_learner
     from .measure import Meter
     from .methods import METHODS, get_method
@@ -138,9 +139,14 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     learner = get_learner(args.learner)
     distiller = get_method(args.method, **options)
     task = _load_task(args)
+    init_from_env(str(options.get("device", "cpu")))  # under torchrun: one rank of a data-parallel run
     with Meter() as meter:
         ds = distiller.distill(task, args.dpc, learner, seed=args.seed)
+    if not is_main():
+        return  # rank 0 writes the set
     ds.log["distill_step"] = meter.result()
+    if world()[1] > 1:
+        ds.log["data_parallel_ranks"] = world()[1]
     path = ds.save(args.out, overwrite=args.overwrite)
     print(f"distilled {task.name} with {args.method}: {len(ds)} examples ({args.dpc} per class) in "
           f"{meter.summary()} -> {path}")

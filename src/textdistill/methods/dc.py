@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import Task
+from ..distributed import shard, sum_across
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
@@ -65,6 +66,20 @@ def class_gradients(learner: Learner, model: torch.nn.Module, params: Params, na
     return list(torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph, allow_unused=True))
 
 
+def real_gradient(learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
+                  real: dict[str, torch.Tensor], real_y: torch.Tensor, idx: torch.Tensor,
+                  device: str) -> list[torch.Tensor | None]:
+    """The mean loss gradient over the real rows ``idx`` (detached). Under torchrun each rank takes its shard of
+    the rows and the weighted shard gradients are summed across ranks: the same mean, computed in parallel."""
+    mine = shard(idx)
+    weight = len(mine) / len(idx)
+    if not len(mine):  # more ranks than rows: this rank adds nothing, through the same graph as the others
+        mine = idx[:1]
+    batch = {k: v.to(device) for k, v in batch_of(real, mine).items()}
+    grads = class_gradients(learner, model, params, names, batch, real_y[mine].to(device), create_graph=False)
+    return sum_across([None if g is None else g.detach() * weight for g in grads])
+
+
 @register_method
 class DC(Distiller):
     name = "dc"
@@ -79,9 +94,7 @@ class DC(Distiller):
         labels = syn.labels()
         for c, rows in enumerate(per_class):
             idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
-            batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
-            g_real = [g if g is None else g.detach() for g in class_gradients(learner, model, params, names, batch,
-                                                          real_y[idx].to(cfg.device), create_graph=False)]
+            g_real = real_gradient(learner, model, params, names, real, real_y, idx, cfg.device)
             own = syn.rows_of(c)
             g_syn = class_gradients(learner, model, params, names, syn.inputs(own), labels[own], create_graph=True)
             total = total + gradient_distance(g_syn, g_real, cfg.distance)

@@ -38,9 +38,10 @@ from ..errors import DataError, ResourceMissing
 from ..learners import Learner
 from ..resources import cache_dir, model_revision, resolve_model
 from ..synthetic import DistilledDataset, check_output, write_folder
-from ..train import Recipe, batch_of, train
+from ..train import Recipe, train
 from . import Distiller, MethodConfig, class_indices, descend, register_method, thin
 from .coreset import KMeansNearest
+from .dc import real_gradient
 from .space import fresh_parameters, real_inputs
 
 SEP = "<sep>"
@@ -278,9 +279,8 @@ class DiLM(Distiller):
         frozen = {k: (v if k in names else v.detach()) for k, v in params.items()}
         for label, rows in enumerate(teachers):
             idx = torch.from_numpy(rng.choice(rows, size=min(c.real_batch, len(rows)), replace=False))
-            batch = {k: v.to(c.device) for k, v in batch_of(real, idx).items()}
-            loss = F.cross_entropy(learner.forward(model, frozen, batch), real_y[idx].to(c.device))
-            g_real = torch.cat([g.flatten() for g in torch.autograd.grad(loss, [frozen[k] for k in names])]).detach()
+            g_real = torch.cat([g.flatten() for g in real_gradient(learner, model, frozen, names, real, real_y, idx,
+                                                                   c.device)])
             texts, pairs = pool[label]
             sl = slice(at * c.syn_batch, (at + 1) * c.syn_batch)
             texts, pairs = texts[sl], None if pairs is None else pairs[sl]

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
+from ..distributed import gather_rows, shard
 from ..privacy import epsilon, noise_multiplier, noisy_mean
 from ..learners import Learner
 from ..synthetic import DistilledDataset
@@ -102,9 +103,11 @@ class DM(Distiller):
                     idx = torch.from_numpy(rows[rng.random(len(rows)) < dp["sampling_rate"]])
                 else:
                     idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
-                with torch.no_grad():
-                    real_emb = learner.embed(model, params, {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}) \
-                        if len(idx) else None  # a Poisson sample can be empty: the release is then noise alone
+                with torch.no_grad():  # each rank embeds its shard of the batch (all of it in one process)
+                    mine = shard(idx)
+                    real_emb = gather_rows(learner.embed(model, params, {k: v.to(cfg.device) for k, v in batch_of(
+                        real, mine if len(mine) else idx[:1]).items()})[: len(mine)]) if len(idx) else None
+                # a Poisson sample can be empty: the release is then noise alone
                 syn_emb = learner.embed(model, params, syn.inputs(syn.rows_of(c)))
                 if dp:
                     rows_emb = syn_emb.new_zeros((0, syn_emb.shape[-1])) if real_emb is None else real_emb

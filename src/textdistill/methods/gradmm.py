@@ -32,9 +32,9 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..privacy import epsilon, noise_multiplier, noisy_mean
 from ..synthetic import DistilledDataset
-from ..train import Params, batch_of
+from ..train import Params
 from . import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
-from .dc import class_gradients, gradient_distance
+from .dc import class_gradients, gradient_distance, real_gradient
 from .space import real_inputs
 
 
@@ -262,9 +262,7 @@ class Gradmm(Distiller):
         cfg = self.config
         if not dp:
             idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
-            batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
-            return [g if g is None else g.detach()
-                    for g in class_gradients(learner, model, params, names, batch, real_y[idx].to(cfg.device), False)]
+            return real_gradient(learner, model, params, names, real, real_y, idx, cfg.device)
         idx = rows[rng.random(len(rows)) < dp["sampling_rate"]]
         shapes = [params[k].shape for k in names]
         flat = [torch.cat([g.flatten() for g in class_gradients(

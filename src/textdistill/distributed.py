@@ -1,0 +1,56 @@
+"""Data-parallel distillation under ``torchrun --nproc_per_node N`` (or ``accelerate launch``).
+
+Every rank runs the same method with the same seed, so every random choice (real batches, learner
+initialisations, the synthetic set itself) is identical across ranks; only the real data's work is split: each
+rank takes every N-th row of a real batch, and the statistics (``gather_rows``) and gradients (``sum_across``)
+are combined, so the result equals a single process's up to floating-point order. Rank 0 writes the artifact.
+Backend gloo on CPU, nccl on GPUs. Without a process group everything here is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) outside a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def init_from_env(device: str = "cpu") -> bool:
+    """Join the process group that torchrun or accelerate describe in the environment (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def shard(idx: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a real batch: every N-th from its rank."""
+    rank, size = world()
+    return idx[rank::size]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of a statistic, in rank order (a shard may be empty)."""
+    if world()[1] == 1:
+        return x
+    parts: list = [None] * world()[1]
+    dist.all_gather_object(parts, x.detach().cpu())
+    return torch.cat(parts).to(x.device)
+
+
+def sum_across(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Each tensor summed over the ranks, in place."""
+    if world()[1] > 1:
+        for t in tensors:
+            if t is not None:
+                dist.all_reduce(t)
+    return tensors
