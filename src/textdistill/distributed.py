@@ -3,7 +3,8 @@
 Every rank runs the same method with the same seed, so every random choice (real batches, learner
 initialisations, the synthetic set itself) is identical across ranks; only the real data's work is split: each
 rank takes every N-th row of a real batch, and the statistics (``gather_rows``) and gradients (``sum_across``)
-are combined, so the result equals a single process's up to floating-point order. Rank 0 writes the artifact.
+are combined, so the result equals a single process's up to floating-point order; independent units of work
+(mtt's experts) are dealt out across ranks. Rank 0 writes the artifact.
 Backend gloo on CPU, nccl on GPUs. Without a process group everything here is the identity.
 """
 
@@ -54,3 +55,9 @@ def sum_across(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
             if t is not None:
                 dist.all_reduce(t)
     return tensors
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until each has written its share of a buffer)."""
+    if world()[1] > 1:
+        dist.barrier()
