@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config import check_device
 from ..data import Task
 from ..learners import Learner
 from ..synthetic import DistilledDataset
@@ -69,6 +70,11 @@ class CondenseConfig(MethodConfig):
     candidates: int = field(default=8, metadata={"ge": 1, "help": "generations per cluster"})
     max_new_tokens: int = field(default=64, metadata={"ge": 4, "help": "tokens per generation"})
     kind: str = field(default="sentences", metadata={"help": "what the examples are, in the prompt (plural)"})
+    device: str = field(default="cpu", metadata={"help": "where a local LM runs: cpu, cuda, ..."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_device(self.device)
 
 
 def head_gradient(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -101,7 +107,7 @@ class Condense(Distiller):
         per_class = class_indices(labels, task.spec.classes, dpc)
         vectors = learner.sentence_vectors(texts, pairs)
         real, _, _ = real_inputs(task, learner)  # encoded once; clusters take rows of it
-        lm = get_lm(cfg.llm)
+        lm = get_lm(cfg.llm, cfg.device)
         model = learner.build(task.num_classes, seed).eval()
         rng = np.random.default_rng(seed)
         out_texts, out_pairs, out_labels, log = [], [], [], []
