@@ -51,3 +51,15 @@ def noisy_mean(rows: torch.Tensor, clip: float, sigma: float, expected: float, g
     total = (rows * (clip / norms).clamp(max=1.0)).sum(0)
     noise = torch.randn(total.shape, generator=gen, dtype=total.dtype) * sigma * clip
     return (total + noise.to(total.device)) / expected
+
+
+def plan(mechanism: str, real_batch: int, class_sizes: list[int], target_epsilon: float, delta: float, clip: float,
+         steps: int) -> dict:
+    """A DP run's mechanism and accounting, as recorded in its set's log: one Poisson-subsampled Gaussian release
+    per step (the classes are disjoint, so their releases compose in parallel) at the largest per-class sampling
+    rate, with the smallest noise multiplier that meets ``target_epsilon``."""
+    rate = max(min(1.0, real_batch / n) for n in class_sizes)
+    sigma = noise_multiplier(target_epsilon, delta, rate, steps)
+    return {"mechanism": f"{mechanism}, Poisson-subsampled; RDP accountant (dp-accounting)",
+            "epsilon": epsilon(sigma, delta, rate, steps), "delta": delta, "noise_multiplier": sigma, "clip": clip,
+            "sampling_rate": rate, "steps": steps}

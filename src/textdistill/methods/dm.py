@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..distributed import gather_rows, shard
-from ..privacy import epsilon, noise_multiplier, noisy_mean
+from ..privacy import noisy_mean, plan
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import batch_of, train
@@ -128,12 +128,6 @@ class DM(Distiller):
         return syn.artifact(self, task, seed, labels=labels, log=log)
 
     def dp_plan(self, per_class: list) -> dict:
-        """The mechanism of a DP run and its accounting: one Poisson-subsampled Gaussian release per step (the
-        classes are disjoint), at the largest per-class sampling rate."""
         cfg = self.config
-        rate = max(min(1.0, cfg.real_batch / len(rows)) for rows in per_class)
-        sigma = noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, cfg.iterations)
-        return {"mechanism": "Gaussian on clipped per-class sums of representations, Poisson-subsampled; RDP "
-                             "accountant (dp-accounting)", "epsilon": epsilon(sigma, cfg.dp_delta, rate, cfg.iterations),
-                "delta": cfg.dp_delta, "noise_multiplier": sigma, "clip": cfg.dp_clip, "sampling_rate": rate,
-                "steps": cfg.iterations}
+        return plan("Gaussian on clipped per-class sums of representations", cfg.real_batch,
+                    [len(rows) for rows in per_class], cfg.dp_epsilon, cfg.dp_delta, cfg.dp_clip, cfg.iterations)

@@ -30,7 +30,7 @@ from ..config import check_device
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from ..privacy import epsilon, noise_multiplier, noisy_mean
+from ..privacy import noisy_mean, plan
 from ..synthetic import DistilledDataset
 from ..train import Params
 from . import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
@@ -272,13 +272,7 @@ class Gradmm(Distiller):
         mean = noisy_mean(rows_g, cfg.dp_clip, dp["noise_multiplier"], dp["sampling_rate"] * len(rows), gen)
         return [part.view(s) for part, s in zip(torch.split(mean, [s.numel() for s in shapes]), shapes)]
 
-    def dp_plan(self, per_class: list[np.ndarray]) -> dict:
-        """One Poisson-subsampled Gaussian release of clipped gradients per iteration (the classes are disjoint
-        and compose in parallel), at the largest per-class sampling rate."""
+    def dp_plan(self, per_class: list) -> dict:
         cfg = self.config
-        rate = max(min(1.0, cfg.real_batch / len(rows)) for rows in per_class)
-        sigma = noise_multiplier(cfg.dp_epsilon, cfg.dp_delta, rate, cfg.iterations)
-        return {"mechanism": "Gaussian on clipped per-example loss gradients, Poisson-subsampled; RDP accountant "
-                             "(dp-accounting)", "epsilon": epsilon(sigma, cfg.dp_delta, rate, cfg.iterations),
-                "delta": cfg.dp_delta, "noise_multiplier": sigma, "clip": cfg.dp_clip, "sampling_rate": rate,
-                "steps": cfg.iterations}
+        return plan("Gaussian on clipped per-example loss gradients", cfg.real_batch,
+                    [len(rows) for rows in per_class], cfg.dp_epsilon, cfg.dp_delta, cfg.dp_clip, cfg.iterations)
