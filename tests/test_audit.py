@@ -48,7 +48,9 @@ def test_audit_of_a_coreset_finds_every_copy_and_its_members(validation_task):
     assert report["nearest"]["set_to_train_cosine"] == pytest.approx(1.0, abs=1e-5)
     d = report["membership"]["distance"]
     assert d["members"] == d["non_members"] == len(validation_task.test)
-    assert "10 of 10 examples are verbatim" in report["verdict"]
+    assert "10 of 10 examples are verbatim" in report["verdict"] and "loss attack AUC" in report["verdict"]
+    loss = report["membership"]["loss"]
+    assert loss["learner"] == "minilm-frozen" and loss["members"] == len(validation_task.test)
     # the attack on those very members: each is in the set, so the distance attack separates them perfectly
     from textdistill.audit import _cosine_max
 
@@ -63,3 +65,27 @@ def test_audit_of_a_full_task_set_skips_membership(validation_task):
     ds = get_method("kmeans", n_init=2).distill(task, 2, get_learner("minilm-frozen"), seed=0)
     report = audit(ds, task)
     assert report["membership"] is None and "not run" in report["verdict"]
+
+
+def test_loss_attack_scores_are_minus_the_losses_of_learners_trained_on_the_set(validation_task):
+    """Recomputed by hand for one learner seed, and set members score above the held-out examples."""
+    import torch
+
+    from textdistill.audit import loss_scores
+    from textdistill.evaluation import EVAL_SEEDS, resolve_recipe
+    from textdistill.train import predict_logits, train
+
+    ds = get_method("random").distill(validation_task, 5, get_learner("minilm-frozen"), seed=0)
+    texts, _, labels = validation_task.columns("train")
+    own = [texts.index(t) for t in ds.texts]
+    held_t, _, held_y = validation_task.columns("test")
+    scores = loss_scores(ds, validation_task, "minilm-frozen", 1, [texts[i] for i in own] + held_t[:10], None,
+                         [labels[i] for i in own] + held_y[:10])
+    learner = get_learner("minilm-frozen")
+    model = learner.build(2, EVAL_SEEDS)
+    params = train(learner, model, ds.inputs_for(learner), ds.labels, resolve_recipe(learner, ds, None),
+                   seed=EVAL_SEEDS, progress=False)
+    logits = predict_logits(learner, model, params, learner.encode(held_t[:10]))
+    expected = -torch.nn.functional.cross_entropy(logits, torch.tensor(held_y[:10]), reduction="none")
+    np.testing.assert_allclose(scores[10:], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert scores[:10].mean() > scores[10:].mean()  # the set's own examples are fitted

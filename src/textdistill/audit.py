@@ -76,15 +76,40 @@ def _joined(texts: list[str], pairs: list[str] | None) -> list[str]:
     return texts if pairs is None else [f"{t} {p}" for t, p in zip(texts, pairs)]
 
 
-def audit(ds: DistilledDataset, task: Task, learner: str = "minilm-frozen", sample: int = 500, seed: int = 0) -> dict:
-    """Every number of the audit as a dict (see the module doc); ``verdict`` sums it up in a line."""
+def loss_scores(ds: DistilledDataset, task: Task, learner_name: str, seeds: int, texts: list[str],
+                pairs: list[str] | None, labels: list[int]) -> np.ndarray:
+    """Per candidate: minus its loss, averaged over ``seeds`` evaluation learners trained on the set (the
+    protocol's recipe and learner seeds): higher means the learners fit it better, as they fit members."""
+    import torch
+    import torch.nn.functional as F
+
+    from .evaluation import EVAL_SEEDS, resolve_recipe
+    from .learners import get_learner
+    from .train import predict_logits, train
+
+    learner = get_learner(learner_name)
+    inputs, recipe = ds.inputs_for(learner), resolve_recipe(learner, ds, None)
+    candidates, y = learner.encode(texts, pairs), torch.tensor(labels)
+    total = torch.zeros(len(labels))
+    for seed in range(seeds):
+        model = learner.build(task.num_classes, EVAL_SEEDS + seed)
+        params = train(learner, model, inputs, ds.labels, recipe, seed=EVAL_SEEDS + seed,
+                       lrs=ds.lrs if ds.kind != "text" else None, progress=False)
+        total -= F.cross_entropy(predict_logits(learner, model, params, candidates), y, reduction="none")
+    return (total / seeds).numpy()
+
+
+def audit(ds: DistilledDataset, task: Task, learner: str = "minilm-frozen", sample: int = 500, seed: int = 0,
+          attack_learner: str | None = None, attack_seeds: int = 3) -> dict:
+    """Every number of the audit as a dict (see the module doc); ``verdict`` sums it up in a line. The loss
+    attack trains ``attack_learner`` (default: the learner a model-bound set is bound to, else ``learner``)."""
     from .decode import decode_to_text
     from .learners import get_learner
 
     text_set = decode_to_text(ds) if ds.kind == "token-embeddings" else ds
     enc = get_learner(learner)
-    train_t, train_p, _ = task.columns("train")
-    test_t, test_p, _ = task.columns("test")
+    train_t, train_p, train_y = task.columns("train")
+    test_t, test_p, test_y = task.columns("test")
     rng = np.random.default_rng(seed)
     out: dict = {"set": {"method": ds.method, "kind": ds.kind, "size": len(ds)}, "task": task.name,
                  "learner": learner}
@@ -112,8 +137,16 @@ def audit(ds: DistilledDataset, task: Task, learner: str = "minilm-frozen", samp
         m = min(sample, len(train_t), len(test_t))
         members = rng.choice(len(train_t), size=m, replace=False)
         non_members = rng.choice(len(test_t), size=m, replace=False)
+        attacker = attack_learner or (ds.bound_learner() if ds.kind != "text" else learner)
+
+        def pick(t, p, y, rows):
+            return [t[i] for i in rows], None if p is None else [p[i] for i in rows], [y[i] for i in rows]
+
+        by_loss = [loss_scores(ds, task, attacker, attack_seeds, *pick(t, p, y, rows))
+                   for t, p, y, rows in ((train_t, train_p, train_y, members), (test_t, test_p, test_y, non_members))]
         out["membership"] = {"distance": roc(_cosine_max(train_vectors[members], set_vectors),
-                                             _cosine_max(test_vectors[non_members], set_vectors), seed)}
+                                             _cosine_max(test_vectors[non_members], set_vectors), seed),
+                             "loss": {**roc(*by_loss, seed), "learner": attacker, "seeds": attack_seeds}}
     else:
         out["membership"] = None
     out["verdict"] = verdict(out)
@@ -132,9 +165,9 @@ def verdict(r: dict) -> str:
     if r["membership"] is None:
         parts.append("membership inference not run: distil on NAME:validation for non-members the method never read")
     else:
-        d = r["membership"]["distance"]
-        lo, hi = d["auc_95"]
-        level = "strong" if lo > 0.75 else "some" if lo > 0.55 else "no clear"
-        parts.append(f"distance attack AUC {d['auc']:.2f} [{lo:.2f}, {hi:.2f}], TPR {100 * d['tpr_at_1%_fpr']:.0f}% "
-                     f"at 1% FPR: {level} membership signal")
+        for name, d in r["membership"].items():
+            lo, hi = d["auc_95"]
+            level = "strong" if lo > 0.75 else "some" if lo > 0.55 else "no clear"
+            parts.append(f"{name} attack AUC {d['auc']:.2f} [{lo:.2f}, {hi:.2f}], TPR {100 * d['tpr_at_1%_fpr']:.0f}% "
+                         f"at 1% FPR: {level} membership signal")
     return "; ".join(parts)

@@ -71,7 +71,8 @@ def cmd_audit(args: argparse.Namespace) -> None:
     from .synthetic import DistilledDataset
 
     ds = DistilledDataset.load(args.dir)
-    report = audit(ds, _load_artifact_task(ds, args), learner=args.learner, sample=args.sample)
+    report = audit(ds, _load_artifact_task(ds, args), learner=args.learner, sample=args.sample,
+                   attack_learner=args.attack_learner, attack_seeds=args.attack_seeds)
     print(json.dumps({k: v for k, v in report.items() if k != "verdict"}, indent=1))
     print(report["verdict"])
     if args.json:
@@ -330,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     _task_args(s, required=False)
     s.add_argument("--learner", default="minilm-frozen", help="the sentence space of the distances")
     s.add_argument("--sample", type=int, default=500, help="members and non-members each, for membership inference")
+    s.add_argument("--attack-learner", help="learner of the loss attack (default: the set's bound learner, else "
+                   "--learner)")
+    s.add_argument("--attack-seeds", type=int, default=3, help="learners trained on the set for the loss attack")
     s.add_argument("--json", help="write every number to this JSON file")
 
     s = sub.add_parser("cache", help="what the cache holds (info), or delete it (clear)")
