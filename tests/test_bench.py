@@ -317,3 +317,15 @@ def test_ray_missing_is_a_clear_error(tmp_path, cache, monkeypatch):
                         if name == "ray" else real_import(name, *a, **k))
     with pytest.raises(ConfigError, match=r"pip install 'textdistill\[ray\]'"):
         run_suite(tiny_smoke(methods=["herding"]), tmp_path / "out", progress=False, ray="local")
+
+
+def test_a_suite_with_audit_reports_privacy_columns(tmp_path, cache):
+    suite = tiny_smoke(methods=["herding"], learners=["minilm-frozen"], seeds=1, audit=True)
+    results = run_suite(suite, tmp_path / "out", progress=False)
+    audited = [r for r in results["records"] if r["dpc"]]
+    assert audited and all(r["audit"]["exact_copies"] == r["train_set"]["size"] for r in audited)  # coresets copy
+    assert all(r["audit"]["max_word_overlap_train"] == 1.0 and "distance_auc" not in r["audit"] for r in audited)
+    md, _ = write_report(tmp_path / "out")
+    assert "privacy audit" in md.read_text() and "| herding | 2 | 0 | 4 | 100% |" in md.read_text()
+    plain = tiny_smoke(methods=["herding"], learners=["minilm-frozen"], seeds=1)
+    assert {c.key(plain) for c in plan(plain)} != {c.key(suite) for c in plan(suite)}

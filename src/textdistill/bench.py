@@ -62,6 +62,7 @@ class Suite:
     published: list[Published] = field(default_factory=list)
     description: str = ""
     distill_learner: str | None = None  # the learner the methods work with (default: the first of learners)
+    audit: bool = False  # privacy audit of every distilled set (copying, distances, membership on NAME:validation)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,7 +168,8 @@ class Cell:
             recipes = [get_learner(name).full_data for name in suite.learners]
             return key_of("full", task, load_task(task).fingerprint, suite.learners, suite.full_seeds or suite.seeds,
                           suite.recipe, recipes)
-        return key_of("set", *self._set_parts(suite), suite.learners, suite.seeds, suite.recipe)
+        audited = ("audit",) if suite.audit else ()  # turning the audit on runs the cells again, with it
+        return key_of("set", *self._set_parts(suite), suite.learners, suite.seeds, suite.recipe, *audited)
 
     def set_key(self, suite: Suite) -> str:
         """What fixes the distilled set alone: suites that evaluate it differently share it."""
@@ -290,14 +292,26 @@ class Runner:
         records = []
         for label, source, steps in sets:
             bound = source.kind != "text" and source.bound_learner()
+            privacy = audit_summary(source, task) if suite.audit else None
             for name in [bound] if bound else suite.learners:
                 result, step = self._evaluate(task, source, name, suite.seeds)
                 records.append({**result, "task": task.name, "method": label, "base_method": entry.method,
                                 "options": entry.options, "distill_learner": suite.learner_of(entry),
                                 "dpc": cell.dpc, "set_seed": cell.set_seed, "kind": source.kind,
                                 "artifact": str(path.relative_to(self.out)),
-                                "steps": {**steps, "evaluate": step}})
+                                "steps": {**steps, "evaluate": step}, **({"audit": privacy} if privacy else {})})
         return records
+
+
+def audit_summary(source, task) -> dict:
+    """The audit's headline numbers for a report column (``textdistill audit`` gives them all)."""
+    from .audit import audit
+
+    r = audit(source, task)
+    copying, membership = r["copying"] or {}, r["membership"] or {}
+    return {"exact_copies": copying.get("exact_copies"), "max_word_overlap_train": copying.get("max_word_overlap_train"),
+            "set_to_train_cosine": r["nearest"]["set_to_train_cosine"],
+            **{f"{name}_auc": m["auc"] for name, m in membership.items()}}
 
 
 def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[int, int] = (0, 1),

@@ -183,6 +183,7 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                 blocks.append(("img", str(plot), f"{task}, {learner}: accuracy against examples per class"))
         blocks += _cross_architecture(agg, task, learners, out)
         blocks += _costs(agg, task)
+        blocks += _privacy(results["records"], task)
     blocks += _published(results, agg)
     return blocks
 
@@ -218,6 +219,33 @@ def _costs(agg: dict, task: str) -> list[tuple]:
     return [("h3", f"{task}: costs"),
             ("table", ["method", "per class", "evaluated with", "distil (or decode) s", "peak MiB", "s per eval run",
                        "device"], rows)]
+
+
+def _privacy(records: list[dict], task: str) -> list[tuple]:
+    """One row per audited set (suites with ``audit: true``): copying, distance, membership attack AUCs."""
+    def pct(v):
+        return "" if v is None else f"{100 * v:.0f}%"
+
+    def num(v):
+        return "" if v is None else f"{v:.2f}"
+
+    rows, seen = [], set()
+    for r in records:
+        a, key = r.get("audit"), (r["method"], r["dpc"], r.get("set_seed"))
+        if r["task"] != task or not a or key in seen:
+            continue
+        seen.add(key)
+        rows.append([r["method"], str(r["dpc"]), str(r.get("set_seed")), str(a["exact_copies"] if
+                     a["exact_copies"] is not None else "(no text)"), pct(a["max_word_overlap_train"]),
+                     num(a["set_to_train_cosine"]), num(a.get("distance_auc")), num(a.get("loss_auc"))])
+    if not rows:
+        return []
+    return [("h3", f"{task}: privacy audit"),
+            ("p", "Per distilled set: verbatim training examples, mean maximal word overlap with train, cosine to "
+                  "the nearest training example, and membership-attack ROC AUC (0.5 is chance; only for sets "
+                  "distilled on NAME:validation). `textdistill audit DIR` gives every number."),
+            ("table", ["method", "per class", "set", "copies", "word overlap", "nearest cosine", "distance AUC",
+                       "loss AUC"], rows)]
 
 
 def _published(results: dict, agg: dict) -> list[tuple]:
