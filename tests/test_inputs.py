@@ -238,7 +238,7 @@ def test_every_argument_has_help():
     assert missing == []
     evaluate_help = subparsers.choices["evaluate"].format_help()
     assert "fine-tuned" in evaluate_help and "minilm" in evaluate_help and "minutes" in evaluate_help
-    assert "from 0" in subparsers.choices["bench"].format_help()
+    assert "from 0" in " ".join(subparsers.choices["bench"].format_help().split())  # however argparse wraps
 
 
 def test_list_methods_keeps_names_apart(capsys):

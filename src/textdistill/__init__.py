@@ -6,8 +6,7 @@
     (r,) = td.evaluate(task, ds, learners=["minilm-frozen"], seeds=5)
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from .api import distill, evaluate  # noqa: E402
 from .data import Task, TaskSpec, get_task, list_tasks  # noqa: E402
 from .errors import TextDistillError  # noqa: E402

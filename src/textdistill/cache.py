@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .resources import cache_dir
 
 SCHEMA = 1  # bump when what a cached value means changes without its inputs changing

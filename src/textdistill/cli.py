@@ -319,7 +319,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     p = argparse.ArgumentParser(prog="textdistill", description="Text dataset distillation.")
     p.add_argument("--version", action="version", version=f"textdistill {__version__}")

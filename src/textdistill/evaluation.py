@@ -15,7 +15,8 @@ from .data import Task
 from .errors import ArtifactError, ConfigError, TrainingDiverged
 from .learners import Learner, get_learner
 from .synthetic import DistilledDataset
-from .train import Recipe, predict, train
+from .recipe import Recipe
+from .train import predict, train
 
 # Evaluation learner m is seeded EVAL_SEEDS + m (the report still calls it seed m), so that no "fresh" learner
 # shares a seed with a learner a method trained while distilling: methods seed theirs below 2**31 (set seed x

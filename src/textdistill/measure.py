@@ -61,7 +61,7 @@ def environment() -> dict:
     import numpy
     import transformers
 
-    from . import __version__
+    from .version import __version__
 
     env = {"textdistill": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "transformers": transformers.__version__, "numpy": numpy.__version__,

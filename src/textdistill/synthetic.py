@@ -34,7 +34,7 @@ KINDS = ("text", "token-embeddings", "features", "generator")
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 

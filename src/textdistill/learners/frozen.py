@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ..train import Params, Recipe
-from . import Learner, register_learner
+from ..recipe import Recipe
+from ..train import Params
+from .base import Learner, register_learner
 from .transformer import TransformerLearner
 
 

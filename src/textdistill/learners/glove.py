@@ -11,8 +11,9 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ..resources import glove_vectors, model_revision
-from ..train import Params, Recipe
-from . import Learner, register_learner
+from ..recipe import Recipe
+from ..train import Params
+from .base import Learner, register_learner
 
 TOKEN = re.compile(r"[\w']+|[^\w\s]")
 PAD, UNK = 0, 1  # rows 0 and 1 of the embedding matrix; GloVe words start at row 2

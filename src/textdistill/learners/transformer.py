@@ -6,6 +6,7 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,8 +15,9 @@ from tqdm.auto import tqdm
 
 from ..errors import ResourceMissing
 from ..resources import model_revision, resolve_model
-from ..train import Params, Recipe
-from . import Learner, register_learner
+from ..recipe import Recipe
+from ..train import Params
+from .base import Learner, register_learner
 
 
 def _quiet_transformers() -> None:
@@ -217,12 +219,15 @@ def _smollm2_lora() -> Learner:
 
 
 def learner_for(name: str) -> TransformerLearner:
-    """A model id or folder as a learner: a causal LM (``*ForCausalLM``) as a decoder classifier, else an encoder."""
-    from transformers import AutoConfig
+    """A model id or folder as a learner: a causal LM (``*ForCausalLM`` in its config) as a decoder classifier,
+    anything else (or a config that cannot be read now: the model's own load reports it) as an encoder."""
+    import json
+
+    from transformers.utils import cached_file
 
     try:
-        architectures = AutoConfig.from_pretrained(resolve_model(name)).architectures or []
-    except OSError as e:
-        raise ResourceMissing(f"cannot read the config of model {name!r} ({e})") from None
-    causal = any(a.endswith("ForCausalLM") for a in architectures)
+        config = json.loads(Path(cached_file(resolve_model(name), "config.json")).read_text())
+    except (OSError, ValueError):
+        config = {}
+    causal = any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
     return DecoderLearner(name) if causal else TransformerLearner(name)

@@ -14,7 +14,7 @@ import torch
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from . import register_method
+from .base import register_method
 from .bptt import BPTT, BPTTConfig
 
 

@@ -19,8 +19,9 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from ..train import Params, Recipe, batch_of, train
-from . import Distiller, check_finite, register_method, thin
+from ..recipe import Recipe
+from ..train import Params, batch_of, train
+from .base import Distiller, check_finite, register_method, thin
 from .space import LearnedSetConfig, SyntheticSet, real_inputs
 
 

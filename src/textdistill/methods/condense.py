@@ -27,7 +27,7 @@ from ..data import Task
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import batch_of
-from . import Distiller, MethodConfig, register_method
+from .base import Distiller, MethodConfig, register_method
 from .space import real_inputs
 
 MIN_WORDS = 3  # shorter answers are refusals or fragments ("Sure!", "Positive.")
@@ -98,7 +98,7 @@ class Condense(Distiller):
         from sklearn.cluster import KMeans
 
         from ..lm import cached_generate, get_lm
-        from . import class_indices
+        from .base import class_indices
 
         cfg = self.config
         texts, pairs, labels = task.columns("train")

@@ -9,7 +9,7 @@ import numpy as np
 from ..data import Task
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from . import Distiller, class_indices, register_method
+from .base import Distiller, class_indices, register_method
 from .teacher import TeacherLabelsConfig
 
 

@@ -18,8 +18,9 @@ from ..distributed import shard, sum_across
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from ..train import Params, Recipe, batch_of, loss_fn, train
-from . import Distiller, descend, register_method, thin
+from ..recipe import Recipe
+from ..train import Params, batch_of, loss_fn, train
+from .base import Distiller, descend, register_method, thin
 from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 

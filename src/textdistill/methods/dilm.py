@@ -38,8 +38,9 @@ from ..errors import DataError, ResourceMissing
 from ..learners import Learner
 from ..resources import cache_dir, model_revision, resolve_model
 from ..synthetic import DistilledDataset, check_output, write_folder
-from ..train import Recipe, train
-from . import Distiller, MethodConfig, class_indices, descend, register_method, thin
+from ..recipe import Recipe
+from ..train import train
+from .base import Distiller, MethodConfig, class_indices, descend, register_method, thin
 from .coreset import KMeansNearest
 from .dc import real_gradient
 from .space import fresh_parameters, real_inputs

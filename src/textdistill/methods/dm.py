@@ -22,7 +22,7 @@ from ..privacy import noisy_mean, plan
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import batch_of, train
-from . import Distiller, descend, register_method, thin
+from .base import Distiller, descend, register_method, thin
 from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 

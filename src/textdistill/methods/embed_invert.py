@@ -22,7 +22,7 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from . import Distiller, MethodConfig, get_method, register_method
+from .base import Distiller, MethodConfig, get_method, register_method
 
 SPACES, INVERTERS = ("dm", "mtt", "dc"), ("nearest", "search")
 PROMPT = ("Here are {kind} labelled \"{label}\":\n{examples}\nWrite one new {kind_one} labelled \"{label}\", "

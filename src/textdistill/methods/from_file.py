@@ -18,7 +18,7 @@ from ..data.files import class_ids, column, read_rows
 from ..errors import ConfigError, DataError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from . import Distiller, register_method
+from .base import Distiller, register_method
 from .teacher import TeacherLabelsConfig
 
 TEXT_KEYS, LABEL_KEYS = ("text", "sentence"), ("label", "labels")

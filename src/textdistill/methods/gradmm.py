@@ -33,7 +33,7 @@ from ..learners import Learner
 from ..privacy import noisy_mean, plan
 from ..synthetic import DistilledDataset
 from ..train import Params
-from . import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
+from .base import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
 from .dc import class_gradients, gradient_distance, real_gradient
 from .space import real_inputs
 

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
 from ..train import Params, batch_of
-from . import Distiller, MethodConfig, check_finite, get_method, register_method, thin
+from .base import Distiller, MethodConfig, check_finite, get_method, register_method, thin
 from .bptt import inverse_softplus, unroll
 from .space import real_inputs
 

@@ -26,8 +26,9 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..resources import cache_dir
 from ..synthetic import DistilledDataset
-from ..train import Recipe, train
-from . import Distiller, descend, register_method, thin
+from ..recipe import Recipe
+from ..train import train
+from .base import Distiller, descend, register_method, thin
 from .bptt import inverse_softplus
 from .space import LearnedSetConfig, SyntheticSet, real_inputs
 

@@ -18,7 +18,7 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from . import MethodConfig, class_indices
+from .base import MethodConfig, class_indices
 
 LABELS = ("hard", "soft", "unrestricted")
 

@@ -13,7 +13,7 @@ import torch
 from ..cache import key_of
 from ..data import Task
 from ..errors import ConfigError
-from . import MethodConfig
+from .base import MethodConfig
 
 TEACHER_SEED = 2**33  # apart from distillation seeds (0, 1, ...) and evaluation seeds (2**32 + m)
 

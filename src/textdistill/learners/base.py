@@ -1,0 +1,154 @@
+"""The base of every learner (a model family with a functional forward) and the registry of learners."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from typing import Callable, ContextManager
+
+import numpy as np
+import torch
+
+from ..cache import cached_array, key_of
+from ..errors import ConfigError, ResourceMissing
+from ..resources import check_model
+from ..recipe import Recipe
+from ..train import Params
+
+
+class Learner(ABC):
+    """A model family. ``forward`` takes one of three input kinds: ``input_ids`` (+ ``attention_mask``),
+    ``inputs_embeds`` (+ ``attention_mask``) or ``features`` (sentence vectors)."""
+
+    name: str
+    input_kind: str = "tokens"  # tokens | features
+    max_length: int = 64
+
+    @property
+    @abstractmethod
+    def default_recipe(self) -> Recipe: ...
+
+    # The learner's standard recipe for a whole training split (epochs, not a few hundred steps of a small set):
+    # full-data accuracy is what a distilled set is a fraction of, so it must not be cut short.
+    full_data: dict = {"epochs": 3, "batch_size": 32, "lr": 5e-5, "warmup": 0.1, "schedule": "linear"}
+
+    def full_data_recipe(self, n: int) -> Recipe:
+        """``full_data`` over ``n`` training examples, as a Recipe (its steps are the epochs' steps)."""
+        values = {**self.default_recipe.to_dict(), **self.full_data}
+        epochs = values.pop("epochs")
+        values["steps"] = max(1, math.ceil(epochs * n / min(values["batch_size"], n)))
+        return Recipe.from_dict(values)
+
+    @abstractmethod
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        """A fresh model: pretrained weights with a new seeded head, or a seeded random init."""
+
+    @abstractmethod
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for texts (padded to the longest, at most ``max_length``)."""
+
+    @abstractmethod
+    def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of ``model`` evaluated with ``params`` (``torch.func.functional_call``)."""
+
+    def first_order(self, model: torch.nn.Module) -> ContextManager:
+        """A context for forwards that are differentiated at most once, where a learner may use kernels
+        without a double backward (``train`` and ``predict`` enter it when they can)."""
+        return nullcontext()
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The classifier head: what it reads is the learner's representation (``embed``)."""
+        return model.head
+
+    def head_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        own = {id(p) for p in self.head(model).parameters()}
+        return [k for k, p in model.named_parameters() if id(p) in own]
+
+    def embed(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The representation the head reads [n, d], through the same functional forward as the logits."""
+        seen: list[torch.Tensor] = []
+        hook = self.head(model).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+        try:
+            self.forward(model, params, inputs)
+        finally:
+            hook.remove()
+        return seen[0][:, 0] if seen[0].dim() == 3 else seen[0]  # heads that read every position: the first
+
+    @abstractmethod
+    def _sentence_vectors(self, texts: list[str], pairs: list[str] | None) -> np.ndarray: ...
+
+    def sentence_vectors(self, texts: list[str], pairs: list[str] | None = None, cache: bool = True) -> np.ndarray:
+        """The learner's embedding space for texts (coresets, nearest examples), cached on disk unless the texts
+        are throwaway (``cache=False``: candidates a method proposes and discards)."""
+        texts, pairs = list(texts), None if pairs is None else list(pairs)
+        if not cache:
+            return self._sentence_vectors(texts, pairs)
+        key = key_of(self.embedding_id, self.max_length, texts, pairs)
+        return cached_array("vectors", key, lambda: self._sentence_vectors(texts, pairs))
+
+    @property
+    def embedding_id(self) -> str:
+        return self.name
+
+    def vocabulary(self) -> tuple[list[str], torch.Tensor]:
+        """Tokens and their input embeddings, for learners with a token-embedding space."""
+        raise NotImplementedError(f"learner {self.name!r} has no token-embedding space")
+
+    pair_separator = "[SEP]"  # the token between the two texts of a pair, where decoding splits them
+
+    def detokenize(self, tokens: list[str]) -> str:
+        """Text from vocabulary tokens (special tokens dropped)."""
+        return " ".join(t for t in tokens if not (t.startswith("[") and t.endswith("]")))
+
+    def nearest_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[list[str]]:
+        """The vocabulary token nearest (cosine) to each position of a token-embedding set."""
+        tokens, table = self.vocabulary()
+        table = torch.nn.functional.normalize(table.float(), dim=-1)
+        out = []
+        for row, m in zip(embeds.float(), mask.bool()):
+            ids = (torch.nn.functional.normalize(row[m], dim=-1) @ table.T).argmax(-1)
+            out.append([tokens[i] for i in ids.tolist()])
+        return out
+
+    def describe(self) -> dict:
+        """What a model-bound artifact records about its learner."""
+        return {"id": self.name, "max_length": self.max_length, "input_kind": self.input_kind}
+
+
+LEARNERS: dict[str, Callable[[], Learner]] = {}
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_learner(name: str, description: str) -> Callable:
+    def wrap(factory: Callable[[], Learner]) -> Callable[[], Learner]:
+        LEARNERS[name] = factory
+        DESCRIPTIONS[name] = description
+        return factory
+
+    return wrap
+
+
+def list_learners(pattern: str = "*") -> list[str]:
+    return [n for n in LEARNERS if fnmatch.fnmatch(n, pattern)]
+
+
+_instances: dict[str, Learner] = {}
+
+
+def get_learner(name: str) -> Learner:
+    """A registered learner, or any Hugging Face model id / local path as a fine-tuned transformer (a causal LM
+    as a decoder classifier, anything else as an encoder)."""
+    if name not in _instances:
+        from .transformer import learner_for
+
+        if name not in LEARNERS:
+            try:
+                check_model(name)
+            except ResourceMissing as e:
+                raise ConfigError(f"unknown learner {name!r}: {e}. Registered learners: {', '.join(LEARNERS)}; "
+                                  "other names must be a local model folder or a Hugging Face hub id") from None
+
+        _instances[name] = LEARNERS[name]() if name in LEARNERS else learner_for(name)
+    return _instances[name]

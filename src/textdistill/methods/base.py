@@ -1,0 +1,102 @@
+"""The base of every method: its config and Distiller classes, the registry, and the idioms they share."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from ..config import Config
+from ..data import Task
+from ..errors import ConfigError, DataError, TextDistillError
+from ..learners import Learner
+from ..synthetic import DistilledDataset
+
+if TYPE_CHECKING:
+    import torch
+
+
+class MethodConfig(Config):
+    """Base of every method's config (a dataclass; help text in each field's metadata)."""
+
+
+class Distiller:
+    """A method: the constructor stores the config; ``distill`` does the work."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        raise NotImplementedError
+
+    def _artifact(self, task: Task, seed: int, **kw) -> DistilledDataset:
+        """The method's set; a text set takes teacher labels here when its config asks for them."""
+        from .teacher import TeacherLabelsConfig, relabel
+
+        if kw.get("kind") == "text" and isinstance(self.config, TeacherLabelsConfig):
+            kw["labels"], logged = relabel(self.config, task, kw["texts"], kw.get("text_pairs"), kw["labels"])
+            kw["log"] = {**kw.get("log", {}), **logged}
+        return DistilledDataset(label_names=list(task.spec.classes), method=self.name, config=self.config.to_dict(),
+                                seed=seed, task=task.describe(), **kw)
+
+
+METHODS: dict[str, type[Distiller]] = {}
+
+
+def register_method(cls: type[Distiller]) -> type[Distiller]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return [n for n in METHODS if fnmatch.fnmatch(n, pattern)]
+
+
+def get_method(name: str, **options) -> Distiller:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    return cls(cls.Config.from_dict(options))
+
+
+def class_indices(labels: list[int] | np.ndarray, classes: tuple[str, ...], dpc: int) -> list[np.ndarray]:
+    """Row indices per class, checking that every class can supply ``dpc`` examples."""
+    if dpc < 1:
+        raise ConfigError(f"examples per class must be >= 1, got {dpc}")
+    labels = np.asarray(labels)
+    out = []
+    for c, name in enumerate(classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) == 0:
+            raise DataError(f"class {name!r} has no training examples")
+        if len(idx) < dpc:
+            raise DataError(f"class {name!r} has {len(idx)} training examples, fewer than the budget of {dpc} per class")
+        out.append(idx)
+    return out
+
+
+def check_finite(method: str, loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise TextDistillError(f"{method}: the loss became {loss} at outer step {step}; lower the outer learning "
+                               "rate (--outer-lr) or the initial step size")
+
+
+def descend(method: str, opt: "torch.optim.Optimizer", loss: "torch.Tensor", step: int, history: list[float]) -> None:
+    """One outer optimiser step on a matching loss, refusing a non-finite one; the value joins ``history``."""
+    value = loss.item()
+    check_finite(method, value, step)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    history.append(value)
+
+
+def thin(history: list[float], points: int = 50) -> list[float]:
+    """A loss curve kept in the artifact's log at about ``points`` points."""
+    return [round(h, 4) for h in history[:: max(1, len(history) // points)]]
