@@ -111,3 +111,24 @@ def test_perplexity_is_lower_for_text_the_lm_wrote(tiny_decoder):
     ids = lm.model.generate(torch.tensor([[101]]), do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0)
     written = lm.tokenizer.decode(ids[0, 1:], skip_special_tokens=True)
     assert lm.perplexity([written]) < lm.perplexity(["a warm , funny and moving film about two brothers"])
+
+
+def test_without_a_learner_gradmm_works_with_its_decoder(monkeypatch, tmp_path):
+    """`textdistill distill --method gradmm` (no --learner) and td.distill(task, "gradmm") use smollm2-135m."""
+    import textdistill as td
+    from textdistill.cli import main
+    from textdistill.methods.gradmm import Gradmm
+
+    seen = []
+
+    def record(self, task, dpc, learner, seed=0):
+        seen.append(learner.name)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(Gradmm, "distill", record)
+    f = tmp_path / "d.csv"
+    f.write_text("text,label\n" + "".join(f"sentence {i},{'ab'[i % 2]}\n" for i in range(8)))
+    assert main(["distill", "--task", str(f), "--method", "gradmm", "--dpc", "1", "--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(ConfigError, match="stop here"):
+        td.distill(str(f), "gradmm", dpc=1)
+    assert seen == ["smollm2-135m", "smollm2-135m"]

@@ -27,10 +27,10 @@ def _learner(learner: "str | Learner") -> "Learner":
     return get_learner(learner) if isinstance(learner, str) else learner
 
 
-def distill(task: "str | Task", method: "str | Distiller", dpc: int, learner: "str | Learner" = "minilm",
+def distill(task: "str | Task", method: "str | Distiller", dpc: int, learner: "str | Learner | None" = None,
             seed: int = 0, device: str = "cpu", **options) -> "DistilledDataset":
     """Distil ``task`` into ``dpc`` examples per class with ``method`` (a name and its options, or a Distiller),
-    in the space of ``learner`` (a name or a Learner), on ``device``."""
+    in the space of ``learner`` (a name or a Learner; default: the method's, minilm for most), on ``device``."""
     from .methods import get_method
 
     check_device(device)
@@ -42,7 +42,7 @@ def distill(task: "str | Task", method: "str | Distiller", dpc: int, learner: "s
         method.config.device = device
     elif device != "cpu":
         raise ConfigError(f"method {method.name!r} runs on the CPU only")
-    return method.distill(_task(task), dpc, _learner(learner), seed=seed)
+    return method.distill(_task(task), dpc, _learner(learner or method.default_learner), seed=seed)
 
 
 def evaluate(task: "str | Task", ds: "DistilledDataset | None" = None,

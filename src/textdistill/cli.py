@@ -138,7 +138,7 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     options.update({k: v for k, v in vars(method_parser.parse_args(extra)).items() if v is not None})
 
     check_output(args.out, args.overwrite)  # before the work, not after it
-    learner = get_learner(args.learner)
+    learner = get_learner(args.learner or METHODS[args.method].default_learner)
     distiller = get_method(args.method, **options)
     task = _load_task(args)
     init_from_env(str(options.get("device", "cpu")))  # under torchrun: one rank of a data-parallel run
@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", required=True, help="distillation method (textdistill list methods)")
     s.add_argument("--dpc", type=int, required=True, help="examples per class")
     s.add_argument("--out", required=True, help="directory to write the distilled set to")
-    s.add_argument("--learner", default="minilm", help="learner whose space the method works in (default minilm)")
+    s.add_argument("--learner", help="learner whose space the method works in (default: the method's; minilm for "
+                   "most, smollm2-135m for gradmm)")
     s.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default 0)")
     s.add_argument("--config", help="YAML file of method options (command-line options win)")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

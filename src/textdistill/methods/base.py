@@ -28,6 +28,7 @@ class Distiller:
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    default_learner: ClassVar[str] = "minilm"  # the learner it works with when none is named
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

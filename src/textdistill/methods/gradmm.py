@@ -160,6 +160,7 @@ class Gradmm(Distiller):
     name = "gradmm"
     description = "gradient matching in a decoder LM's embedding space, projected onto readable tokens by ADMM"
     Config = GradmmConfig
+    default_learner = "smollm2-135m"  # it needs a decoder LM: the model whose gradients and likelihood it uses
 
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         from ..learners.transformer import DecoderLearner
