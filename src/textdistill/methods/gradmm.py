@@ -178,8 +178,7 @@ class Gradmm(Distiller):
         torch.manual_seed(seed)
         lm = load_lm(learner.name, cfg.device).model
         tok = learner.tokenizer
-        template = learner.build(task.num_classes, seed=0).to(cfg.device).eval()
-        table = template.get_input_embeddings().weight.detach().float()  # the LM's own table (same checkpoint)
+        table = lm.get_input_embeddings().weight.detach().float()  # the learner's table too (same checkpoint)
         banned = torch.tensor(sorted(set(tok.all_special_ids)), dtype=torch.long, device=cfg.device)
         # what the LM reads before the first token
         start_id = next(i for i in (lm.config.bos_token_id, tok.bos_token_id, tok.eos_token_id, tok.cls_token_id, 0)
