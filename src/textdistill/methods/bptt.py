@@ -112,7 +112,7 @@ class BPTT(Distiller):
         cfg = self.config
         self.check_learner(learner)
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
-        x, mask = syn.x, syn.fixed["attention_mask"]
+        mask = syn.fixed["attention_mask"]
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=cfg.device, requires_grad=True)
         extra = {k: v.to(cfg.device).requires_grad_(True)
                  for k, v in self.extra_parameters(learner, task, syn.inputs(detach=True)).items()}
