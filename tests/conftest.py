@@ -58,7 +58,7 @@ def _check_accuracy(task, source, result, recompute=True):
         assert a * len(y) == pytest.approx(round(a * len(y)), abs=1e-4), (a, len(y))
     assert result.accuracy_mean == pytest.approx(float(np.mean(accs)))
     if recompute:
-        learner, run = get_learner(result.learner), result.runs[0]
+        learner, run = get_learner(result.learner).for_task(task), result.runs[0]
         if source is None:
             train_texts, train_pairs, train_y = task.columns("train")
             inputs, labels, lrs, attention = learner.encode(train_texts, train_pairs), torch.tensor(train_y), None, None

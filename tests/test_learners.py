@@ -59,3 +59,36 @@ def test_decoder_head_reads_the_last_real_token_and_lora_trains_adapters_and_hea
     before = dict(model.named_parameters())
     changed = {k for k in trainable if not torch.equal(after[k], before[k])}
     assert any("lora_B" in k for k in changed) and any(k.endswith("score.weight") for k in changed)
+
+
+def test_learners_read_the_tasks_max_length(mr_small, monkeypatch):
+    """A task whose spec says 8 tokens: distill and evaluate cut its texts at 8, the registered learner stays at 64
+    and the fitted copy shares its loaded model."""
+    from dataclasses import replace
+
+    import textdistill as td
+    from textdistill.data import Task
+    from textdistill.learners.transformer import TransformerLearner
+
+    task = Task(replace(mr_small.spec, max_length=8), mr_small.data, mr_small.origin)
+    base, texts = get_learner("minilm"), task.columns("train")[0][:4]
+    fitted = base.for_task(task)
+    assert (base.max_length, fitted.max_length) == (64, 8) and fitted._templates is base._templates
+    assert fitted.encode(texts)["input_ids"].shape[1] == 8 < base.encode(texts)["input_ids"].shape[1]
+    assert get_learner("minilm", max_length=8).max_length == 8 and get_learner("minilm").max_length == 64
+    frozen = get_learner("minilm-frozen").for_task(task)
+    assert frozen.encoder.max_length == 8 and frozen.describe()["max_length"] == 8
+    assert not torch.allclose(torch.from_numpy(frozen.sentence_vectors(texts, cache=False)),
+                              torch.from_numpy(get_learner("minilm-frozen").sentence_vectors(texts, cache=False)))
+
+    ds = td.distill(task, "attention-labels", dpc=1, learner="minilm", outer_steps=1, inner_steps=1, real_batch=4)
+    # the set's length is the method's option (32); its real starting sentences are cut at the task's 8 tokens
+    assert ds.learner["max_length"] == 8 and int(ds.tensors["attention_mask"].sum(1).max()) == 8
+    seen = []
+    encode = TransformerLearner.encode
+    monkeypatch.setattr(TransformerLearner, "encode", lambda self, *a: seen.append(self.max_length) or encode(self, *a))
+    td.evaluate(task, td.distill(task, "random", dpc=1, learner="minilm-frozen"), learners=["minilm"], seeds=1,
+                recipe={"steps": 1})
+    assert seen and set(seen) == {8}
+    with pytest.raises(Exception, match="max_length"):
+        base.with_max_length(0)

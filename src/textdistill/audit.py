@@ -87,7 +87,7 @@ def loss_scores(ds: DistilledDataset, task: Task, learner_name: str, seeds: int,
     from .learners import get_learner
     from .train import predict_logits, train
 
-    learner = get_learner(learner_name)
+    learner = get_learner(learner_name).for_task(task)
     inputs, recipe = ds.inputs_for(learner), resolve_recipe(learner, ds, None)
     candidates, y = learner.encode(texts, pairs), torch.tensor(labels)
     total = torch.zeros(len(labels))
@@ -107,7 +107,7 @@ def audit(ds: DistilledDataset, task: Task, learner: str = "minilm-frozen", samp
     from .learners import get_learner
 
     text_set = decode_to_text(ds) if ds.kind == "token-embeddings" else ds
-    enc = get_learner(learner)
+    enc = get_learner(learner).for_task(task)
     train_t, train_p, train_y = task.columns("train")
     test_t, test_p, test_y = task.columns("test")
     rng = np.random.default_rng(seed)

@@ -181,8 +181,9 @@ class Cell:
         entry = suite.methods[self.entry]
         config = get_method(entry.method, **entry.options).config.to_dict()  # defaults count: a new default, a new set
         task = suite.tasks[self.task]
-        return (task, load_task(task).fingerprint, asdict(entry), config, suite.learner_of(entry), self.dpc,
-                self.set_seed)
+        loaded = load_task(task)  # the learner reads the task's max_length: it shapes the set
+        return (task, loaded.fingerprint, loaded.spec.max_length, asdict(entry), config, suite.learner_of(entry),
+                self.dpc, self.set_seed)
 
     def kind(self, suite: Suite) -> tuple[str, str]:
         """What its cost is estimated by: the task and the method label."""

@@ -80,8 +80,8 @@ def evaluate(
     if seeds < 1:
         raise ConfigError(f"evaluate: seeds must be >= 1 (--seeds), got {seeds}")
     check_device(device)
-    # names or Learner objects; an unknown name fails before any run, not after the first learner's
-    learners = [name if isinstance(name, Learner) else get_learner(name) for name in learners]
+    # names or Learner objects, reading the task's max_length; an unknown name fails before any run
+    learners = [(name if isinstance(name, Learner) else get_learner(name)).for_task(task) for name in learners]
     if source is not None and list(source.label_names) != list(task.spec.classes):
         raise ArtifactError(f"the set has classes {list(source.label_names)} but task {task.name} has "
                             f"{list(task.spec.classes)}: evaluate it on the task it was distilled from")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 from abc import ABC, abstractmethod
@@ -112,6 +113,20 @@ class Learner(ABC):
             out.append([tokens[i] for i in ids.tolist()])
         return out
 
+    def with_max_length(self, max_length: int) -> "Learner":
+        """This learner cutting texts at ``max_length`` tokens: a shallow copy that shares the loaded models."""
+        if max_length == self.max_length:
+            return self
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ConfigError(f"learner {self.name!r}: max_length must be a positive integer, not {max_length!r}")
+        out = copy.copy(self)
+        out.max_length = max_length
+        return out
+
+    def for_task(self, task) -> "Learner":
+        """This learner as the task's spec asks (its ``max_length``: 64 for short reviews, 128 for news, ...)."""
+        return self.with_max_length(task.spec.max_length)
+
     def describe(self) -> dict:
         """What a model-bound artifact records about its learner."""
         return {"id": self.name, "max_length": self.max_length, "input_kind": self.input_kind}
@@ -137,9 +152,10 @@ def list_learners(pattern: str = "*") -> list[str]:
 _instances: dict[str, Learner] = {}
 
 
-def get_learner(name: str) -> Learner:
+def get_learner(name: str, max_length: int | None = None) -> Learner:
     """A registered learner, or any Hugging Face model id / local path as a fine-tuned transformer (a causal LM
-    as a decoder classifier, anything else as an encoder)."""
+    as a decoder classifier, anything else as an encoder); ``max_length`` (tokens) overrides its default of 64,
+    as ``distill`` and ``evaluate`` do with the task's."""
     if name not in _instances:
         from .transformer import learner_for
 
@@ -151,4 +167,4 @@ def get_learner(name: str) -> Learner:
                                   "other names must be a local model folder or a Hugging Face hub id") from None
 
         _instances[name] = LEARNERS[name]() if name in LEARNERS else learner_for(name)
-    return _instances[name]
+    return _instances[name] if max_length is None else _instances[name].with_max_length(max_length)

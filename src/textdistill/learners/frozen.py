@@ -51,6 +51,12 @@ class FrozenEncoderLearner(Learner):
         # Same embedding_id and max_length as the encoder: one cache entry, computed and written once.
         return self.encoder._sentence_vectors(texts, pairs)
 
+    def with_max_length(self, max_length: int) -> Learner:
+        out = super().with_max_length(max_length)
+        if out is not self:
+            out.encoder = self.encoder.with_max_length(max_length)  # the vectors are the encoder's
+        return out
+
     def describe(self) -> dict:
         return {**super().describe(), "encoder": self.encoder.describe()}
 

@@ -23,7 +23,7 @@ class MethodConfig(Config):
 
 
 class Distiller:
-    """A method: the constructor stores the config; ``distill`` does the work."""
+    """A method: the constructor stores the config; ``distill`` does the work (a method implements ``run``)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -34,6 +34,11 @@ class Distiller:
         self.config = config if config is not None else self.Config()
 
     def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        """The set; ``learner`` reads the task's texts at the task's ``max_length``."""
+        return self.run(task, dpc, learner.for_task(task), seed=seed)
+
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        """What a method implements: ``distill`` with the learner already fitted to the task."""
         raise NotImplementedError
 
     def _artifact(self, task: Task, seed: int, **kw) -> DistilledDataset:

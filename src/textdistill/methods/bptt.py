@@ -108,7 +108,7 @@ class BPTT(Distiller):
                               f"textcnn-glove, bilstm-glove), not {learner.name!r}")
 
     # -- the outer loop ---------------------------------------------------------------------------
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         self.check_learner(learner)
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)

@@ -94,7 +94,7 @@ class Condense(Distiller):
     description = "an instruct LM condenses clusters of real examples; gradient alignment picks the generations"
     Config = CondenseConfig
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         from sklearn.cluster import KMeans
 
         from ..lm import cached_generate, get_lm

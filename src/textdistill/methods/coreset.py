@@ -21,7 +21,7 @@ class CoresetDistiller(Distiller):
         """Positions (into ``vectors``, one class) of the k chosen examples."""
         raise NotImplementedError
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         texts, pairs, labels = task.columns("train")
         per_class = class_indices(labels, task.spec.classes, dpc)
         vectors = learner.sentence_vectors(texts, pairs) if self.needs_vectors else None

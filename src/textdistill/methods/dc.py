@@ -101,7 +101,7 @@ class DC(Distiller):
             total = total + gradient_distance(g_syn, g_real, cfg.distance)
         return total / len(per_class)
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
         real, real_y, per_class = real_inputs(task, learner)

@@ -341,7 +341,7 @@ class DiLM(Distiller):
         return history
 
     # -- the set ---------------------------------------------------------------------------------
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         c = self.config
         class_indices(task.columns("train")[2], task.spec.classes, 1)  # every class has real examples
         if c.save_generator:

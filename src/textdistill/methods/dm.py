@@ -85,7 +85,7 @@ class DM(Distiller):
     description = "distribution matching of per-class representations (mean or MMD) under fresh learners"
     Config = DMConfig
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, labels="hard")
         real, real_y, per_class = real_inputs(task, learner)

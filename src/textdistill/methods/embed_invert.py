@@ -84,7 +84,7 @@ class EmbedInvert(Distiller):
     description = "vectors learned in a sentence space (dm, mtt, dc), written back as text (nearest or LM search)"
     Config = EmbedInvertConfig
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         if learner.input_kind != "features":
             raise ConfigError(f"embed-invert learns vectors in a frozen sentence space: use a learner such as "

@@ -51,7 +51,7 @@ class FromFile(Distiller):
             raise ConfigError(f"{pattern} matches {len(found)} files; it must match exactly one")
         return Path(found[0])
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         path = self.resolve(dpc, seed)
         rows = read_rows(path)
         if not rows:

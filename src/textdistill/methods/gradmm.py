@@ -162,7 +162,7 @@ class Gradmm(Distiller):
     Config = GradmmConfig
     default_learner = "smollm2-135m"  # it needs a decoder LM: the model whose gradients and likelihood it uses
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         from ..learners.transformer import DecoderLearner
         from ..lm import load_lm
 

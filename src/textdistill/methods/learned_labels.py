@@ -59,7 +59,7 @@ class LearnedLabels(Distiller):
     description = "coreset texts with class distributions learned through unrolled training (text, any learner)"
     Config = LearnedLabelsConfig
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         picked = get_method(cfg.init).distill(task, dpc, learner, seed=seed)
         inputs = picked.inputs_for(learner)

@@ -119,7 +119,7 @@ class MTT(Distiller):
     description = "trajectory matching against expert learners trained on the real data"
     Config = MTTConfig
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
         paths = buffer(task, learner, cfg)

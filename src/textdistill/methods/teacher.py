@@ -42,7 +42,7 @@ def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] 
     from ..resources import cache_dir
     from ..train import predict_logits, train
 
-    learner = get_learner(teacher)
+    learner = get_learner(teacher).for_task(task)
     train_texts, train_pairs, train_labels = task.columns("train")
     recipe = learner.full_data_recipe(len(train_labels))
     model = learner.build(task.num_classes, TEACHER_SEED)
