@@ -23,6 +23,7 @@ def test_nearest_writes_distinct_real_sentences_of_the_right_class(small):
     assert all(label_of[t] == y for t, y in zip(ds.texts, ds.hard_labels.tolist()))
     f = ds.log["fidelity"]
     assert f["cosine_to_target"] == f["nearest_real_cosine"] and all(0 < c <= 1 for c in f["cosine_to_target"])
+    assert f["probe_label_agreement"] >= 0.5  # real sentences of the class, read by a probe fit on them
 
 
 def test_search_never_ends_worse_than_its_start():
@@ -62,3 +63,63 @@ def test_search_with_the_offline_lm_improves_or_keeps_fidelity(small):
                     max_new_tokens=16).distill(small, 1, get_learner("minilm-frozen"), 0)
     f = ds.log["fidelity"]
     assert all(a >= b - 1e-6 for a, b in zip(f["cosine_to_target"], f["nearest_real_cosine"]))
+
+
+def test_trained_inverter_reconstructs_its_training_sentences_and_resumes(small, tiny_generator, tmp_path,
+                                                                         monkeypatch):
+    """A two-layer LM trained to write 8 MR sentences back from their MiniLM vectors: its greedy sentence is closer
+    to each target than the other training sentences are (a chance inverter would not be), and a training
+    killed after its first checkpoint resumes to the same weights."""
+    import torch
+
+    from textdistill.lm.inverter import InverterSettings, train_inverter
+
+    monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path))
+    enc = get_learner("minilm-frozen")
+    texts = small.columns("train")[0][:8]
+    vectors = enc.sentence_vectors(texts, cache=False)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    settings = InverterSettings(lm=tiny_generator, prefix=2, lora_rank=0, steps=150, batch=8, lr=3e-3, max_tokens=12)
+    inv = train_inverter(vectors, texts, settings, key="tiny")
+    written = [c[0] for c in inv.write(torch.from_numpy(vectors), n=1, max_new_tokens=12, seed=0)]
+    back = enc.sentence_vectors(written, cache=False)
+    back /= np.linalg.norm(back, axis=1, keepdims=True)
+    own = (back * vectors).sum(1)
+    others = (vectors @ vectors.T)[~np.eye(8, dtype=bool)].reshape(8, 7).mean(1)
+    assert own.mean() > others.mean() + 0.2, (written, own, others)
+    assert (tmp_path / "inverters" / "tiny.safetensors").exists()
+    assert not (tmp_path / "inverters" / "tiny.partial.pt").exists()
+
+    # killed after the first checkpoint (step 5): the rerun starts there and ends where an unbroken run ends
+    short = InverterSettings(lm=tiny_generator, prefix=2, lora_rank=0, steps=8, batch=4, max_tokens=12,
+                             checkpoint_every=5)
+    whole = train_inverter(vectors, texts, short, key="whole").trainable()
+
+    def crash(self, *a, **k):
+        if crash.calls == 6:
+            raise KeyboardInterrupt
+        crash.calls += 1
+        return loss(self, *a, **k)
+
+    from textdistill.lm.inverter import Inverter
+
+    loss, crash.calls = Inverter.loss, 0
+    monkeypatch.setattr(Inverter, "loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_inverter(vectors, texts, short, key="broken")
+    assert (tmp_path / "inverters" / "broken.partial.pt").exists()
+    monkeypatch.setattr(Inverter, "loss", loss)
+    resumed = train_inverter(vectors, texts, short, key="broken").trainable()
+    assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
+
+
+def test_trained_inverter_writes_a_text_set_with_its_fidelity(small, tiny_generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path))
+    method = get_method("embed-invert", inverter="trained", lm=tiny_generator, inverter_steps=3, lora_rank=0,
+                        candidates=3, max_new_tokens=8, space_options="iterations=3")
+    ds = method.distill(small, 1, get_learner("minilm-frozen"), seed=0)
+    assert ds.kind == "text" and len(ds) == 2 and all(ds.texts) and ds.hard_labels.tolist() == [0, 1]
+    f = ds.log["fidelity"]
+    assert len(f["cosine_to_target"]) == 2 and all(-1 <= c <= 1 for c in f["cosine_to_target"])
+    assert f["probe_label_agreement"] in (0, 0.5, 1)
+    assert len(list((tmp_path / "inverters").glob("*.safetensors"))) == 1  # trained once, cached for the next set

@@ -220,6 +220,11 @@ def cmd_show(args: argparse.Namespace) -> None:
         dp = ds.log["dp"]
         print(f"differentially private: ({dp['epsilon']:.2f}, {dp['delta']:g})-DP over {dp['steps']} releases "
               f"(noise multiplier {dp['noise_multiplier']:.3f}, clip {dp['clip']:g}; {dp['mechanism']})")
+    if "fidelity" in ds.log:  # a set written from target vectors: how close the text came to them
+        f = ds.log["fidelity"]
+        print(f"fidelity: mean cosine to the target vectors {f['mean_cosine_to_target']:.3f} (the nearest real "
+              f"sentences: {f['mean_nearest_real_cosine']:.3f}); a probe on the real data agrees with "
+              f"{100 * f.get('probe_label_agreement', float('nan')):.0f}% of the labels")
     if ds.kind == "text":
         rows = [(ds.label_names[y], t if p is None else f"{t} ||| {p}")
                 for y, t, p in zip(ds.hard_labels.tolist(), ds.texts, ds.text_pairs or [None] * len(ds))]

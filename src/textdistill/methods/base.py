@@ -106,3 +106,11 @@ def descend(method: str, opt: "torch.optim.Optimizer", loss: "torch.Tensor", ste
 def thin(history: list[float], points: int = 50) -> list[float]:
     """A loss curve kept in the artifact's log at about ``points`` points."""
     return [round(h, 4) for h in history[:: max(1, len(history) // points)]]
+
+
+def label_probe(task: Task, learner: Learner):
+    """Logistic regression on the learner's sentence vectors of the real training data."""
+    from sklearn.linear_model import LogisticRegression
+
+    texts, pairs, labels = task.columns("train")
+    return LogisticRegression(max_iter=1000).fit(learner.sentence_vectors(texts, pairs), labels)

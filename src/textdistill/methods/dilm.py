@@ -40,7 +40,7 @@ from ..resources import cache_dir, model_revision, resolve_model
 from ..synthetic import DistilledDataset, check_output, write_folder
 from ..recipe import Recipe
 from ..train import train
-from .base import Distiller, MethodConfig, class_indices, descend, register_method, thin
+from .base import Distiller, MethodConfig, class_indices, descend, label_probe, register_method, thin
 from .coreset import KMeansNearest
 from .dc import real_gradient
 from .space import fresh_parameters, real_inputs
@@ -400,14 +400,6 @@ class DiLM(Distiller):
                             f"{label}, fewer than dpc={least}; train the generator longer or turn filter_labels off")
         texts, seconds = zip(*rows[:size])
         return list(texts), list(seconds) if pairs else None, len(rows) / drawn
-
-
-def label_probe(task: Task, learner: Learner):
-    """Logistic regression on the learner's sentence vectors of the real training data."""
-    from sklearn.linear_model import LogisticRegression
-
-    texts, pairs, labels = task.columns("train")
-    return LogisticRegression(max_iter=1000).fit(learner.sentence_vectors(texts, pairs), labels)
 
 
 def save_checkpoint(folder: Path, gen: Generator, opt: torch.optim.Optimizer | None, outer: int,

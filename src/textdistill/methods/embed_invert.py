@@ -5,13 +5,15 @@ gives target vectors per class; an inverter turns each into a sentence, so the s
 learner trains on it. ``nearest`` takes the closest real training sentence of the class (a coreset steered
 by distillation); ``search`` lets a language model propose sentences, prompted with the class and the real
 sentences nearest the target, keeps the candidate whose vector is closest, and repeats with the best as new
-context: it never ends further from the target than the nearest real sentence it starts from.
+context: it never ends further from the target than the nearest real sentence it starts from; ``trained`` writes
+from the vector itself, through an inversion model trained on the task's sentences (``lm/inverter.py``), and
+keeps the closest of its greedy and sampled sentences.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -22,9 +24,12 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..synthetic import DistilledDataset
-from .base import Distiller, MethodConfig, get_method, register_method
+from .base import Distiller, MethodConfig, get_method, label_probe, register_method
 
-SPACES, INVERTERS = ("dm", "mtt", "dc"), ("nearest", "search")
+if TYPE_CHECKING:
+    from ..lm.inverter import InverterSettings
+
+SPACES, INVERTERS = ("dm", "mtt", "dc"), ("nearest", "search", "trained")
 PROMPT = ("Here are {kind} labelled \"{label}\":\n{examples}\nWrite one new {kind_one} labelled \"{label}\", "
           "similar to these. Reply with the sentence only.")
 
@@ -33,12 +38,19 @@ PROMPT = ("Here are {kind} labelled \"{label}\":\n{examples}\nWrite one new {kin
 class EmbedInvertConfig(MethodConfig):
     space: str = field(default="dm", metadata={"help": "the method that learns the vectors: dm, mtt or dc"})
     space_options: str = field(default="", metadata={"help": "its options, e.g. 'iterations=200,outer_lr=0.05'"})
-    inverter: str = field(default="nearest", metadata={"help": "nearest (real sentence) or search (LM proposals)"})
-    lm: str = field(default="smollm2-135m", metadata={"help": "the language model of the search inverter"})
-    candidates: int = field(default=8, metadata={"ge": 1, "help": "search: sentences proposed per round"})
+    inverter: str = field(default="nearest", metadata={"help": "nearest (real sentence), search (LM proposals) or "
+                                                                 "trained (an inversion model)"})
+    lm: str = field(default="smollm2-135m", metadata={"help": "the language model of the search and trained inverters"})
+    candidates: int = field(default=8, metadata={"ge": 1, "help": "search: sentences proposed per round; trained: "
+                                                                  "sentences written per vector (greedy + sampled)"})
     rounds: int = field(default=2, metadata={"ge": 1, "help": "search: propose-and-keep rounds per vector"})
     context: int = field(default=4, metadata={"ge": 1, "help": "search: real sentences in the prompt"})
-    max_new_tokens: int = field(default=40, metadata={"ge": 4, "help": "search: tokens per proposal"})
+    max_new_tokens: int = field(default=40, metadata={"ge": 4, "help": "search, trained: tokens per sentence"})
+    inverter_steps: int = field(default=400, metadata={"ge": 1, "help": "trained: training steps (cached per task)"})
+    inverter_batch: int = field(default=8, metadata={"ge": 1, "help": "trained: training sentences per step"})
+    inverter_lr: float = field(default=1e-3, metadata={"gt": 0, "help": "trained: AdamW learning rate"})
+    prefix_tokens: int = field(default=4, metadata={"ge": 1, "help": "trained: LM input embeddings per vector"})
+    lora_rank: int = field(default=8, metadata={"ge": 0, "help": "trained: LoRA rank of the LM (0: train it all)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +59,12 @@ class EmbedInvertConfig(MethodConfig):
         if self.inverter not in INVERTERS:
             raise ConfigError(f"inverter must be one of {', '.join(INVERTERS)}, not {self.inverter!r}")
         self.space_method()  # bad pass-through options fail now, not after the distillation
+
+    def inverter_settings(self) -> "InverterSettings":
+        from ..lm.inverter import InverterSettings
+
+        return InverterSettings(lm=self.lm, prefix=self.prefix_tokens, lora_rank=self.lora_rank,
+                                steps=self.inverter_steps, batch=self.inverter_batch, lr=self.inverter_lr)
 
     def space_method(self) -> Distiller:
         options = {}
@@ -97,11 +115,16 @@ class EmbedInvert(Distiller):
             raise ConfigError("embed-invert writes single sentences; pair tasks are not supported yet")
         real = _unit(learner.sentence_vectors(texts))
         labels = np.asarray(labels)
-        lm = None
+        lm = inverter = None
         if cfg.inverter == "search":
             from ..lm import cached_generate, first_line, load_lm
 
             lm = load_lm(cfg.lm)
+        elif cfg.inverter == "trained":
+            from ..lm.inverter import inverter_key, train_inverter
+
+            settings = cfg.inverter_settings()
+            inverter = train_inverter(real, texts, settings, inverter_key(task.fingerprint, learner.describe(), settings))
         out_texts, fidelity, nearest_cos = [], [], []
         for c in range(task.num_classes):
             rows, pool = np.flatnonzero(hard == c), np.flatnonzero(labels == c)
@@ -112,12 +135,20 @@ class EmbedInvert(Distiller):
                 start = next(j for j in order if j not in used)  # a real sentence appears once per class
                 used.add(start)
                 nearest_cos.append(float(real[start] @ targets[i]))
+                step_seed = seed * 1_000_003 + int(i) * 101
+                if inverter is not None:
+                    (written,) = inverter.write(torch.from_numpy(targets[i : i + 1]), cfg.candidates,
+                                                cfg.max_new_tokens, step_seed)
+                    written = [w for w in written if w] or [texts[start]]  # nothing written: the nearest real one
+                    cos = _unit(learner.sentence_vectors(written, cache=False)) @ targets[i]
+                    out_texts.append(written[int(cos.argmax())])
+                    fidelity.append(float(cos.max()))
+                    continue
                 if lm is None:
                     out_texts.append(texts[start])
                     fidelity.append(nearest_cos[-1])
                     continue
                 name = task.spec.classes[c]
-                step_seed = seed * 1_000_003 + int(i) * 101
 
                 def propose(context: list[str], r: int) -> list[str]:
                     prompt = PROMPT.format(kind="sentences", kind_one="sentence", label=name,
@@ -130,10 +161,13 @@ class EmbedInvert(Distiller):
                 out_texts.append(best)
                 fidelity.append(best_cos)
         order = np.concatenate([np.flatnonzero(hard == c) for c in range(task.num_classes)])
+        # does a probe trained on the real data read each written sentence as the class it was written for?
+        agree = label_probe(task, learner).predict(learner.sentence_vectors(out_texts, cache=False)) == hard[order]
         log = {"space": {"method": vectors.method, "config": vectors.config, "fingerprint": vectors.fingerprint()},
                "fidelity": {"cosine_to_target": [round(x, 4) for x in fidelity],
                             "nearest_real_cosine": [round(x, 4) for x in nearest_cos],
                             "mean_cosine_to_target": float(np.mean(fidelity)),
-                            "mean_nearest_real_cosine": float(np.mean(nearest_cos))}}
+                            "mean_nearest_real_cosine": float(np.mean(nearest_cos)),
+                            "probe_label_agreement": float(agree.mean())}}
         return self._artifact(task, seed, kind="text", texts=out_texts, labels=torch.from_numpy(hard[order]).long(),
                               log=log)
