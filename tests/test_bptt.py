@@ -145,8 +145,8 @@ def test_attention_labels_all_rows_train_on_padded_batches(mr_small):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: on the CPU every tensor is already there")
 def test_attention_labels_on_cuda(mr_small):
     """Distillation builds its extra model on the device; train() moves CPU attention labels and step sizes there."""
-    ds = get_method("attention-labels", outer_steps=1, inner_steps=1, length=8, real_batch=8, device="cuda").distill(
-        mr_small, 1, get_learner("minilm"), seed=0)
+    ds = get_method("attention-labels", outer_steps=1, inner_steps=1, length=8, real_batch=8).distill(
+        mr_small, 1, get_learner("minilm"), seed=0, device="cuda")
     learner = get_learner("minilm")
     texts, _, labels = mr_small.columns("train")
     inputs = {k: v[:, :8].cuda() for k, v in learner.encode(texts[:2]).items()}  # the labels cover 8 positions

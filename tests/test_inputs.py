@@ -184,9 +184,11 @@ def test_cuda_without_cuda_is_refused_before_work(mr_small, random_set, monkeypa
     with pytest.raises(ConfigError, match="cuda.*not available"):
         evaluate(mr_small, random_set, ["minilm-frozen"], seeds=1, device="cuda")
     with pytest.raises(ConfigError, match="cuda.*not available"):
-        get_method("dm", device="cuda")
+        get_method("dm").distill(mr_small, 1, get_learner("minilm-frozen"), device="cuda")
     with pytest.raises(ConfigError, match="unknown device 'gpu'"):
-        get_method("dm", device="gpu")
+        get_method("dm").distill(mr_small, 1, get_learner("minilm-frozen"), device="gpu")
+    with pytest.raises(ConfigError, match="unknown option.*device"):
+        get_method("dm", device="cpu")  # not a method option: an argument of distill
     suite = tmp_path / "s.yaml"
     data = csv_file(tmp_path / "d.csv", ["neg", "pos"] * 6)
     suite.write_text(f"tasks: [{data}]\nlearners: [minilm-frozen]\nmethods: [herding]\ndpc: [1]\nseeds: 1\n")

@@ -38,11 +38,7 @@ def distill(task: "str | Task", method: "str | Distiller", dpc: int, learner: "s
         method = get_method(method, **options)
     elif options:
         raise ConfigError(f"options {sorted(options)} go with a method name, not a {type(method).__name__} object")
-    if hasattr(method.config, "device"):
-        method.config.device = device
-    elif device != "cpu":
-        raise ConfigError(f"method {method.name!r} runs on the CPU only")
-    return method.distill(_task(task), dpc, _learner(learner or method.default_learner), seed=seed)
+    return method.distill(_task(task), dpc, _learner(learner or method.default_learner), seed=seed, device=device)
 
 
 def evaluate(task: "str | Task", ds: "DistilledDataset | None" = None,

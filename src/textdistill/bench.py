@@ -258,11 +258,9 @@ class Runner:
             except ArtifactError:
                 pass  # a damaged set is distilled again
         method = get_method(entry.method, **entry.options)
-        if hasattr(method.config, "device"):
-            method.config.device = self.device
-        with Meter() as m:
-            ds = method.distill(task, cell.dpc, self.learner(self.suite.learner_of(entry)),
-                                seed=cell.set_seed)
+        with Meter() as m:  # the suite's device for methods that use one; coresets select on the CPU
+            ds = method.distill(task, cell.dpc, self.learner(self.suite.learner_of(entry)), seed=cell.set_seed,
+                                device=self.device if method.uses_device else "cpu")
         ds.log.update(set_key=key, distill_step=m.result())
         ds.save(path, overwrite=True)
         return ds, path

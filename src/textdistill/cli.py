@@ -128,6 +128,8 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
             raise ConfigError(f"{args.config}: cannot read the config ({e})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.config}: expected a mapping of option: value")
+        if "device" in loaded:
+            raise ConfigError(f"{args.config}: device is not a method option; pass --device instead")
         options.update(loaded)
     if args.method not in METHODS:
         raise ConfigError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
@@ -141,9 +143,9 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     learner = get_learner(args.learner or METHODS[args.method].default_learner)
     distiller = get_method(args.method, **options)
     task = _load_task(args)
-    init_from_env(str(options.get("device", "cpu")))  # under torchrun: one rank of a data-parallel run
+    init_from_env(args.device)  # under torchrun: one rank of a data-parallel run
     with Meter() as meter:
-        ds = distiller.distill(task, args.dpc, learner, seed=args.seed)
+        ds = distiller.distill(task, args.dpc, learner, seed=args.seed, device=args.device)
     if not is_main():
         return  # rank 0 writes the set
     ds.log["distill_step"] = meter.result()
@@ -251,34 +253,47 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Distil mr at 10 per class, evaluate beside random and the full data, print one table."""
+    """The toolkit's range on mr in a few minutes: a coreset and a learned set beside random picks at the same
+    budgets and the full data, one table, written as a report beside the saved sets."""
     from .data import get_task
     from .evaluation import evaluate
     from .learners import get_learner
     from .methods import get_method
 
-    task, learner = get_task("mr"), get_learner(args.learner)
+    task, learner, out = get_task("mr"), get_learner(args.learner), Path(args.out)
     print(f"task mr: {len(task.train)} train / {len(task.test)} test; learner {args.learner}; "
-          f"{args.dpc} examples per class; {args.seeds} learner seeds per set")
+          f"{args.seeds} learner seeds per set")
+    # the learned set lives in the frozen MiniLM space and trains only that learner (the probe): random picks at
+    # its budget are evaluated with the same learner
+    probe = get_learner("minilm-frozen")
+    plan = [(args.method, args.dpc, learner, "real sentences picked in MiniLM's sentence space"),
+            ("random", args.dpc, learner, "real sentences drawn at random"),
+            (args.learned, 1, probe, "vectors learned in the frozen MiniLM space, bound to it"),
+            ("random", 1, probe, "real sentences drawn at random")]
     rows = []
-    for method in (args.method, "random"):
+    for method, dpc, who, what in plan:
         t0 = time.time()
-        ds = get_method(method).distill(task, args.dpc, learner, seed=0)
-        out = Path(args.out) / f"mr-{method}-{args.dpc}"
-        ds.save(out, overwrite=True)
-        (r,) = evaluate(task, ds, [args.learner], seeds=args.seeds, cache=True)
-        rows.append((method, len(ds), r, time.time() - t0, str(out)))
+        ds = get_method(method).distill(task, dpc, who, seed=0)
+        where = out / f"mr-{method}-{dpc}"
+        ds.save(where, overwrite=True)
+        (r,) = evaluate(task, ds, [who], seeds=args.seeds, cache=True)
+        rows.append((f"{method} ({what})", dpc, len(ds), r, time.time() - t0, str(where)))
     t0 = time.time()
-    (full,) = evaluate(task, None, [args.learner], seeds=args.full_seeds, cache=True)
-    rows.append(("full data", len(task.train), full, time.time() - t0, "(cached after the first run)"))
-    print("\n| train set | examples | accuracy % (mean ± std) | % of full | seconds | saved |")
-    print("|---|---|---|---|---|---|")
-    for name, n, r, secs, where in rows:
+    (full,) = evaluate(task, None, [learner], seeds=args.full_seeds, cache=True)
+    rows.append(("full data", None, len(task.train), full, time.time() - t0, "(cached after the first run)"))
+    lines = ["| train set | per class | examples | learner | accuracy % (mean ± std) | % of full | seconds | saved |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, dpc, n, r, secs, where in rows:
         ok = r.accuracy_mean is not None and full.accuracy_mean is not None
         frac = f"{100 * r.accuracy_mean / full.accuracy_mean:.0f}" if ok else "-"
-        print(f"| {name} | {n} | {r.summary()} | {frac} | {secs:.0f} | {where} |")
-    print(f"\nrecipe: {json.dumps(full.recipe)}; full data uses {args.full_seeds} seed(s). Evaluations are cached "
-          "in the user cache (TEXTDISTILL_CACHE), so a second run prints the same table in seconds.")
+        lines.append(f"| {name} | {dpc or 'all'} | {n} | {r.learner} | {r.summary()} | {frac} | {secs:.0f} | {where} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    report = out / "report.md"
+    report.write_text(f"# textdistill demo: mr\n\n{table}\n\nRecipes: sets {json.dumps(rows[0][3].recipe)}; full data "
+                      f"{json.dumps(full.recipe)} ({args.full_seeds} seed(s)).\n")
+    print(f"\nsets: {out}/mr-*; report: {report}. Evaluations are cached in the user cache (TEXTDISTILL_CACHE), "
+          "so a second run prints the same table in seconds. Look at a set with `textdistill show DIR`.")
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -362,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--learner", help="learner whose space the method works in (default: the method's; minilm for "
                    "most, smollm2-135m for gradmm)")
     s.add_argument("--seed", type=int, default=0, help="seed of the method's random choices (default 0)")
+    s.add_argument("--device", default="cpu", help=device_help + " (methods that train models)")
     s.add_argument("--config", help="YAML file of method options (command-line options win)")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -393,11 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="directory to write the text set to")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it holds a distilled set")
 
-    s = sub.add_parser("demo", help="the README's main job: distil mr and compare with random and full data")
+    s = sub.add_parser("demo", help="the toolkit's range on mr: a coreset and a learned set beside random and full data")
     s.add_argument("--method", default="herding", help="the best coreset method in docs/results.md")
     s.add_argument("--learner", default="minilm-frozen",
                    help="minilm-frozen takes minutes on 2 cores; minilm (fine-tuned) about 2.5 minutes a run")
-    s.add_argument("--dpc", type=int, default=10, help="examples per class (default 10)")
+    s.add_argument("--dpc", type=int, default=10, help="examples per class of the coreset (default 10)")
+    s.add_argument("--learned", default="mtt", help="the learned-set method, at 1 per class in the frozen MiniLM "
+                   "space (default mtt, the best there in docs/results.md)")
     s.add_argument("--seeds", type=int, default=5, help="learner seeds per distilled set (default 5)")
     s.add_argument("--full-seeds", type=int, default=5, help="learner seeds on the full data (default 5)")
     s.add_argument("--out", default="runs/demo", help="where the sets are saved (default runs/demo)")

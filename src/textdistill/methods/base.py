@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..config import Config
+from ..config import Config, check_device
 from ..data import Task
 from ..errors import ConfigError, DataError, TextDistillError
 from ..learners import Learner
@@ -29,12 +29,18 @@ class Distiller:
     description: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     default_learner: ClassVar[str] = "minilm"  # the learner it works with when none is named
+    uses_device: ClassVar[bool] = False  # True: its learners and models run on ``distill``'s device
+    device: str = "cpu"  # the device of the run in progress (an argument of ``distill``, never a config option)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
 
-    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
-        """The set; ``learner`` reads the task's texts at the task's ``max_length``."""
+    def distill(self, task: Task, dpc: int, learner: Learner, seed: int = 0, device: str = "cpu") -> DistilledDataset:
+        """The set, computed on ``device``; ``learner`` reads the task's texts at the task's ``max_length``."""
+        check_device(device)
+        if device != "cpu" and not self.uses_device:
+            raise ConfigError(f"method {self.name!r} runs on the CPU only (device {device!r})")
+        self.device = device
         return self.run(task, dpc, learner.for_task(task), seed=seed)
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:

@@ -94,6 +94,7 @@ class BPTT(Distiller):
     name = "bptt"
     description = "token-embedding sentences, soft labels and step sizes learned through unrolled training"
     Config = BPTTConfig
+    uses_device = True
 
     def extra_parameters(self, learner: Learner, task: Task, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """More learnable tensors (attention labels in the subclass), from the initial set's inputs."""
@@ -111,10 +112,10 @@ class BPTT(Distiller):
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         self.check_learner(learner)
-        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, device=self.device)
         mask = syn.fixed["attention_mask"]
-        raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=cfg.device, requires_grad=True)
-        extra = {k: v.to(cfg.device).requires_grad_(True)
+        raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=self.device, requires_grad=True)
+        extra = {k: v.to(self.device).requires_grad_(True)
                  for k, v in self.extra_parameters(learner, task, syn.inputs(detach=True)).items()}
 
         groups = [{"params": syn.parameters() + list(extra.values()), "lr": cfg.outer_lr},
@@ -126,13 +127,13 @@ class BPTT(Distiller):
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + step).to(cfg.device)
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + step).to(self.device)
             opt.zero_grad()
             trained = unroll(learner, model, syn.inputs(), syn.labels(), F.softplus(raw_lrs), cfg.truncate, seed=step,
                              attention_labels=self.attention_targets(extra, mask), attention_weight=attention_weight)
             idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
-            batch = {k: v.to(cfg.device) for k, v in batch_of(real, idx).items()}
-            loss = real_loss(learner, model, trained, batch, real_y[idx].to(cfg.device), cfg.chunk, backward=True)
+            batch = {k: v.to(self.device) for k, v in batch_of(real, idx).items()}
+            loss = real_loss(learner, model, trained, batch, real_y[idx].to(self.device), cfg.chunk, backward=True)
             check_finite(self.name, loss, step)
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip)

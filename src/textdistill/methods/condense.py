@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import check_device
 from ..data import Task
 from ..learners import Learner
 from ..synthetic import DistilledDataset
@@ -70,11 +69,6 @@ class CondenseConfig(MethodConfig):
     candidates: int = field(default=8, metadata={"ge": 1, "help": "generations per cluster"})
     max_new_tokens: int = field(default=64, metadata={"ge": 4, "help": "tokens per generation"})
     kind: str = field(default="sentences", metadata={"help": "what the examples are, in the prompt (plural)"})
-    device: str = field(default="cpu", metadata={"help": "where a local LM runs: cpu, cuda, ..."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_device(self.device)
 
 
 def head_gradient(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -93,6 +87,7 @@ class Condense(Distiller):
     name = "condense"
     description = "an instruct LM condenses clusters of real examples; gradient alignment picks the generations"
     Config = CondenseConfig
+    uses_device = True
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         from sklearn.cluster import KMeans
@@ -107,7 +102,7 @@ class Condense(Distiller):
         per_class = class_indices(labels, task.spec.classes, dpc)
         vectors = learner.sentence_vectors(texts, pairs)
         real, _, _ = real_inputs(task, learner)  # encoded once; clusters take rows of it
-        lm = get_lm(cfg.llm, cfg.device)
+        lm = get_lm(cfg.llm, self.device)
         model = learner.build(task.num_classes, seed).eval()
         rng = np.random.default_rng(seed)
         out_texts, out_pairs, out_labels, log = [], [], [], []

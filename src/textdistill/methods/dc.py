@@ -86,6 +86,7 @@ class DC(Distiller):
     name = "dc"
     description = "gradient matching per class (token embeddings or frozen sentence vectors)"
     Config = DCConfig
+    uses_device = True
 
     def matching_loss(self, learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
                       syn: SyntheticSet, real: dict[str, torch.Tensor], real_y: torch.Tensor,
@@ -95,7 +96,7 @@ class DC(Distiller):
         labels = syn.labels()
         for c, rows in enumerate(per_class):
             idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
-            g_real = real_gradient(learner, model, params, names, real, real_y, idx, cfg.device)
+            g_real = real_gradient(learner, model, params, names, real, real_y, idx, self.device)
             own = syn.rows_of(c)
             g_syn = class_gradients(learner, model, params, names, syn.inputs(own), labels[own], create_graph=True)
             total = total + gradient_distance(g_syn, g_real, cfg.distance)
@@ -103,7 +104,7 @@ class DC(Distiller):
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, device=self.device)
         real, real_y, per_class = real_inputs(task, learner)
         opt = torch.optim.Adam(syn.parameters(), lr=cfg.outer_lr)
         net_recipe = Recipe(steps=max(1, cfg.net_steps), lr=cfg.net_lr, batch_size=len(syn.hard), warmup=0.0,
@@ -111,7 +112,7 @@ class DC(Distiller):
         history = []
         bar = tqdm(range(cfg.outer_loops), desc=f"dc {task.name} {dpc}/class", leave=False)
         for outer in bar:
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(cfg.device).eval()
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(self.device).eval()
             params = fresh_parameters(model)
             names = learner.head_parameter_names(model) if cfg.classifier_only else [
                 k for k, v in model.named_parameters() if v.requires_grad]
@@ -120,6 +121,6 @@ class DC(Distiller):
                 descend(self.name, opt, loss, outer, history)
                 if cfg.net_steps and inner < cfg.inner_loops - 1:
                     params = train(learner, model, syn.inputs(detach=True), syn.labels(detach=True), net_recipe,
-                                   seed=outer, params=params, device=cfg.device)
+                                   seed=outer, params=params, device=self.device)
             bar.set_postfix(loss=f"{history[-1]:.3f}")
         return syn.artifact(self, task, seed, log={"matching_loss": thin(history)})

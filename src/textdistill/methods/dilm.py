@@ -32,7 +32,6 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..cache import atomic_write, key_of
-from ..config import check_device
 from ..data import Task
 from ..errors import DataError, ResourceMissing
 from ..learners import Learner
@@ -78,11 +77,6 @@ class DiLMConfig(MethodConfig):
         "help": "final pool: keep only examples that a linear probe on the learner's vectors of the real data "
                 "assigns to their class (LAMBADA-style; not in the paper)"})
     save_generator: str = field(default="", metadata={"help": "also save the trained generator (kind generator) here"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_device(self.device)
 
 
 class Generator:
@@ -235,6 +229,7 @@ class DiLM(Distiller):
     name = "dilm"
     description = "a generator LM trained by gradient matching writes the set as text (model-agnostic)"
     Config = DiLMConfig
+    uses_device = True
 
     # -- stage 1 ---------------------------------------------------------------------------------
     def stage1_key(self, task: Task) -> str:
@@ -247,15 +242,15 @@ class DiLM(Distiller):
         """The stage-1 generator, fine-tuned once per (generator, task, options) and kept in the cache."""
         c = self.config
         if c.lm_steps == 0:  # a generator used as it is (e.g. one saved by --save-generator)
-            return Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(c.device), {"lm_loss": []}
+            return Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device), {"lm_loss": []}
         folder = cache_dir() / "generators" / self.stage1_key(task)
         with FileLock(str(folder) + ".lock"):
             if not (folder / META).exists():
-                gen = Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(c.device)
+                gen = Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device)
                 history = lm_fine_tune(gen, task, c.lm_steps, c.lm_batch, c.lm_lr)
                 gen.save(folder, stage=1, lm_loss=thin(history), task=task.name)
         meta = json.loads((folder / META).read_text())
-        return Generator.load(folder).to(c.device), {"lm_loss": meta["lm_loss"]}
+        return Generator.load(folder).to(self.device), {"lm_loss": meta["lm_loss"]}
 
     # -- stage 2 ---------------------------------------------------------------------------------
     def teachers(self, task: Task, learner: Learner, seed: int) -> list[np.ndarray]:
@@ -281,13 +276,13 @@ class DiLM(Distiller):
         for label, rows in enumerate(teachers):
             idx = torch.from_numpy(rng.choice(rows, size=min(c.real_batch, len(rows)), replace=False))
             g_real = torch.cat([g.flatten() for g in real_gradient(learner, model, frozen, names, real, real_y, idx,
-                                                                   c.device)])
+                                                                   self.device)])
             texts, pairs = pool[label]
             sl = slice(at * c.syn_batch, (at + 1) * c.syn_batch)
             texts, pairs = texts[sl], None if pairs is None else pairs[sl]
             weights = torch.softmax(-gen.losses(gen.encode([label] * len(texts), texts, pairs)) / c.temperature, 0)
-            inputs = {k: v.to(c.device) for k, v in learner.encode(texts, pairs).items()}
-            y = torch.full((len(texts),), label, device=c.device)
+            inputs = {k: v.to(self.device) for k, v in learner.encode(texts, pairs).items()}
+            y = torch.full((len(texts),), label, device=self.device)
             per_example = F.cross_entropy(learner.forward(model, frozen, inputs), y, reduction="none")
             grads = torch.autograd.grad((per_example * weights).sum(), [frozen[k] for k in names], create_graph=True)
             total = total + 1 - F.cosine_similarity(torch.cat([g.flatten() for g in grads]), g_real, dim=0)
@@ -299,7 +294,7 @@ class DiLM(Distiller):
         if c.outer_loops == 0:
             return []
         stage2 = {k: v for k, v in c.to_dict().items()
-                  if k not in ("pool_factor", "guidance", "filter_labels", "save_generator", "device")}
+                  if k not in ("pool_factor", "guidance", "filter_labels", "save_generator")}
         folder = cache_dir() / "dilm" / key_of(self.stage1_key(task), stage2, learner.name, seed)
         with FileLock(str(folder) + ".lock"):
             return self._gradient_matching(gen, task, learner, seed, folder)
@@ -307,7 +302,7 @@ class DiLM(Distiller):
     def _gradient_matching(self, gen: Generator, task: Task, learner: Learner, seed: int, folder: Path) -> list[float]:
         c = self.config
         opt = torch.optim.Adam(gen.model.parameters(), lr=c.gen_lr)
-        state = load_checkpoint(folder, gen, opt, c.device)
+        state = load_checkpoint(folder, gen, opt, self.device)
         start, history, pool = state["outer"], state["history"], state["pool"]
         if start == c.outer_loops:
             return history
@@ -323,7 +318,7 @@ class DiLM(Distiller):
                 pool = [gen.sample(y, per_pool, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
                                    seed=seed * 1_000_003 + outer, progress=False) for y in range(task.num_classes)]
                 gen.model.train()
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(c.device).eval()
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(self.device).eval()
             params = fresh_parameters(model)
             names = learner.head_parameter_names(model) if c.classifier_only else [
                 k for k, v in model.named_parameters() if v.requires_grad]
@@ -334,7 +329,7 @@ class DiLM(Distiller):
                 descend(self.name, opt, loss, outer, history)
                 if c.learner_steps and inner < c.inner_loops - 1:
                     params = train(learner, model, real, real_y, recipe, seed=int(rng.integers(2**31)),
-                                   params=params, device=c.device)
+                                   params=params, device=self.device)
             save_checkpoint(folder, gen, None if outer + 1 == c.outer_loops else opt, outer + 1, history, pool)
             bar.set_postfix(loss=f"{history[-1]:.3f}")
         gen.model.eval()

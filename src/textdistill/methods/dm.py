@@ -84,10 +84,11 @@ class DM(Distiller):
     name = "dm"
     description = "distribution matching of per-class representations (mean or MMD) under fresh learners"
     Config = DMConfig
+    uses_device = True
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, labels="hard")
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, labels="hard", device=self.device)
         real, real_y, per_class = real_inputs(task, learner)
         opt = torch.optim.Adam([syn.x], lr=cfg.outer_lr)
         dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
@@ -95,7 +96,7 @@ class DM(Distiller):
         history = []
         bar = tqdm(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
         for it in bar:
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(cfg.device).eval()
+            model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(self.device).eval()
             params = fresh_parameters(model)
             loss = 0.0
             for c, rows in enumerate(per_class):
@@ -105,7 +106,7 @@ class DM(Distiller):
                     idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
                 with torch.no_grad():  # each rank embeds its shard of the batch (all of it in one process)
                     mine = shard(idx)
-                    real_emb = gather_rows(learner.embed(model, params, {k: v.to(cfg.device) for k, v in batch_of(
+                    real_emb = gather_rows(learner.embed(model, params, {k: v.to(self.device) for k, v in batch_of(
                         real, mine if len(mine) else idx[:1]).items()})[: len(mine)]) if len(idx) else None
                 # a Poisson sample can be empty: the release is then noise alone
                 syn_emb = learner.embed(model, params, syn.inputs(syn.rows_of(c)))
@@ -121,7 +122,7 @@ class DM(Distiller):
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         labels = None
         if cfg.labels == "soft":
-            labels = teacher_labels(learner, task, real, real_y, syn.inputs(detach=True), cfg.device, seed)
+            labels = teacher_labels(learner, task, real, real_y, syn.inputs(detach=True), self.device, seed)
         log = {"matching_loss": thin(history)}
         if dp:
             log["dp"] = dp

@@ -101,13 +101,14 @@ class EmbedInvert(Distiller):
     name = "embed-invert"
     description = "vectors learned in a sentence space (dm, mtt, dc), written back as text (nearest or LM search)"
     Config = EmbedInvertConfig
+    uses_device = True
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         if learner.input_kind != "features":
             raise ConfigError(f"embed-invert learns vectors in a frozen sentence space: use a learner such as "
                               f"minilm-frozen, not {learner.name!r}")
-        vectors = cfg.space_method().distill(task, dpc, learner, seed=seed)
+        vectors = cfg.space_method().distill(task, dpc, learner, seed=seed, device=self.device)
         targets = _unit(vectors.tensors["features"].float().numpy())
         hard = vectors.hard_labels.numpy()
         texts, pairs, labels = task.columns("train")
@@ -119,7 +120,7 @@ class EmbedInvert(Distiller):
         if cfg.inverter == "search":
             from ..lm import cached_generate, first_line, load_lm
 
-            lm = load_lm(cfg.lm)
+            lm = load_lm(cfg.lm, self.device)
         elif cfg.inverter == "trained":
             from ..lm.inverter import inverter_key, train_inverter
 

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import check_device
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
@@ -56,11 +55,9 @@ class GradmmConfig(MethodConfig):
     dp_epsilon: float = field(default=0.0, metadata={"ge": 0, "help": "differential privacy: target epsilon (0: off)"})
     dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.1, "help": "differential privacy: delta"})
     dp_clip: float = field(default=1.0, metadata={"gt": 0, "help": "differential privacy: L2 clip of each gradient"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_device(self.device)
         for name, value, allowed in (("init", self.init, ("real", "noise")), ("match", self.match, MATCH),
                                      ("distance", self.distance, ("cos", "mse"))):
             if value not in allowed:
@@ -160,6 +157,7 @@ class Gradmm(Distiller):
     name = "gradmm"
     description = "gradient matching in a decoder LM's embedding space, projected onto readable tokens by ADMM"
     Config = GradmmConfig
+    uses_device = True
     default_learner = "smollm2-135m"  # it needs a decoder LM: the model whose gradients and likelihood it uses
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
@@ -176,21 +174,21 @@ class Gradmm(Distiller):
         per_class = class_indices(labels, task.spec.classes, dpc)
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
-        lm = load_lm(learner.name, cfg.device).model
+        lm = load_lm(learner.name, self.device).model
         tok = learner.tokenizer
         table = lm.get_input_embeddings().weight.detach().float()  # the learner's table too (same checkpoint)
-        banned = torch.tensor(sorted(set(tok.all_special_ids)), dtype=torch.long, device=cfg.device)
+        banned = torch.tensor(sorted(set(tok.all_special_ids)), dtype=torch.long, device=self.device)
         # what the LM reads before the first token
         start_id = next(i for i in (lm.config.bos_token_id, tok.bos_token_id, tok.eos_token_id, tok.cls_token_id, 0)
                         if i is not None)
 
         # the starting tokens, left-padded to `length`: real examples of the class, or the LM's projection of noise
         z, mask, source = self.start(task, per_class, dpc, learner, table, rng)
-        hard = torch.arange(task.num_classes).repeat_interleave(dpc).to(cfg.device)
+        hard = torch.arange(task.num_classes).repeat_interleave(dpc).to(self.device)
         project = lambda v: projection(lm, table, v, mask, start_id, cfg.topk, cfg.distance_weight, banned)  # noqa: E731
         if cfg.init == "noise":
             noise = torch.randn(z.shape + (table.shape[1],), generator=torch.Generator().manual_seed(seed))
-            z = project(noise.to(cfg.device) * table.std())
+            z = project(noise.to(self.device) * table.std())
         real, real_y, _ = real_inputs(task, learner)
         dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
         noise_gen = torch.Generator().manual_seed(int(rng.integers(2**31))) if dp else None
@@ -198,7 +196,7 @@ class Gradmm(Distiller):
 
         def objective(x: torch.Tensor, it: int) -> torch.Tensor:
             if state.get("it") != it:  # a fresh head and fresh real gradients once per iteration
-                model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(cfg.device).eval()
+                model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(self.device).eval()
                 names = matched_names(learner, model, cfg.match)
                 # only the matched tensors are leaves that take gradients: the rest of the body stays constant
                 params = {**dict(model.named_buffers()), **{k: v.detach() for k, v in model.named_parameters()}}
@@ -262,13 +260,13 @@ class Gradmm(Distiller):
         cfg = self.config
         if not dp:
             idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
-            return real_gradient(learner, model, params, names, real, real_y, idx, cfg.device)
+            return real_gradient(learner, model, params, names, real, real_y, idx, self.device)
         idx = rows[rng.random(len(rows)) < dp["sampling_rate"]]
         shapes = [params[k].shape for k in names]
         flat = [torch.cat([g.flatten() for g in class_gradients(
-            learner, model, params, names, {k: v[[i]].to(cfg.device) for k, v in real.items()},
-            real_y[[i]].to(cfg.device), False)]) for i in idx]
-        rows_g = torch.stack(flat) if flat else torch.zeros(0, sum(s.numel() for s in shapes), device=cfg.device)
+            learner, model, params, names, {k: v[[i]].to(self.device) for k, v in real.items()},
+            real_y[[i]].to(self.device), False)]) for i in idx]
+        rows_g = torch.stack(flat) if flat else torch.zeros(0, sum(s.numel() for s in shapes), device=self.device)
         mean = noisy_mean(rows_g, cfg.dp_clip, dp["noise_multiplier"], dp["sampling_rate"] * len(rows), gen)
         return [part.view(s) for part, s in zip(torch.split(mean, [s.numel() for s in shapes]), shapes)]
 

@@ -64,7 +64,7 @@ def expert_recipe(cfg: MTTConfig, n: int) -> Recipe:
                   schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
 
 
-def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True) -> list[Path]:
+def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True, device: str = "cpu") -> list[Path]:
     """Expert trajectories (trainable parameters after each epoch, epoch 0 = the init), trained if missing."""
     real, real_y, _ = real_inputs(task, learner)
     recipe = expert_recipe(cfg, len(real_y))
@@ -79,13 +79,13 @@ def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True) 
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):  # parallel runs share experts instead of training them twice
             if not path.exists():
-                train_expert(task, learner, real, real_y, recipe, cfg, i, path, progress)
+                train_expert(task, learner, real, real_y, recipe, cfg, i, path, progress, device)
     barrier()
     return paths
 
 
 def train_expert(task: Task, learner: Learner, real: dict[str, torch.Tensor], real_y: torch.Tensor, recipe: Recipe,
-                 cfg: MTTConfig, i: int, path: Path, progress: bool = False) -> None:
+                 cfg: MTTConfig, i: int, path: Path, progress: bool = False, device: str = "cpu") -> None:
     """One expert: SGD epochs on the real data, its trainable parameters saved after each, written at the end."""
     model = learner.build(task.num_classes, seed=10_000 + i)
     trainable = [k for k, v in model.named_parameters() if v.requires_grad]
@@ -95,7 +95,7 @@ def train_expert(task: Task, learner: Learner, real: dict[str, torch.Tensor], re
                   disable=not progress)
     for epoch in epochs:
         params = train(learner, model, real, real_y, recipe, seed=10_000 * i + epoch, params=params,
-                       device=cfg.device, progress=progress)
+                       device=device, progress=progress)
         snapshots.update({f"{epoch}/{k}": params[k].detach().cpu().clone() for k in trainable})
     atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in snapshots.items()}, str(p)))
 
@@ -118,22 +118,23 @@ class MTT(Distiller):
     name = "mtt"
     description = "trajectory matching against expert learners trained on the real data"
     Config = MTTConfig
+    uses_device = True
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed)
-        paths = buffer(task, learner, cfg)
+        syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, device=self.device)
+        paths = buffer(task, learner, cfg, device=self.device)
         # As in the MTT paper, the student starts with the experts' step size. (Scaling it up to cover the
         # experts' M epochs in S steps overshot by 10x and more: a few synthetic examples give consistent
         # gradients, real mini-batches partly cancel.)
         init_lr = cfg.init_lr or cfg.expert_lr
-        raw_lr = torch.tensor(inverse_softplus(init_lr), device=cfg.device, requires_grad=True)
+        raw_lr = torch.tensor(inverse_softplus(init_lr), device=self.device, requires_grad=True)
         opt = torch.optim.Adam([{"params": syn.parameters(), "lr": cfg.outer_lr}, {"params": [raw_lr], "lr": cfg.lr_lr}])
         n = len(syn.hard)
         student_recipe = Recipe(steps=cfg.syn_steps, lr=init_lr, batch_size=cfg.syn_batch or n, warmup=0.0,
                                 schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
-        model = learner.build(task.num_classes, seed=0).to(cfg.device)
-        trajectories = [load_file(str(p), device=cfg.device) for p in paths]
+        model = learner.build(task.num_classes, seed=0).to(self.device)
+        trajectories = [load_file(str(p), device=self.device) for p in paths]
         history = []
         bar = tqdm(range(cfg.iterations), desc=f"mtt {task.name} {dpc}/class", leave=False)
         for it in bar:
@@ -144,7 +145,7 @@ class MTT(Distiller):
             student = train(learner, model, syn.inputs(), syn.labels(), student_recipe, seed=it,
                             lrs=F.softplus(raw_lr).expand(cfg.syn_steps),
                             params={k: v.clone().requires_grad_(True) for k, v in start.items()},
-                            differentiable=True, device=cfg.device)
+                            differentiable=True, device=self.device)
             loss = trajectory_loss(student, start, target)
             descend(self.name, opt, loss, it, history)
             bar.set_postfix(loss=f"{history[-1]:.4f}", lr=f"{float(F.softplus(raw_lr.detach())):.4f}")

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import check_device
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
@@ -38,12 +37,10 @@ class LearnedSetConfig(MethodConfig):
     labels: str = field(default="hard", metadata={"help": "hard, soft (learned distribution) or unrestricted"})
     init: str = field(default="real", metadata={"help": "real (random real examples) or noise"})
     length: int = field(default=32, metadata={"ge": 1, "help": "tokens per synthetic sentence (token learners)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_labels_and_init(self.labels, self.init)
-        check_device(self.device)
 
 
 class SyntheticSet:
@@ -88,12 +85,12 @@ class SyntheticSet:
 
     @classmethod
     def seeded(cls, task: Task, dpc: int, learner: Learner, cfg: LearnedSetConfig, seed: int,
-               labels: str | None = None) -> tuple["SyntheticSet", np.random.Generator]:
+               labels: str | None = None, device: str = "cpu") -> tuple["SyntheticSet", np.random.Generator]:
         """The set a method starts from, with torch seeded and the generator the method goes on drawing from."""
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         syn = cls(task, dpc, learner, rng, labels=labels or cfg.labels, init=cfg.init, length=cfg.length,
-                  device=cfg.device)
+                  device=device)
         return syn, rng
 
     def inputs(self, rows: torch.Tensor | None = None, detach: bool = False) -> dict[str, torch.Tensor]:
