@@ -68,6 +68,11 @@ def test_smoke_suite_runs_and_reports(tmp_path, cache, check_accuracy):
     md, page = write_report(tmp_path / "out")
     assert "| herding |" in md.read_text() and "data:image/png;base64," in page.read_text()
     assert "full data, small-set recipe" in md.read_text()
+    # every saved set has its page (examples, nearest real sentences, an embedded map), linked from the report
+    for folder in (tmp_path / "out" / "sets").iterdir():
+        text = (folder / "page.html").read_text()
+        assert "nearest real training sentence" in text and "data:image/png;base64," in text
+        assert f'href="sets/{folder.name}/page.html"' in page.read_text()
 
 
 def test_a_killed_run_resumes_without_redoing_finished_cells(tmp_path, cache, monkeypatch):

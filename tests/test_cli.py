@@ -73,3 +73,31 @@ def test_demo_shows_a_coreset_and_a_learned_set_beside_random_and_full_data(tmp_
     assert sorted(p.name for p in tmp_path.glob("mr-*")) == ["mr-herding-2", "mr-mtt-1", "mr-random-1", "mr-random-2"]
     report = (tmp_path / "report.md").read_text()
     assert all(r in report for r in rows) and str(tmp_path / "report.md") in out
+
+
+def test_show_html_writes_a_page_with_nearest_sentences_and_a_map(tmp_path, capsys):
+    """A coreset of real sentences: each is its own nearest training sentence (cosine 1); a vector set shows its
+    vectors' nearest sentences. Where Chromium is installed, the page renders headless, as a user opens it."""
+    import shutil
+    import subprocess
+
+    main(["distill", "--task", "mr", "--method", "herding", "--dpc", "2", "--learner", "minilm-frozen",
+          "--out", str(tmp_path / "h")])
+    main(["show", str(tmp_path / "h"), "--html", str(tmp_path / "h.html")])
+    assert f"page: {tmp_path / 'h.html'}" in capsys.readouterr().out
+    page = (tmp_path / "h.html").read_text()
+    assert page.count("<td>1.000</td>") == 4 and "data:image/png;base64," in page and "class positive" in page
+    main(["distill", "--task", "mr", "--method", "dm", "--dpc", "1", "--learner", "minilm-frozen",
+          "--iterations", "5", "--out", str(tmp_path / "v")])
+    main(["show", str(tmp_path / "v"), "--html", str(tmp_path / "v.html")])
+    page = (tmp_path / "v.html").read_text()
+    assert page.count("(a vector)") == 2 and "<td>1.000</td>" not in page
+    chromium = shutil.which("chromium")
+    if chromium:
+        shot = tmp_path / "h.png"
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1600",
+                        f"--screenshot={shot}", (tmp_path / "h.html").as_uri()], check=True, timeout=120,
+                       capture_output=True)
+        assert shot.stat().st_size > 20_000  # text and the map drawn, not a blank page

@@ -263,6 +263,12 @@ class Runner:
                                 device=self.device if method.uses_device else "cpu")
         ds.log.update(set_key=key, distill_step=m.result())
         ds.save(path, overwrite=True)
+        try:  # the set's page, linked from the report; a picture that fails must not cost the cell
+            from .page import write_set_page
+
+            write_set_page(ds, task, path / "page.html")
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: no page for {path.name}: {type(e).__name__}: {e}", file=sys.stderr)
         return ds, path
 
     def run_cell(self, cell: Cell) -> list[dict]:

@@ -240,6 +240,10 @@ def cmd_show(args: argparse.Namespace) -> None:
         rows = [(ds.label_names[y], f"<{ds.kind} vector>") for y in ds.hard_labels.tolist()]
     for label, text in rows[: args.limit]:
         print(f"[{label}] {text}")
+    if args.html:
+        from .page import write_set_page
+
+        print(f"page: {write_set_page(ds, _load_artifact_task(ds, args), args.html)}")
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
@@ -400,9 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="recompute cached runs")
     _recipe_args(s)
 
-    s = sub.add_parser("show", help="print a distilled set's examples")
+    s = sub.add_parser("show", help="print a distilled set's examples (or write them as a page: --html)")
     s.add_argument("dir", help="a distilled set directory")
     s.add_argument("--limit", type=int, default=50, help="print at most this many examples (default 50)")
+    s.add_argument("--html", metavar="PAGE", help="also write one self-contained HTML page: the examples per class "
+                   "with their nearest real training sentences, and a 2-D map of the task's sentence vectors")
+    _task_args(s, required=False)
 
     s = sub.add_parser("decode", help="turn a token-embedding set into a text set (nearest tokens)")
     s.add_argument("dir", help="a token-embedding set directory")

@@ -13,7 +13,7 @@ from .errors import ConfigError
 FULL_SET_RECIPE = "full, set recipe"  # the method of full-data runs trained with the small sets' recipe
 
 # A report is a list of blocks, rendered once as Markdown and once as HTML:
-# ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", relative path, caption).
+# ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", relative path, caption), ("links", [(text, href)]).
 
 
 def load_results(path: str | Path) -> dict:
@@ -274,10 +274,12 @@ def to_markdown(blocks: list[tuple]) -> str:
             out[-1] += "".join("\n| " + " | ".join(r) + " |" for r in b[2])
         elif b[0] == "img":
             out.append(f"![{b[2]}]({b[1]})")
+        elif b[0] == "links":
+            out.append("\n".join(f"- [{text}]({href})" for text, href in b[1]))
     return "\n\n".join(out) + "\n"
 
 
-def to_html(blocks: list[tuple], root: Path) -> str:
+def to_html(blocks: list[tuple], root: Path, title: str = "textdistill report") -> str:
     """One file that opens without a server: the plots are embedded as data URIs."""
     body = []
     for b in blocks:
@@ -287,13 +289,16 @@ def to_html(blocks: list[tuple], root: Path) -> str:
             head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in b[2])
             body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif b[0] == "links":
+            items = "".join(f'<li><a href="{html.escape(href)}">{html.escape(text)}</a></li>' for text, href in b[1])
+            body.append(f"<ul>{items}</ul>")
         elif b[0] == "img":
             data = base64.b64encode((root / b[1]).read_bytes()).decode()
             body.append(f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}figure{margin:1em 0}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>textdistill report</title>"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
@@ -302,6 +307,10 @@ def write_report(out: str | Path, command: str | None = None) -> tuple[Path, Pat
     out = Path(out)
     results = load_results(out)
     blocks = report_blocks(results, out, command)
+    pages = sorted((out / "sets").glob("*/page.html"))
+    if pages:  # each saved set's page (bench writes one beside the set)
+        blocks += [("h2", "The distilled sets"), ("p", "Each set's examples, their nearest real training sentences "
+                   "and a map of the task:"), ("links", [(p.parent.name, str(p.relative_to(out))) for p in pages])]
     (out / "report.md").write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, out))
     return out / "report.md", out / "report.html"
