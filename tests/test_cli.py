@@ -73,6 +73,7 @@ def test_demo_shows_a_coreset_and_a_learned_set_beside_random_and_full_data(tmp_
     assert sorted(p.name for p in tmp_path.glob("mr-*")) == ["mr-herding-2", "mr-mtt-1", "mr-random-1", "mr-random-2"]
     report = (tmp_path / "report.md").read_text()
     assert all(r in report for r in rows) and str(tmp_path / "report.md") in out
+    assert all((p / "page.html").exists() and f"({p.name}/page.html)" in report for p in tmp_path.glob("mr-*"))
 
 
 def test_show_html_writes_a_page_with_nearest_sentences_and_a_map(tmp_path, capsys):

@@ -263,6 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
     from .learners import get_learner
     from .methods import get_method
+    from .page import write_set_page
 
     task, learner, out = get_task("mr"), get_learner(args.learner), Path(args.out)
     print(f"task mr: {len(task.train)} train / {len(task.test)} test; learner {args.learner}; "
@@ -280,6 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         ds = get_method(method).distill(task, dpc, who, seed=0)
         where = out / f"mr-{method}-{dpc}"
         ds.save(where, overwrite=True)
+        write_set_page(ds, task, where / "page.html")
         (r,) = evaluate(task, ds, [who], seeds=args.seeds, cache=True)
         rows.append((f"{method} ({what})", dpc, len(ds), r, time.time() - t0, str(where)))
     t0 = time.time()
@@ -294,9 +296,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     table = "\n".join(lines)
     print("\n" + table)
     report = out / "report.md"
+    pages = "".join(f"- [{Path(r[5]).name}]({Path(r[5]).name}/page.html)\n" for r in rows[:-1])
     report.write_text(f"# textdistill demo: mr\n\n{table}\n\nRecipes: sets {json.dumps(rows[0][3].recipe)}; full data "
-                      f"{json.dumps(full.recipe)} ({args.full_seeds} seed(s)).\n")
-    print(f"\nsets: {out}/mr-*; report: {report}. Evaluations are cached in the user cache (TEXTDISTILL_CACHE), "
+                      f"{json.dumps(full.recipe)} ({args.full_seeds} seed(s)).\n\nThe sets, drawn:\n\n{pages}")
+    print(f"\nsets: {out}/mr-* (each with page.html: its examples and a map); report: {report}. Evaluations are cached in the user cache (TEXTDISTILL_CACHE), "
           "so a second run prints the same table in seconds. Look at a set with `textdistill show DIR`.")
 
 
