@@ -15,7 +15,7 @@ import torch
 
 from textdistill.data import get_task
 from textdistill.learners import get_learner
-from textdistill.synthetic import DistilledDataset
+from textdistill.distilled import DistilledDataset
 from textdistill.train import predict, train
 
 

@@ -18,7 +18,7 @@ import torch
 from textdistill.data import get_task
 from textdistill.learners import get_learner
 from textdistill.lm import load_lm
-from textdistill.synthetic import DistilledDataset
+from textdistill.distilled import DistilledDataset
 
 
 def perplexity(dirs: list[str]) -> dict:

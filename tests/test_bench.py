@@ -45,7 +45,7 @@ def test_every_suite_in_benchmarks_parses_and_plans_its_whole_grid():
 def test_smoke_suite_runs_and_reports(tmp_path, cache, check_accuracy):
     from textdistill.data import get_task
     from textdistill.learners import get_learner
-    from textdistill.synthetic import DistilledDataset
+    from textdistill.distilled import DistilledDataset
     from textdistill.train import Recipe
 
     suite = tiny_smoke()

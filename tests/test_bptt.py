@@ -11,7 +11,7 @@ from textdistill.evaluation import evaluate
 from textdistill.learners import Learner, get_learner
 from textdistill.methods import get_method
 from textdistill.methods.bptt import real_loss, unroll
-from textdistill.synthetic import DistilledDataset
+from textdistill.distilled import DistilledDataset
 from textdistill.train import Recipe, train
 
 
@@ -181,7 +181,7 @@ def test_attention_labels_start_from_the_attention_on_the_pairs_token_types(tmp_
     """The initial attention labels are the pretrained model's attention on the initial set as it is trained:
     with its token types (pair tasks)."""
     from textdistill.data import get_task
-    from textdistill.methods.space import SyntheticSet
+    from textdistill.methods.learned_set import SyntheticSet
 
     f = tmp_path / "pairs.csv"
     f.write_text("text,other,label\n" + "".join(f"first sentence {i},second part {i},{'ab'[i % 2]}\n" for i in range(12)))

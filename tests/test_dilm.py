@@ -12,8 +12,8 @@ from textdistill.learners import get_learner
 from textdistill.methods import dilm as dilm_module
 from textdistill.methods import get_method
 from textdistill.methods.dilm import Generator, lm_fine_tune
-from textdistill.methods.space import fresh_parameters, real_inputs
-from textdistill.synthetic import DistilledDataset
+from textdistill.methods.learned_set import fresh_parameters, real_inputs
+from textdistill.distilled import DistilledDataset
 
 SMALL = {"max_length": 12, "lm_steps": 4, "lm_batch": 4, "outer_loops": 2, "inner_loops": 2, "learner_steps": 1,
          "learner_batch": 8, "regenerate_every": 1, "syn_batch": 3, "real_batch": 6, "teachers": 1,

@@ -10,7 +10,7 @@ from textdistill.learners import Learner, get_learner
 from textdistill.methods import get_method
 from textdistill.methods.learned_labels import label_meta_loss
 from textdistill.methods.teacher import teacher_logits
-from textdistill.synthetic import DistilledDataset
+from textdistill.distilled import DistilledDataset
 from textdistill.train import Recipe
 
 

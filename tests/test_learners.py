@@ -83,7 +83,7 @@ def test_learners_read_the_tasks_max_length(mr_small, monkeypatch):
 
     ds = td.distill(task, "attention-labels", dpc=1, learner="minilm", outer_steps=1, inner_steps=1, real_batch=4)
     # the set's length is the method's option (32); its real starting sentences are cut at the task's 8 tokens
-    assert ds.learner["max_length"] == 8 and int(ds.tensors["attention_mask"].sum(1).max()) == 8
+    assert ds.bound_to["max_length"] == 8 == ds.made_with["max_length"] and int(ds.tensors["attention_mask"].sum(1).max()) == 8
     seen = []
     encode = TransformerLearner.encode
     monkeypatch.setattr(TransformerLearner, "encode", lambda self, *a: seen.append(self.max_length) or encode(self, *a))

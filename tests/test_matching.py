@@ -11,7 +11,7 @@ from textdistill.methods import get_method, mtt as mtt_module
 from textdistill.methods.dc import gradient_distance
 from textdistill.methods.dm import distribution_distance
 from textdistill.methods.mtt import MTTConfig, buffer, epoch_params, trajectory_loss
-from textdistill.methods.space import SyntheticSet, fresh_parameters, real_inputs
+from textdistill.methods.learned_set import SyntheticSet, fresh_parameters, real_inputs
 from textdistill.train import Recipe, train
 
 

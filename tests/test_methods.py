@@ -13,7 +13,7 @@ from textdistill.errors import ConfigError, DataError
 from textdistill.evaluation import evaluate
 from textdistill.learners import get_learner
 from textdistill.methods import get_method, list_methods
-from textdistill.synthetic import DistilledDataset
+from textdistill.distilled import DistilledDataset
 
 
 # The learner each method is checked with (default minilm-frozen) and options that keep the check small.

@@ -14,7 +14,7 @@ from textdistill import cache
 from textdistill.bench import Runner, collect, parse_suite, plan, run_suite
 from textdistill.cli import main
 from textdistill.errors import ArtifactError, ConfigError
-from textdistill.synthetic import DistilledDataset, check_output
+from textdistill.distilled import DistilledDataset, check_output
 
 
 def text_set(n=2):
@@ -25,7 +25,7 @@ def text_set(n=2):
 
 def embedding_set(learner_id):
     return DistilledDataset(kind="token-embeddings", labels=torch.tensor([0, 1]), label_names=["a", "b"],
-                            learner={"id": learner_id}, method="test",
+                            bound_to={"id": learner_id}, method="test",
                             tensors={"inputs_embeds": torch.randn(2, 3, 50), "attention_mask": torch.ones(2, 3)})
 
 
@@ -101,9 +101,10 @@ def test_out_is_checked_before_distilling(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("change, field", [
     ({"label_names": "ab"}, "label_names"), ({"label_names": [1, 2]}, "label_names"),
     ({"label_names": ["only"]}, "label_names has 1 classes"), ({"kind": 5}, "kind"), ({"kind": "images"}, "kind"),
-    ({"size": "2"}, "size"), ({"size": 3}, "manifest size 3"), ({"seed": "x"}, "seed"), ({"learner": "x"}, "learner"),
+    ({"size": "2"}, "size"), ({"size": 3}, "manifest size 3"), ({"seed": "x"}, "seed"), ({"bound_to": "x"}, "bound_to"),
+    ({"made_with": 3}, "made_with"),
     ({"task": []}, "task"), ({"recipe": [1]}, "recipe"), ({"config": None}, "config"),
-    ({"source_indices": ["a"]}, "source_indices"), ({"kind": "token-embeddings", "learner": {"id": "minilm"}},
+    ({"source_indices": ["a"]}, "source_indices"), ({"kind": "token-embeddings", "bound_to": {"id": "minilm"}},
                                                     "needs tensors"),
 ])
 def test_a_mistyped_manifest_field_is_named(tmp_path, change, field):
@@ -225,6 +226,7 @@ def test_report_plots_stay_inside_the_result_folder(tmp_path):
 
 
 def test_dilm_checks_save_generator_before_training(tmp_path, mr_small, monkeypatch):
+    from textdistill.learners import get_learner
     from textdistill.methods import get_method
     from textdistill.methods.dilm import DiLM
 
@@ -234,7 +236,7 @@ def test_dilm_checks_save_generator_before_training(tmp_path, mr_small, monkeypa
     monkeypatch.setattr(DiLM, "language_model", no_work)
     folder = user_folder(tmp_path)
     with pytest.raises(ArtifactError, match="not a distilled set"):
-        get_method("dilm", save_generator=str(folder)).distill(mr_small, 1, None)
+        get_method("dilm", save_generator=str(folder)).distill(mr_small, 1, get_learner("minilm-frozen"))
     assert (folder / "thesis.txt").exists()
 
 

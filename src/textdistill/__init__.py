@@ -12,7 +12,7 @@ from .data import Task, TaskSpec, get_task, list_tasks  # noqa: E402
 from .errors import TextDistillError  # noqa: E402
 from .learners import Learner, get_learner, list_learners  # noqa: E402
 from .methods import Distiller, get_method, list_methods  # noqa: E402
-from .synthetic import DistilledDataset  # noqa: E402
+from .distilled import DistilledDataset  # noqa: E402
 
 __all__ = ["DistilledDataset", "Distiller", "Learner", "Task", "TaskSpec", "TextDistillError", "__version__",
            "distill", "evaluate", "get_learner", "get_method", "get_task", "list_learners", "list_methods",

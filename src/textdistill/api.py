@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .evaluation import EvalResult
     from .learners import Learner
     from .methods import Distiller
-    from .synthetic import DistilledDataset
+    from .distilled import DistilledDataset
 
 
 def _task(task: "str | Task") -> "Task":

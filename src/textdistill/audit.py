@@ -16,7 +16,7 @@ import numpy as np
 
 from .data import Task
 from .data.task import text_key
-from .synthetic import DistilledDataset
+from .distilled import DistilledDataset
 
 WORD = re.compile(r"\w+")
 

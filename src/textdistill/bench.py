@@ -245,7 +245,7 @@ class Runner:
         """The cell's distilled set: loaded when a finished one is on disk, else distilled and saved."""
         from .measure import Meter
         from .methods import get_method
-        from .synthetic import DistilledDataset
+        from .distilled import DistilledDataset
 
         entry, key = self.suite.methods[cell.entry], cell.set_key(self.suite)
         task = self.task(cell.task)

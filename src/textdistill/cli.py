@@ -69,7 +69,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_audit(args: argparse.Namespace) -> None:
     from .audit import audit
-    from .synthetic import DistilledDataset
+    from .distilled import DistilledDataset
 
     ds = DistilledDataset.load(args.dir)
     report = audit(ds, _load_artifact_task(ds, args), learner=args.learner, sample=args.sample,
@@ -116,7 +116,7 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     from .learners import get_learner
     from .measure import Meter
     from .methods import METHODS, get_method
-    from .synthetic import check_output
+    from .distilled import check_output
 
     options: dict = {}
     if args.config:
@@ -187,7 +187,7 @@ def _load_artifact_task(ds, args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate
-    from .synthetic import DistilledDataset
+    from .distilled import DistilledDataset
 
     if args.full == (args.dir is not None):
         raise ConfigError("evaluate takes a distilled set DIR, or --task TASK --full")
@@ -213,7 +213,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from .synthetic import DistilledDataset
+    from .distilled import DistilledDataset
 
     ds = DistilledDataset.load(args.dir)
     print(f"{args.dir}: {ds.kind} set, {len(ds)} examples, method {ds.method}, task {ds.task.get('name')}, "
@@ -248,7 +248,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     from .decode import decode_to_text
-    from .synthetic import DistilledDataset, check_output
+    from .distilled import DistilledDataset, check_output
 
     check_output(args.out, args.overwrite)
     text = decode_to_text(DistilledDataset.load(args.dir))

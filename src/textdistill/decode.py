@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .errors import ArtifactError
 from .learners import get_learner
-from .synthetic import DistilledDataset
+from .distilled import DistilledDataset
 
 
 def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
@@ -33,5 +33,5 @@ def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
     texts = [learner.detokenize(t) or "[empty]" for t in firsts]
     pairs = None if seconds is None else [learner.detokenize(t) or "[empty]" for t in seconds]
     return DistilledDataset(kind="text", labels=ds.labels, label_names=ds.label_names, texts=texts, text_pairs=pairs,
-                            method=f"{ds.method}+decode", config={**ds.config, "decoded_from": ds.learner},
-                            seed=ds.seed, task=ds.task, log=ds.log)
+                            method=f"{ds.method}+decode", config={**ds.config, "decoded_from": ds.bound_to},
+                            seed=ds.seed, task=ds.task, log=ds.log, made_with=ds.made_with or ds.bound_to)

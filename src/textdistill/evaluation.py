@@ -14,7 +14,7 @@ from .config import check_device
 from .data import Task
 from .errors import ArtifactError, ConfigError, TrainingDiverged
 from .learners import Learner, get_learner
-from .synthetic import DistilledDataset
+from .distilled import DistilledDataset
 from .recipe import Recipe
 from .train import predict, train
 
@@ -53,7 +53,7 @@ def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides:
     """The learner's default (or ``base``), then the artifact's own recipe (for the learner it is bound to), then
     overrides."""
     values = (base or learner.default_recipe).to_dict()
-    if source is not None and source.recipe and (source.kind == "text" or (source.learner or {}).get("id") == learner.name):
+    if source is not None and source.recipe and (source.kind == "text" or (source.bound_to or {}).get("id") == learner.name):
         values.update(source.recipe)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return Recipe.from_dict(values)

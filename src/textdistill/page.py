@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Task
-from .synthetic import DistilledDataset
+from .distilled import DistilledDataset
 
 SPACE = "minilm-frozen"  # the sentence space of the map and of the nearest sentences
 MAP_POINTS = 2000  # training sentences drawn on the map (a seeded sample of larger splits)
@@ -40,7 +40,7 @@ def _vectors(ds: DistilledDataset, task: Task, words: list[str]) -> np.ndarray |
 
     space = get_learner(SPACE).for_task(task)
     if ds.kind == "features":
-        bound = (ds.learner or {}).get("id")
+        bound = (ds.bound_to or {}).get("id")
         same = bound is not None and get_learner(bound).embedding_id == space.embedding_id
         return ds.tensors["features"].float().numpy() if same else None
     return space.sentence_vectors(words, cache=False)

@@ -12,7 +12,7 @@ from ..config import Config, check_device
 from ..data import Task
 from ..errors import ConfigError, DataError, TextDistillError
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,10 @@ class Distiller:
         if device != "cpu" and not self.uses_device:
             raise ConfigError(f"method {self.name!r} runs on the CPU only (device {device!r})")
         self.device = device
-        return self.run(task, dpc, learner.for_task(task), seed=seed)
+        learner = learner.for_task(task)
+        ds = self.run(task, dpc, learner, seed=seed)
+        ds.made_with = ds.made_with or learner.describe()  # every set says whose space it was made in
+        return ds
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         """What a method implements: ``distill`` with the learner already fitted to the task."""

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import Params, batch_of, train
 from .base import Distiller, check_finite, register_method, thin
-from .space import LearnedSetConfig, SyntheticSet, real_inputs
+from .learned_set import LearnedSetConfig, SyntheticSet, real_inputs
 
 
 @dataclass

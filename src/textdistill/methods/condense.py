@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from ..data import Task
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from ..train import batch_of
 from .base import Distiller, MethodConfig, register_method
-from .space import real_inputs
+from .learned_set import real_inputs
 
 MIN_WORDS = 3  # shorter answers are refusals or fragments ("Sure!", "Positive.")
 # small instruct LMs often talk about the task instead of doing it ("Here's a revised version:"); such a line

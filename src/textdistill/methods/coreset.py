@@ -8,7 +8,7 @@ import numpy as np
 
 from ..data import Task
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from .base import Distiller, class_indices, register_method
 from .teacher import TeacherLabelsConfig
 
@@ -36,7 +36,6 @@ class CoresetDistiller(Distiller):
             task, seed, kind="text", texts=[texts[i] for i in chosen],
             text_pairs=None if pairs is None else [pairs[i] for i in chosen],
             labels=torch.tensor([labels[i] for i in chosen]), source_indices=chosen,
-            learner={"id": learner.name, "embedding": learner.embedding_id, "role": "selection space"},
         )
 
 

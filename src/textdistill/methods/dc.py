@@ -17,11 +17,11 @@ from ..data import Task
 from ..distributed import shard, sum_across
 from ..errors import ConfigError
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import Params, batch_of, loss_fn, train
 from .base import Distiller, descend, register_method, thin
-from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
+from .learned_set import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 
 @dataclass

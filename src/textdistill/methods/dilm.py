@@ -36,13 +36,13 @@ from ..data import Task
 from ..errors import DataError, ResourceMissing
 from ..learners import Learner
 from ..resources import cache_dir, model_revision, resolve_model
-from ..synthetic import DistilledDataset, check_output, write_folder
+from ..distilled import DistilledDataset, check_output, write_folder
 from ..recipe import Recipe
 from ..train import train
 from .base import Distiller, MethodConfig, class_indices, descend, label_probe, register_method, thin
 from .coreset import KMeansNearest
 from .dc import real_gradient
-from .space import fresh_parameters, real_inputs
+from .learned_set import fresh_parameters, real_inputs
 
 SEP = "<sep>"
 META = "textdistill-generator.json"
@@ -368,9 +368,7 @@ class DiLM(Distiller):
         if probe is not None:
             log["probe_accepted"] = accepted
         return self._artifact(task, seed, kind="text", texts=texts, text_pairs=seconds if pairs else None,
-                              labels=torch.arange(task.num_classes).repeat_interleave(dpc), log=log,
-                              learner={"id": learner.name, "embedding": learner.embedding_id,
-                                       "role": "selection space"})
+                              labels=torch.arange(task.num_classes).repeat_interleave(dpc), log=log)
 
     def pool(self, gen: Generator, label: int, size: int, least: int, pairs: bool, learner: Learner, probe,
              seed: int, rounds: int = 8) -> tuple[list[str], list[str] | None, float]:

@@ -20,10 +20,10 @@ from ..errors import ConfigError
 from ..distributed import gather_rows, shard
 from ..privacy import noisy_mean, plan
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from ..train import batch_of, train
 from .base import Distiller, descend, register_method, thin
-from .space import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
+from .learned_set import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 
 @dataclass

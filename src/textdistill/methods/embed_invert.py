@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from .base import Distiller, MethodConfig, get_method, label_probe, register_method
 
 if TYPE_CHECKING:

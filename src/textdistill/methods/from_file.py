@@ -17,7 +17,7 @@ from ..data import Task
 from ..data.files import class_ids, column, read_rows
 from ..errors import ConfigError, DataError
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from .base import Distiller, register_method
 from .teacher import TeacherLabelsConfig
 

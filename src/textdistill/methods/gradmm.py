@@ -30,11 +30,11 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..privacy import noisy_mean, plan
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from ..train import Params
 from .base import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
 from .dc import class_gradients, gradient_distance, real_gradient
-from .space import real_inputs
+from .learned_set import real_inputs
 
 
 @dataclass

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from ..train import Params, batch_of
 from .base import Distiller, MethodConfig, check_finite, get_method, register_method, thin
 from .bptt import inverse_softplus, unroll
-from .space import real_inputs
+from .learned_set import real_inputs
 
 INITS = ("kmeans", "herding", "random", "kcenter")
 

@@ -25,12 +25,12 @@ from ..distributed import barrier, world
 from ..errors import ConfigError
 from ..learners import Learner
 from ..resources import cache_dir
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import train
 from .base import Distiller, descend, register_method, thin
 from .bptt import inverse_softplus
-from .space import LearnedSetConfig, SyntheticSet, real_inputs
+from .learned_set import LearnedSetConfig, SyntheticSet, real_inputs
 
 
 @dataclass

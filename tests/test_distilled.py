@@ -5,7 +5,7 @@ import torch
 
 from textdistill.errors import ArtifactError
 from textdistill.learners import get_learner
-from textdistill.synthetic import DistilledDataset
+from textdistill.distilled import DistilledDataset
 
 
 def text_set(**kw):
@@ -15,7 +15,7 @@ def text_set(**kw):
 
 def embedding_set():
     return DistilledDataset(kind="token-embeddings", labels=torch.softmax(torch.randn(2, 2), -1),
-                            label_names=["negative", "positive"], learner={"id": "textcnn-glove"},
+                            label_names=["negative", "positive"], bound_to={"id": "textcnn-glove"},
                             tensors={"inputs_embeds": torch.randn(2, 4, 50), "attention_mask": torch.ones(2, 4, dtype=torch.long)},
                             lrs=torch.tensor([0.1, 0.05]), method="test")
 
@@ -69,7 +69,7 @@ def test_corrupt_and_foreign_directories(tmp_path):
     m = tmp_path / "a" / "manifest.json"
     manifest = json.loads(m.read_text())
     m.write_text(json.dumps({**manifest, "format": "other/1"}))
-    with pytest.raises(ArtifactError, match="is not 'textdistill.distilled/1'"):
+    with pytest.raises(ArtifactError, match="is not 'textdistill.distilled/2'"):
         DistilledDataset.load(tmp_path / "a")
     m.write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
@@ -83,3 +83,19 @@ def test_corrupt_and_foreign_directories(tmp_path):
 def test_invalid_kind():
     with pytest.raises(ArtifactError, match="kind must be one of"):
         DistilledDataset(kind="images", labels=torch.tensor([0]), label_names=["a"])
+
+
+def test_sets_of_the_first_format_load_with_their_one_learner_field_split(tmp_path):
+    """Format 1 kept one `learner` record: the bound learner of a vector set, the selection space of a text set."""
+    import json
+
+    for ds, bound in ((text_set(), None), (embedding_set(), {"id": "textcnn-glove"})):
+        ds.made_with = {"id": "minilm"} if bound is None else bound
+        ds.save(tmp_path / ds.kind)
+        m = json.loads((tmp_path / ds.kind / "manifest.json").read_text())
+        assert m["bound_to"] == bound and m["made_with"] == ds.made_with
+        old = {k: v for k, v in m.items() if k not in ("bound_to", "made_with")}
+        old.update(format="textdistill.distilled/1", learner=ds.made_with)
+        (tmp_path / ds.kind / "manifest.json").write_text(json.dumps(old))
+        back = DistilledDataset.load(tmp_path / ds.kind)
+        assert back.bound_to == bound and back.made_with == ds.made_with and back.fingerprint() == ds.fingerprint()

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
     from .learners import Learner
 
-FORMAT = "textdistill.distilled/1"
+FORMAT = "textdistill.distilled/2"
+FORMATS = (FORMAT, "textdistill.distilled/1")  # /1 had one `learner` field for both bound_to and made_with
 KINDS = ("text", "token-embeddings", "features", "generator")
 
 
@@ -49,7 +50,8 @@ class DistilledDataset:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # inputs_embeds, attention_mask, features
     lrs: torch.Tensor | None = None  # one learned learning rate per training step
     attention_labels: torch.Tensor | None = None
-    learner: dict | None = None  # the learner a model-bound set belongs to (id, revision, tokenizer, max_length)
+    bound_to: dict | None = None  # a model-bound set: the learner it trains (id, max_length, ...); text sets: None
+    made_with: dict | None = None  # the learner whose space the method worked in (every set)
     method: str = ""
     config: dict = field(default_factory=dict)
     seed: int = 0
@@ -65,7 +67,7 @@ class DistilledDataset:
             raise ArtifactError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.kind == "text" and (self.texts is None or len(self.texts) != len(self.labels)):
             raise ArtifactError("a text set needs one text per label")
-        if self.kind in ("token-embeddings", "features") and not self.learner:
+        if self.kind in ("token-embeddings", "features") and not self.bound_to:
             raise ArtifactError(f"a {self.kind} set must record the learner it is bound to")
 
     def __len__(self) -> int:
@@ -90,7 +92,7 @@ class DistilledDataset:
             return learner.encode(self.texts, self.text_pairs)  # type: ignore[arg-type]
         if self.kind == "generator":
             raise ArtifactError("a generator set holds a model, not examples: generate a text set from it first")
-        bound = (self.learner or {}).get("id")
+        bound = (self.bound_to or {}).get("id")
         if bound != learner.name:
             raise ArtifactError(f"this {self.kind} set is bound to learner {bound!r} and cannot train {learner.name!r}; "
                                 "decode it to text first, or evaluate it with its own learner")
@@ -127,7 +129,8 @@ class DistilledDataset:
     def manifest(self) -> dict:
         return {
             "format": FORMAT, "kind": self.kind, "size": len(self), "label_names": self.label_names,
-            "soft_labels": self.labels.dtype != torch.long, "learner": self.learner, "method": self.method,
+            "soft_labels": self.labels.dtype != torch.long, "bound_to": self.bound_to,
+            "made_with": self.made_with, "method": self.method,
             "config": self.config, "seed": self.seed, "task": self.task, "recipe": self.recipe,
             "source_indices": self.source_indices, "log": self.log, "created": self.created, "version": self.version,
         }
@@ -163,10 +166,13 @@ class DistilledDataset:
             raise ArtifactError(f"{files[0]}: not valid JSON ({e.msg}, line {e.lineno})") from None
         except (OSError, ValueError) as e:
             raise ArtifactError(f"{files[0]}: unreadable ({e.__class__.__name__})") from None
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
+        if not isinstance(m, dict) or m.get("format") not in FORMATS:
             raise ArtifactError(f"{files[0]}: format {m.get('format') if isinstance(m, dict) else None!r} "
                                 f"is not {FORMAT!r}")
         _check_manifest(files[0], m)
+        if m["format"] != FORMAT:  # the first format's one learner field: bound to it, or made in its space
+            bound = m["kind"] in ("token-embeddings", "features")
+            m = {**m, "bound_to": m["learner"] if bound else None, "made_with": m["learner"]}
         try:
             tensors = load_file(str(files[1]))
         except Exception as e:  # safetensors raises its own error types
@@ -192,7 +198,8 @@ class DistilledDataset:
             return cls(
                 kind=m["kind"], labels=tensors["labels"], label_names=m["label_names"], texts=texts, text_pairs=pairs,
                 tensors={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("examples.")},
-                lrs=tensors.get("lrs"), attention_labels=tensors.get("attention_labels"), learner=m["learner"],
+                lrs=tensors.get("lrs"), attention_labels=tensors.get("attention_labels"), bound_to=m["bound_to"],
+                made_with=m.get("made_with"),
                 method=m["method"], config=m["config"], seed=m["seed"], task=m["task"], recipe=m["recipe"],
                 source_indices=m.get("source_indices"), log=m.get("log", {}), created=m["created"],
                 version=m["version"],
@@ -205,7 +212,7 @@ class DistilledDataset:
         path (a crafted set could name any folder): such a learner is given on the command line instead."""
         from .learners import LEARNERS
 
-        lid = (self.learner or {}).get("id")
+        lid = (self.bound_to or {}).get("id")
         if not isinstance(lid, str) or not lid:
             raise ArtifactError(f"this {self.kind} set records no learner id")
         if lid in LEARNERS:
@@ -222,14 +229,18 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _learner_record(v: Any) -> bool:
+    return v is None or (isinstance(v, dict) and isinstance(v.get("id"), str))
+
+
 # Every manifest field the loader and its users read: (check, what it must be); source_indices and log may be absent.
 _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "kind": (lambda v: isinstance(v, str) and v in KINDS, f"one of {', '.join(KINDS)}"),
     "size": (lambda v: _is_int(v) and v >= 0, "a count of examples"),
     "label_names": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v)
                     and len(set(v)) == len(v), "a non-empty list of distinct class names (strings)"),
-    "learner": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("id"), str)),
-                "null or a mapping with a string 'id'"),
+    "bound_to": (_learner_record, "null or a mapping with a string 'id'"),
+    "made_with": (_learner_record, "null or a mapping with a string 'id'"),
     "method": (lambda v: isinstance(v, str), "a string"),
     "config": (lambda v: isinstance(v, dict), "a mapping"),
     "seed": (_is_int, "an integer"),
@@ -244,9 +255,13 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _check_manifest(where: Path, m: dict) -> None:
-    for name, (ok, expected) in _FIELDS.items():
+    # the first format named its one learner record `learner`; bound_to and made_with replace it
+    fields = {**_FIELDS, "learner": _FIELDS["bound_to"]} if m.get("format") != FORMAT else _FIELDS
+    for name, (ok, expected) in fields.items():
+        if m.get("format") != FORMAT and name in ("bound_to", "made_with"):
+            continue
         if name not in m:
-            if name not in ("source_indices", "log"):
+            if name not in ("source_indices", "log", "made_with"):
                 raise ArtifactError(f"{where}: missing field {name!r} ({expected})")
         elif not ok(m[name]):
             raise ArtifactError(f"{where}: field {name!r} must be {expected}, got {reprlib.repr(m[name])}")
@@ -286,7 +301,7 @@ def is_distilled_set(path: Path) -> bool:
         m = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(m, dict) and m.get("format") == FORMAT
+    return isinstance(m, dict) and m.get("format") in FORMATS
 
 
 def check_output(path: str | Path, overwrite: bool = False) -> Path:

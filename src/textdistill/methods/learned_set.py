@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from ..synthetic import DistilledDataset
+from ..distilled import DistilledDataset
 from .base import MethodConfig, class_indices
 
 LABELS = ("hard", "soft", "unrestricted")
@@ -115,7 +115,7 @@ class SyntheticSet:
         kind = "features" if self.key == "features" else "token-embeddings"
         tensors = {k: v.detach().cpu() for k, v in self.inputs().items()}
         return distiller._artifact(task, seed, kind=kind, labels=labels.cpu(), tensors=tensors,
-                                   learner=self.learner.describe(), source_indices=self.source_indices, **kw)
+                                   bound_to=self.learner.describe(), source_indices=self.source_indices, **kw)
 
 
 def real_inputs(task: Task, learner: Learner) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[np.ndarray]]:
