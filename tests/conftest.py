@@ -48,6 +48,7 @@ def _check_accuracy(task, source, result, recompute=True):
     import torch
 
     from textdistill.learners import get_learner
+    from textdistill.methods.attention_labels import set_loss
     from textdistill.train import Recipe, predict, train
 
     if isinstance(result, dict):  # a bench record
@@ -61,13 +62,14 @@ def _check_accuracy(task, source, result, recompute=True):
         learner, run = get_learner(result.learner).for_task(task), result.runs[0]
         if source is None:
             train_texts, train_pairs, train_y = task.columns("train")
-            inputs, labels, lrs, attention = learner.encode(train_texts, train_pairs), torch.tensor(train_y), None, None
+            inputs, labels, lrs = learner.encode(train_texts, train_pairs), torch.tensor(train_y), None
         else:
-            inputs, labels, attention = source.inputs_for(learner), source.labels, source.attention_labels
+            inputs, labels = source.inputs_for(learner), source.labels
             lrs = source.lrs if source.kind != "text" else None
+        recipe = Recipe.from_dict(result.recipe)
         model = learner.build(task.num_classes, run["learner_seed"])
-        params = train(learner, model, inputs, labels, Recipe.from_dict(result.recipe), seed=run["learner_seed"],
-                       lrs=lrs, attention_labels=attention)
+        params = train(learner, model, inputs, labels, recipe, seed=run["learner_seed"], lrs=lrs,
+                       loss=set_loss(source, recipe))
         preds = predict(learner, model, params, learner.encode(texts, pairs))
         assert run["accuracy"] == pytest.approx(float((preds == torch.tensor(y)).float().mean()))
 

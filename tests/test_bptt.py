@@ -10,6 +10,7 @@ from textdistill.errors import ArtifactError, ConfigError
 from textdistill.evaluation import evaluate
 from textdistill.learners import Learner, get_learner
 from textdistill.methods import get_method
+from textdistill.methods.attention_labels import AttentionLabelLoss
 from textdistill.methods.bptt import real_loss, unroll
 from textdistill.distilled import DistilledDataset
 from textdistill.train import Recipe, train
@@ -123,7 +124,7 @@ def test_attention_labels_on_minilm(mr_small):
 def test_learner_checks():
     with pytest.raises(ConfigError, match="needs a learner with token embeddings"):
         get_method("bptt").check_learner(get_learner("minilm-frozen"))
-    with pytest.raises(ConfigError, match="needs a transformer learner"):
+    with pytest.raises(ConfigError, match="needs a learner that returns its attention"):
         get_method("attention-labels").check_learner(get_learner("textcnn-glove"))
     with pytest.raises(ConfigError, match="labels must be"):
         get_method("bptt", labels="fuzzy")
@@ -138,7 +139,7 @@ def test_attention_labels_all_rows_train_on_padded_batches(mr_small):
     n, length = inputs["input_ids"].shape
     target = torch.full((n, 6, 12, length, length), 1.0 / length)
     params = train(learner, learner.build(2, seed=0), inputs, torch.tensor(labels[:4]), Recipe(steps=1),
-                   seed=0, attention_labels=target)
+                   seed=0, loss=AttentionLabelLoss(target, 1.0))
     assert all(torch.isfinite(p).all() for p in params.values())
 
 
@@ -151,7 +152,7 @@ def test_attention_labels_on_cuda(mr_small):
     texts, _, labels = mr_small.columns("train")
     inputs = {k: v[:, :8].cuda() for k, v in learner.encode(texts[:2]).items()}  # the labels cover 8 positions
     params = train(learner, learner.build(2, seed=0), inputs, torch.tensor(labels[:2]), Recipe(steps=1), seed=0,
-                   lrs=torch.tensor([1e-4]), attention_labels=ds.attention_labels)
+                   lrs=torch.tensor([1e-4]), loss=AttentionLabelLoss(ds.attention_labels, 1.0))
     assert all(p.is_cuda for p in params.values())
 
 

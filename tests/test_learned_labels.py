@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from textdistill.data import get_task
-from textdistill.learners import Learner, get_learner
+from textdistill.learners import FeatureLearner, get_learner
 from textdistill.methods import get_method
 from textdistill.methods.learned_labels import label_meta_loss
 from textdistill.methods.teacher import teacher_logits
@@ -14,10 +14,10 @@ from textdistill.distilled import DistilledDataset
 from textdistill.train import Recipe
 
 
-class TinyFeatures(Learner):
+class TinyFeatures(FeatureLearner):
     """A float64 linear classifier on 4 features: small enough for gradcheck."""
 
-    name, input_kind = "tiny-features", "features"
+    name = "tiny-features"
 
     @property
     def default_recipe(self):

@@ -5,7 +5,8 @@ import torch
 
 from textdistill.errors import TextDistillError
 from textdistill.learners import get_learner
-from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, attention_kl, loss_fn, predict, train
+from textdistill.methods.attention_labels import attention_kl
+from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, loss_fn, predict, train
 
 
 def tiny_problem(seed=0):

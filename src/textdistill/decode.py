@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import ArtifactError
-from .learners import get_learner
+from .learners import TokenLearner, get_learner
 from .distilled import DistilledDataset
 
 
@@ -15,6 +15,8 @@ def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
     if ds.kind != "token-embeddings":
         raise ArtifactError(f"only a token-embedding set decodes to text (this one is {ds.kind!r})")
     learner = get_learner(ds.bound_learner())
+    if not isinstance(learner, TokenLearner):
+        raise ArtifactError(f"the set is bound to {learner.name!r}, which has no vocabulary to decode into")
     mask = ds.tensors["attention_mask"].bool()
     tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], mask)
     types = ds.tensors.get("token_type_ids")

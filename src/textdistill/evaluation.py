@@ -17,6 +17,7 @@ from .learners import Learner, get_learner
 from .distilled import DistilledDataset
 from .recipe import Recipe
 from .train import predict, train
+from .methods.attention_labels import set_loss
 
 # Evaluation learner m is seeded EVAL_SEEDS + m (the report still calls it seed m), so that no "fresh" learner
 # shares a seed with a learner a method trained while distilling: methods seed theirs below 2**31 (set seed x
@@ -102,7 +103,6 @@ def evaluate(
         else:
             inputs, labels_t = source.inputs_for(learner), source.labels
         lrs = source.lrs if source is not None and source.kind != "text" else None
-        attention_labels = source.attention_labels if source is not None else None
         test_inputs = None
         runs = []
         start = time.time()
@@ -116,7 +116,7 @@ def evaluate(
                 model = learner.build(task.num_classes, EVAL_SEEDS + seed)
                 try:
                     params = train(learner, model, inputs, labels_t, rec, seed=EVAL_SEEDS + seed, lrs=lrs,
-                                   attention_labels=attention_labels, device=device,
+                                   loss=set_loss(source, rec), device=device,
                                    progress=progress and len(labels_t) > 256)
                 except TrainingDiverged as e:  # one diverged learner is a result to report, not a reason to stop
                     return {"seed": seed, "learner_seed": EVAL_SEEDS + seed, "accuracy": None, "failed": str(e),

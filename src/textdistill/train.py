@@ -7,7 +7,7 @@ it (``differentiable=True``) and evaluation can run it without a graph.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .learners import Learner
 
 Params = dict[str, torch.Tensor]
+# A set's own training loss of a batch: (learner, model, parameters, batch inputs, batch labels, batch rows) -> loss
+LossHook = Callable[..., torch.Tensor]
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -27,21 +29,6 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not labels.dtype.is_floating_point:  # any integer dtype is class ids (int32 used to broadcast as "soft")
         return F.cross_entropy(logits, labels.long())
     return -(labels * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-
-
-def attention_kl(target: torch.Tensor, attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """KL(attention labels || model attention), averaged over examples, layers and heads.
-
-    ``target`` is [n, layers, heads, L] (the CLS row) or [n, layers, heads, L, L] (all rows), already a
-    distribution over the last dimension; ``attentions`` is the model's per-layer [n, heads, L, L]."""
-    model = torch.stack(attentions, 1)  # [n, layers, heads, L, L]
-    if target.dim() == 4:
-        model = model[:, :, :, 0]
-    # Batches are trimmed to their longest sequence: trim the target's keys, and its rows when it has them.
-    length = model.shape[-1]
-    target = target[..., :length] if target.dim() == 4 else target[..., :length, :length]
-    kl = (target * (target.clamp_min(1e-12).log() - model.clamp_min(1e-12).log())).sum(-1)
-    return kl.mean()
 
 
 def adamw_init(params: Params) -> dict[str, Params]:
@@ -119,7 +106,7 @@ def train(
     *,
     seed: int,
     lrs: torch.Tensor | None = None,
-    attention_labels: torch.Tensor | None = None,
+    loss: LossHook | None = None,
     params: Params | None = None,
     differentiable: bool = False,
     device: str | torch.device | None = None,
@@ -128,7 +115,7 @@ def train(
     """Train ``model``'s parameters on (inputs, labels) and return them (the module is not modified).
 
     ``lrs`` gives one learning rate per step (a distilled schedule) instead of the recipe's.
-    ``attention_labels`` (one per example) add ``recipe.attention_weight * attention_kl`` to the loss.
+    ``loss`` replaces the task loss of a batch (a set's own training loss: attention labels add a term).
     ``params`` starts from these parameters instead of the model's (to continue a run).
     With ``differentiable=True`` the returned parameters keep the graph back to ``inputs``, ``labels``
     and ``lrs``, for unrolled (bi-level) optimisation.
@@ -150,30 +137,25 @@ def train(
     fixed.update(dict(model.named_buffers()))
     inputs = {k: v.to(device) for k, v in inputs.items()}
     labels = labels.to(device)
-    # A loaded set keeps its attention labels and step sizes on the CPU; .to keeps the graph of unrolled callers.
-    attention_labels = None if attention_labels is None else attention_labels.to(device)
+    # A loaded set keeps its step sizes on the CPU; .to keeps the graph of unrolled callers.
     lrs = None if lrs is None else lrs.to(device)
     state = adamw_init(params) if recipe.optimizer == "adamw" else {}
     order = torch.randperm(n, generator=gen)
     pos = 0
-    # Unrolled training is differentiated twice, and attention labels need the attention probabilities.
-    fast = not differentiable and attention_labels is None
+    # Unrolled training is differentiated twice, and a loss hook may need what only eager attention returns.
+    fast = not differentiable and loss is None
     with fast_kernels(learner, model, recipe.precision, device) if fast else nullcontext():
         for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
             if pos + batch_size > n:
                 order, pos = torch.randperm(n, generator=gen), 0
             idx = order[pos : pos + batch_size].to(device)
             pos += batch_size
-            if attention_labels is None:
-                loss = loss_fn(learner.forward(model, {**fixed, **params}, batch_of(inputs, idx)), labels[idx])
-            else:
-                logits, attentions = learner.forward(model, {**fixed, **params}, batch_of(inputs, idx),
-                                                     attentions=True)
-                loss = loss_fn(logits, labels[idx]) + recipe.attention_weight * attention_kl(
-                    attention_labels[idx], attentions)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training loss became {loss.item()} at step {step}: lower the learning rate")
-            raw = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable, allow_unused=True)
+            batch, current = batch_of(inputs, idx), {**fixed, **params}
+            value = (loss_fn(learner.forward(model, current, batch), labels[idx]) if loss is None
+                     else loss(learner, model, current, batch, labels[idx], idx))
+            if not torch.isfinite(value):
+                raise TrainingDiverged(f"training loss became {value.item()} at step {step}: lower the learning rate")
+            raw = torch.autograd.grad(value, list(params.values()), create_graph=differentiable, allow_unused=True)
             lr = lrs[step] if lrs is not None else recipe.lr_at(step)
             if differentiable:
                 # A parameter the batch does not reach (word embeddings under inputs_embeds) is left as it is:

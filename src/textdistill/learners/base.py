@@ -93,26 +93,6 @@ class Learner(ABC):
     def embedding_id(self) -> str:
         return self.name
 
-    def vocabulary(self) -> tuple[list[str], torch.Tensor]:
-        """Tokens and their input embeddings, for learners with a token-embedding space."""
-        raise NotImplementedError(f"learner {self.name!r} has no token-embedding space")
-
-    pair_separator = "[SEP]"  # the token between the two texts of a pair, where decoding splits them
-
-    def detokenize(self, tokens: list[str]) -> str:
-        """Text from vocabulary tokens (special tokens dropped)."""
-        return " ".join(t for t in tokens if not (t.startswith("[") and t.endswith("]")))
-
-    def nearest_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[list[str]]:
-        """The vocabulary token nearest (cosine) to each position of a token-embedding set."""
-        tokens, table = self.vocabulary()
-        table = torch.nn.functional.normalize(table.float(), dim=-1)
-        out = []
-        for row, m in zip(embeds.float(), mask.bool()):
-            ids = (torch.nn.functional.normalize(row[m], dim=-1) @ table.T).argmax(-1)
-            out.append([tokens[i] for i in ids.tolist()])
-        return out
-
     def with_max_length(self, max_length: int) -> "Learner":
         """This learner cutting texts at ``max_length`` tokens: a shallow copy that shares the loaded models."""
         if max_length == self.max_length:
@@ -130,6 +110,53 @@ class Learner(ABC):
     def describe(self) -> dict:
         """What a model-bound artifact records about its learner."""
         return {"id": self.name, "max_length": self.max_length, "input_kind": self.input_kind}
+
+
+class TokenLearner(Learner):
+    """A learner that reads token embeddings: what the token-space methods (bptt, dc, dm, mtt on tokens, gradmm)
+    and decoding need. Its contract: ``input_embeddings``, ``vocabulary`` and ``forward`` on ``inputs_embeds``."""
+
+    input_kind = "tokens"
+
+    @abstractmethod
+    def input_embeddings(self, model: torch.nn.Module, params: Params, input_ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings ``forward`` reads for ``input_ids`` (through ``params``: differentiable)."""
+
+    @abstractmethod
+    def vocabulary(self) -> tuple[list[str], torch.Tensor]:
+        """Tokens and their input embeddings."""
+
+    pair_separator = "[SEP]"  # the token between the two texts of a pair, where decoding splits them
+
+    def detokenize(self, tokens: list[str]) -> str:
+        """Text from vocabulary tokens (special tokens dropped)."""
+        return " ".join(t for t in tokens if not (t.startswith("[") and t.endswith("]")))
+
+    def nearest_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[list[str]]:
+        """The vocabulary token nearest (cosine) to each position of a token-embedding set."""
+        tokens, table = self.vocabulary()
+        table = torch.nn.functional.normalize(table.float(), dim=-1)
+        out = []
+        for row, m in zip(embeds.float(), mask.bool()):
+            ids = (torch.nn.functional.normalize(row[m], dim=-1) @ table.T).argmax(-1)
+            out.append([tokens[i] for i in ids.tolist()])
+        return out
+
+
+class AttentionLearner(TokenLearner):
+    """A token learner whose ``forward(..., attentions=True)`` also returns its attention probabilities per layer
+    (transformers): what attention labels need."""
+
+    @abstractmethod
+    def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
+                attentions: bool = False): ...
+
+
+class FeatureLearner(Learner):
+    """A learner on fixed sentence vectors (``features``): the space of vector sets (dm, mtt, dc on features)
+    and of embed-invert."""
+
+    input_kind = "features"
 
 
 LEARNERS: dict[str, Callable[[], Learner]] = {}

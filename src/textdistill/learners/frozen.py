@@ -8,13 +8,11 @@ from torch.func import functional_call
 
 from ..recipe import Recipe
 from ..train import Params
-from .base import Learner, register_learner
+from .base import FeatureLearner, Learner, register_learner
 from .transformer import TransformerLearner
 
 
-class FrozenEncoderLearner(Learner):
-    input_kind = "features"
-
+class FrozenEncoderLearner(FeatureLearner):
     def __init__(self, name: str, encoder: str) -> None:
         self.name = name
         self.encoder = TransformerLearner(encoder)

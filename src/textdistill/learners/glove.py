@@ -13,7 +13,7 @@ from torch.func import functional_call
 from ..resources import glove_vectors, model_revision
 from ..recipe import Recipe
 from ..train import Params
-from .base import Learner, register_learner
+from .base import Learner, TokenLearner, register_learner
 
 TOKEN = re.compile(r"[\w']+|[^\w\s]")
 PAD, UNK = 0, 1  # rows 0 and 1 of the embedding matrix; GloVe words start at row 2
@@ -61,8 +61,7 @@ class GloveEncoder(nn.Module):
         return self.head(self.dropout(z))
 
 
-class GloveLearner(Learner):
-    input_kind = "tokens"
+class GloveLearner(TokenLearner):
     pair_separator = "|"  # encode joins a pair as "text | pair"
 
     def __init__(self, name: str, kind: str, max_length: int = 64) -> None:

@@ -17,7 +17,7 @@ from ..errors import ResourceMissing
 from ..resources import model_revision, resolve_model
 from ..recipe import Recipe
 from ..train import Params
-from .base import Learner, register_learner
+from .base import AttentionLearner, Learner, register_learner
 
 
 def _quiet_transformers() -> None:
@@ -27,10 +27,8 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-class TransformerLearner(Learner):
+class TransformerLearner(AttentionLearner):
     """``AutoModelForSequenceClassification`` with a new seeded head, fully fine-tuned."""
-
-    input_kind = "tokens"
 
     def __init__(self, model_id: str, max_length: int = 64) -> None:
         self.name = model_id

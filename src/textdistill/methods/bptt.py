@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
-from ..learners import Learner
+from ..learners import Learner, TokenLearner
 from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import Params, batch_of, train
@@ -59,20 +59,18 @@ def inner_recipe(n: int, steps: int, lr: float) -> Recipe:
 
 
 def unroll(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-           lrs: torch.Tensor, truncate: int, seed: int, attention_labels: torch.Tensor | None = None,
-           attention_weight: float = 1.0) -> Params:
+           lrs: torch.Tensor, truncate: int, seed: int, loss=None) -> Params:
     """Train ``model`` on the synthetic set with ``lrs``, keeping the graph through the last ``truncate`` steps
-    (all when 0)."""
+    (all when 0); ``loss``: the set's own training loss (a hook with ``detach()``, e.g. attention labels)."""
     steps = len(lrs)
     recipe = inner_recipe(labels.shape[0], steps, float(lrs.detach().mean()))
-    recipe.attention_weight = attention_weight
     cut = steps - truncate if truncate else 0
     params = None
     if cut:
         params = train(learner, model, {k: v.detach() for k, v in inputs.items()}, labels.detach(), recipe, seed=seed,
-                       lrs=lrs[:cut].detach(), attention_labels=None if attention_labels is None else attention_labels.detach())
-    return train(learner, model, inputs, labels, recipe, seed=seed, lrs=lrs[cut:], params=params,
-                 attention_labels=attention_labels, differentiable=True)
+                       lrs=lrs[:cut].detach(), loss=None if loss is None else loss.detach())
+    return train(learner, model, inputs, labels, recipe, seed=seed, lrs=lrs[cut:], params=params, loss=loss,
+                 differentiable=True)
 
 
 def real_loss(learner: Learner, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
@@ -103,8 +101,12 @@ class BPTT(Distiller):
     def attention_targets(self, extra: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    def inner_loss(self, extra: dict[str, torch.Tensor], mask: torch.Tensor):
+        """The set's own training loss in the inner loop (None: the task loss; attention labels add a term)."""
+        return None
+
     def check_learner(self, learner: Learner) -> None:
-        if not hasattr(learner, "input_embeddings") or learner.input_kind != "tokens":
+        if not isinstance(learner, TokenLearner):
             raise ConfigError(f"{self.name} needs a learner with token embeddings (minilm, an HF encoder, "
                               f"textcnn-glove, bilstm-glove), not {learner.name!r}")
 
@@ -123,14 +125,13 @@ class BPTT(Distiller):
         opt = (torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.AdamW)(groups)
         real, real_y, _ = real_inputs(task, learner)
 
-        attention_weight = getattr(cfg, "attention_weight", 0.0)  # set by attention-labels
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
             model = learner.build(task.num_classes, seed=seed * 1_000_003 + step).to(self.device)
             opt.zero_grad()
             trained = unroll(learner, model, syn.inputs(), syn.labels(), F.softplus(raw_lrs), cfg.truncate, seed=step,
-                             attention_labels=self.attention_targets(extra, mask), attention_weight=attention_weight)
+                             loss=self.inner_loss(extra, mask))
             idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
             batch = {k: v.to(self.device) for k, v in batch_of(real, idx).items()}
             loss = real_loss(learner, model, trained, batch, real_y[idx].to(self.device), cfg.chunk, backward=True)
@@ -145,7 +146,7 @@ class BPTT(Distiller):
         attention = self.attention_targets(extra, mask)
         recipe = inner_recipe(len(syn.hard), cfg.inner_steps, float(lrs.mean())).to_dict()
         if attention is not None:
-            recipe["attention_weight"] = attention_weight
+            recipe["attention_weight"] = cfg.attention_weight
         return syn.artifact(self, task, seed, lrs=lrs, recipe=recipe,
                             attention_labels=None if attention is None else attention.detach().cpu(),
                             log={"real_loss": thin(history)})

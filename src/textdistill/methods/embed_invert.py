@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
-from ..learners import Learner
+from ..learners import FeatureLearner, Learner
 from ..distilled import DistilledDataset
 from .base import Distiller, MethodConfig, get_method, label_probe, register_method
 
@@ -105,7 +105,7 @@ class EmbedInvert(Distiller):
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        if learner.input_kind != "features":
+        if not isinstance(learner, FeatureLearner):
             raise ConfigError(f"embed-invert learns vectors in a frozen sentence space: use a learner such as "
                               f"minilm-frozen, not {learner.name!r}")
         vectors = cfg.space_method().distill(task, dpc, learner, seed=seed, device=self.device)

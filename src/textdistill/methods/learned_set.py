@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data import Task
 from ..errors import ConfigError
-from ..learners import Learner
+from ..learners import FeatureLearner, Learner, TokenLearner
 from ..distilled import DistilledDataset
 from .base import MethodConfig, class_indices
 
@@ -49,9 +49,9 @@ class SyntheticSet:
     def __init__(self, task: Task, dpc: int, learner: Learner, rng: np.random.Generator, *, labels: str = "hard",
                  init: str = "real", length: int = 32, device: str = "cpu") -> None:
         check_labels_and_init(labels, init)
-        if learner.input_kind not in ("tokens", "features") or (
-                learner.input_kind == "tokens" and not hasattr(learner, "input_embeddings")):
-            raise ConfigError(f"learner {learner.name!r} has no learnable input space")
+        if not isinstance(learner, (TokenLearner, FeatureLearner)):
+            raise ConfigError(f"learner {learner.name!r} has no learnable input space: learned sets need token "
+                              "embeddings (minilm, an HF model, textcnn-glove) or sentence vectors (minilm-frozen)")
         self.learner, self.label_kind, self.classes = learner, labels, task.num_classes
         texts, pairs, y = task.columns("train")
         per_class = class_indices(y, task.spec.classes, dpc)
@@ -59,7 +59,7 @@ class SyntheticSet:
         self.source_indices = picked.tolist()
         self.hard = torch.tensor([y[i] for i in picked], device=device)
         enc = learner.encode([texts[i] for i in picked], None if pairs is None else [pairs[i] for i in picked])
-        if learner.input_kind == "features":
+        if isinstance(learner, FeatureLearner):
             x, self.fixed = enc["features"].float(), {}
         else:
             fit = {k: F.pad(v, (0, max(0, length - v.shape[1])))[:, :length] for k, v in enc.items()}
@@ -76,7 +76,7 @@ class SyntheticSet:
             x = torch.randn(x.shape, generator=gen) * rows.std()
             # noise has no sentence boundary to keep: every position counts, all as the first sentence
             self.fixed = {"attention_mask": torch.ones_like(self.fixed["attention_mask"])} if self.fixed else {}
-        self.key = "features" if learner.input_kind == "features" else "inputs_embeds"
+        self.key = "features" if isinstance(learner, FeatureLearner) else "inputs_embeds"
         self.x = x.to(device).requires_grad_(True)
         self.fixed = {k: v.to(device) for k, v in self.fixed.items()}
         # soft: a learned distribution (logits start confident in the real class); unrestricted: a learned vector
