@@ -11,7 +11,8 @@ from textdistill.errors import ArtifactError
 from textdistill.learners import get_learner
 from textdistill.methods import dilm as dilm_module
 from textdistill.methods import get_method
-from textdistill.methods.dilm import Generator, lm_fine_tune
+from textdistill.lm.generator import Generator
+from textdistill.methods.dilm import lm_fine_tune
 from textdistill.methods.learned_set import fresh_parameters, real_inputs
 from textdistill.distilled import DistilledDataset
 

@@ -121,11 +121,11 @@ def test_without_a_learner_gradmm_works_with_its_decoder(monkeypatch, tmp_path):
 
     seen = []
 
-    def record(self, task, dpc, learner, seed=0):
+    def record(self, task, dpc, learner, seed=0):  # what run() is given: the default learner
         seen.append(learner.name)
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(Gradmm, "distill", record)
+    monkeypatch.setattr(Gradmm, "run", record)
     f = tmp_path / "d.csv"
     f.write_text("text,label\n" + "".join(f"sentence {i},{'ab'[i % 2]}\n" for i in range(8)))
     assert main(["distill", "--task", str(f), "--method", "gradmm", "--dpc", "1", "--out", str(tmp_path / "o")]) == 2

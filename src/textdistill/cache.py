@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +46,23 @@ def umask() -> int:
 def follow_umask(path: Path, folder: bool = False) -> None:
     """mkstemp/mkdtemp create 0600/0700; give ``path`` the mode a plain open/mkdir would (sets are shared)."""
     os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
+def temp_folder(near: Path, write: Callable[[Path], None]) -> Path:
+    """A new folder beside ``near``, filled by ``write``, with the modes a plain mkdir/open would give: the caller
+    renames it into place, so ``near`` never holds a half-written folder."""
+    near.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=near.parent, prefix=f".{near.name}.tmp-"))
+    try:
+        write(tmp)
+        for root, _, files in os.walk(tmp):
+            follow_umask(Path(root), folder=True)
+            for name in files:
+                follow_umask(Path(root) / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

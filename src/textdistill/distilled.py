@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from .cache import follow_umask
+from .cache import temp_folder
 from .errors import ArtifactError
 
 if TYPE_CHECKING:
@@ -358,15 +358,9 @@ def write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
     racing on one path never fail and the path always holds a whole set (for an instant, none).
     """
     path = check_output(path, overwrite=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp: Path | None = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    tmp: Path | None = temp_folder(path, write)
     aside: list[Path] = []
     try:
-        write(tmp)
-        for root, dirs, files in os.walk(tmp):
-            follow_umask(Path(root), folder=True)
-            for name in files:
-                follow_umask(Path(root) / name)
         for _ in range(100):
             try:
                 os.rename(tmp, path)  # onto nothing or an empty folder

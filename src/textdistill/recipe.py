@@ -39,6 +39,13 @@ class Recipe(Config):
         if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1 or small_batch:
             raise ConfigError(f"recipe needs steps >= 1, lr > 0, 0 <= warmup <= 1 and batch_size >= 1, got {self}")
 
+    @classmethod
+    def sgd(cls, steps: int, lr: float, batch_size: int) -> "Recipe":
+        """Plain SGD at a constant step size without weight decay or dropout: the inner loops of the matching
+        methods and the recipes of the sets they learn (their students train this way)."""
+        return cls(steps=steps, lr=lr, batch_size=batch_size, warmup=0.0, schedule="constant", weight_decay=0.0,
+                   optimizer="sgd", dropout=False)
+
     def lr_at(self, step: int) -> float:
         warm = int(self.warmup * self.steps)
         if step < warm:

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,11 +135,15 @@ def _converted_smollm2() -> Path:
             del config.quantization_config
         plain = AutoModelForCausalLM.from_config(config)
         plain.load_state_dict(quantized.state_dict())
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+        def write(folder: Path) -> None:
+            plain.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            (folder / "textdistill-source.json").write_text(json.dumps({"gguf": gguf_files[0].name}))
+
+        from .cache import temp_folder  # cache reads cache_dir from here
+
+        tmp = temp_folder(target, write)
         try:
-            plain.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "textdistill-source.json").write_text(json.dumps({"gguf": gguf_files[0].name}))
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

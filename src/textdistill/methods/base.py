@@ -96,6 +96,20 @@ def class_indices(labels: list[int] | np.ndarray, classes: tuple[str, ...], dpc:
     return out
 
 
+def fresh_model(learner: Learner, task: Task, seed: int, step: int, device: str = "cpu") -> "torch.nn.Module":
+    """The fresh learner a method's outer step works with, seeded from (set seed, step): every step sees a new
+    initialisation, and a set seed never shares one with another (nor with evaluation's seeds)."""
+    return learner.build(task.num_classes, seed=seed * 1_000_003 + step).to(device)
+
+
+def real_batch(rng: np.random.Generator, rows: "int | np.ndarray", size: int) -> "torch.Tensor":
+    """A random batch of at most ``size`` distinct rows of ``rows`` (a class's row indices, or all ``rows`` rows)."""
+    import torch
+
+    return torch.from_numpy(rng.choice(rows, size=min(size, rows if isinstance(rows, int) else len(rows)),
+                                       replace=False))
+
+
 def check_finite(method: str, loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise TextDistillError(f"{method}: the loss became {loss} at outer step {step}; lower the outer learning "

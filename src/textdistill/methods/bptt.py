@@ -21,7 +21,7 @@ from ..learners import Learner, TokenLearner
 from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import Params, batch_of, train
-from .base import Distiller, check_finite, register_method, thin
+from .base import Distiller, check_finite, fresh_model, real_batch, register_method, thin
 from .learned_set import LearnedSetConfig, SyntheticSet, real_inputs
 
 
@@ -54,8 +54,7 @@ def inverse_softplus(x: float) -> float:
 
 def inner_recipe(n: int, steps: int, lr: float) -> Recipe:
     """Full-batch SGD with learned per-step rates and no dropout: how the set is trained, then and later."""
-    return Recipe(steps=steps, lr=lr, batch_size=n, warmup=0.0, schedule="constant", weight_decay=0.0,
-                  optimizer="sgd", dropout=False)
+    return Recipe.sgd(steps, lr, n)
 
 
 def unroll(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
@@ -128,11 +127,11 @@ class BPTT(Distiller):
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + step).to(self.device)
+            model = fresh_model(learner, task, seed, step, self.device)
             opt.zero_grad()
             trained = unroll(learner, model, syn.inputs(), syn.labels(), F.softplus(raw_lrs), cfg.truncate, seed=step,
                              loss=self.inner_loss(extra, mask))
-            idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
+            idx = real_batch(rng, len(real_y), cfg.real_batch)
             batch = {k: v.to(self.device) for k, v in batch_of(real, idx).items()}
             loss = real_loss(learner, model, trained, batch, real_y[idx].to(self.device), cfg.chunk, backward=True)
             check_finite(self.name, loss, step)

@@ -20,7 +20,7 @@ from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import Params, batch_of, loss_fn, train
-from .base import Distiller, descend, register_method, thin
+from .base import Distiller, descend, fresh_model, real_batch, register_method, thin
 from .learned_set import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 
@@ -95,7 +95,7 @@ class DC(Distiller):
         cfg, total = self.config, 0.0
         labels = syn.labels()
         for c, rows in enumerate(per_class):
-            idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
+            idx = real_batch(rng, rows, cfg.real_batch)
             g_real = real_gradient(learner, model, params, names, real, real_y, idx, self.device)
             own = syn.rows_of(c)
             g_syn = class_gradients(learner, model, params, names, syn.inputs(own), labels[own], create_graph=True)
@@ -107,12 +107,11 @@ class DC(Distiller):
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, device=self.device)
         real, real_y, per_class = real_inputs(task, learner)
         opt = torch.optim.Adam(syn.parameters(), lr=cfg.outer_lr)
-        net_recipe = Recipe(steps=max(1, cfg.net_steps), lr=cfg.net_lr, batch_size=len(syn.hard), warmup=0.0,
-                            schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
+        net_recipe = Recipe.sgd(max(1, cfg.net_steps), cfg.net_lr, len(syn.hard))
         history = []
         bar = tqdm(range(cfg.outer_loops), desc=f"dc {task.name} {dpc}/class", leave=False)
         for outer in bar:
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(self.device).eval()
+            model = fresh_model(learner, task, seed, outer, self.device).eval()
             params = fresh_parameters(model)
             names = learner.head_parameter_names(model) if cfg.classifier_only else [
                 k for k, v in model.named_parameters() if v.requires_grad]

@@ -13,6 +13,7 @@ final pool with classifier-free guidance against the other classes' start tokens
 generated examples that a linear probe on the learner's vectors of the real data assigns to another class, as
 LAMBADA (Anaby-Tavor et al. 2020) filters its generated data.
 
+The generator model lives in ``lm/generator.py`` and its training checkpoints in ``lm/checkpoint.py``.
 Stage 1 is cached per (generator, task, stage-1 options); stage 2 checkpoints in the cache and resumes, and
 does not depend on ``dpc``, so the budgets of one seed share it. ``outer_loops: 0`` gives the stage-1-only
 generator (the "vanilla LM" baseline).
@@ -28,24 +29,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..cache import atomic_write, key_of
+from ..cache import key_of
 from ..data import Task
-from ..errors import DataError, ResourceMissing
+from ..errors import DataError
 from ..learners import Learner
-from ..resources import cache_dir, model_revision, resolve_model
-from ..distilled import DistilledDataset, check_output, write_folder
+from ..lm.checkpoint import load_checkpoint, save_checkpoint
+from ..lm.generator import META, Generator
+from ..resources import cache_dir, model_revision
+from ..distilled import DistilledDataset, check_output
 from ..recipe import Recipe
 from ..train import train
-from .base import Distiller, MethodConfig, class_indices, descend, label_probe, register_method, thin
+from .base import (
+    Distiller, MethodConfig, class_indices, descend, fresh_model, label_probe, real_batch, register_method, thin)
 from .coreset import KMeansNearest
 from .dc import real_gradient
 from .learned_set import fresh_parameters, real_inputs
 
-SEP = "<sep>"
-META = "textdistill-generator.json"
 
 
 @dataclass
@@ -77,135 +78,6 @@ class DiLMConfig(MethodConfig):
         "help": "final pool: keep only examples that a linear probe on the learner's vectors of the real data "
                 "assigns to their class (LAMBADA-style; not in the paper)"})
     save_generator: str = field(default="", metadata={"help": "also save the trained generator (kind generator) here"})
-
-
-class Generator:
-    """A causal LM with one start token per class: per-example generation losses and class-conditional samples."""
-
-    def __init__(self, model, tokenizer, num_classes: int, max_length: int) -> None:
-        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
-        self.class_ids = tokenizer.convert_tokens_to_ids([f"<class_{c}>" for c in range(num_classes)])
-        self.sep_id = tokenizer.convert_tokens_to_ids(SEP)
-
-    @classmethod
-    def pretrained(cls, name: str, classes: list[str], max_length: int) -> "Generator":
-        """A hub/local causal LM with the class, separator, end and padding tokens added."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model(name)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        except OSError as e:
-            raise ResourceMissing(f"cannot load generator {name!r} ({e}); offline, use smollm2-135m or a local path") from None
-        return cls.extended(model, tokenizer, classes, max_length)
-
-    @classmethod
-    def extended(cls, model, tokenizer, classes: list[str], max_length: int) -> "Generator":
-        """Add the tokens; a new class token starts as the mean embedding of its class name's tokens, so the
-        pretrained LM is class-conditional from the first step (a copy of one start token for every class left
-        the classes indistinguishable after a short stage 1 on CPU)."""
-        if tokenizer.eos_token is None:
-            tokenizer.add_special_tokens({"eos_token": "<eos>"})
-        if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
-            tokenizer.add_special_tokens({"pad_token": "<pad>"})  # padding must not look like the end
-        known = len(tokenizer)
-        tokenizer.add_tokens([SEP] + [f"<class_{c}>" for c in range(len(classes))])  # kept if already there
-        with torch.random.fork_rng():  # the new rows start from a fixed seed: the same generator every time
-            torch.manual_seed(0)
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        gen = cls(model, tokenizer, len(classes), max_length)
-        table = model.get_input_embeddings().weight
-        with torch.no_grad():
-            for token, name in zip(gen.class_ids, classes):
-                words = tokenizer(f" {name}", add_special_tokens=False)["input_ids"]
-                if token >= known and words:
-                    table[token] = table[words].mean(0)
-        return gen
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Generator":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        meta = json.loads((Path(path) / META).read_text())
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        return cls(model, AutoTokenizer.from_pretrained(str(path)), meta["num_classes"], meta["max_length"])
-
-    def save(self, path: str | Path, artifact: DistilledDataset | None = None, **meta) -> Path:
-        """An HF folder plus the class-token metadata (and a ``generator`` artifact's manifest), written whole."""
-        def write(folder: Path) -> None:
-            self.model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
-            (folder / META).write_text(json.dumps({"num_classes": len(self.class_ids), "max_length": self.max_length,
-                                                   **meta}, indent=1))
-            if artifact is not None:
-                artifact.write_files(folder)
-
-        return write_folder(path, write)
-
-    def to(self, device: str) -> "Generator":
-        self.model.to(device)
-        return self
-
-    def encode(self, labels: list[int], texts: list[str], pairs: list[str] | None) -> dict[str, torch.Tensor]:
-        """[class token] text [<sep> pair] [eos], right-padded; ``targets`` is -100 at padding."""
-        joined = texts if pairs is None else [f"{a} {SEP} {b}" for a, b in zip(texts, pairs)]
-        body = self.tokenizer(joined, add_special_tokens=False, truncation=True, max_length=self.max_length - 2)
-        rows = [[self.class_ids[y]] + ids + [self.tokenizer.eos_token_id] for y, ids in zip(labels, body["input_ids"])]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        device = self.model.device
-        return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                "targets": ids.masked_fill(mask == 0, -100).to(device)}
-
-    def losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean next-token negative log-likelihood of each example [n] (the class token is given, not predicted)."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        targets = batch["targets"][:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-        nll = nll.view(targets.shape)
-        return nll.sum(1) / (targets != -100).sum(1)
-
-    @torch.no_grad()
-    def sample(self, label: int, n: int, *, pairs: bool, top_p: float, batch: int, seed: int,
-               guidance: float = 1.0, progress: bool = True) -> tuple[list[str], list[str] | None]:
-        """``n`` non-empty examples of class ``label`` (nucleus sampling, seeded); pairs split at <sep>.
-
-        ``guidance`` > 1: classifier-free guidance (Sanchez et al. 2023), the next-token log-probabilities
-        pushed away from those after another class's start token (the other classes in turn), which
-        strengthens a weakly class-conditional generator."""
-        torch.manual_seed(seed)
-        self.model.eval()
-        banned = [[i] for i in self.class_ids] + ([] if pairs else [[self.sep_id]])
-        others = torch.tensor([t for c, t in enumerate(self.class_ids) if c != label], device=self.model.device)
-        texts: list[str] = []
-        seconds: list[str] = []
-        tries = 0
-        bar = tqdm(total=n, desc=f"generate class {label}", leave=False, disable=not progress)
-        while len(texts) < n:
-            tries += 1
-            if tries > 10 + 2 * (n // batch):
-                raise DataError(f"dilm: the generator wrote too few usable examples for class {label} "
-                                f"({len(texts)} of {n}); train stage 1 longer (lm_steps)")
-            size = min(batch, 2 * (n - len(texts)) + 1)
-            start = torch.full((size, 1), self.class_ids[label], device=self.model.device)
-            contrast = {} if guidance == 1 else {"guidance_scale": guidance,
-                                                 "negative_prompt_ids": others[torch.arange(size) % len(others), None]}
-            out = self.model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, top_p=top_p,
-                                      top_k=0, max_new_tokens=self.max_length - 1, bad_words_ids=banned,
-                                      pad_token_id=self.tokenizer.pad_token_id,
-                                      eos_token_id=self.tokenizer.eos_token_id, **contrast)
-            for text in self.tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True):
-                parts = [p.strip() for p in text.split(SEP)]
-                if len(texts) < n and parts[0] and (not pairs or len(parts) >= 2 and parts[1]):
-                    texts.append(parts[0])
-                    seconds.append(parts[1] if pairs else "")
-                    bar.update()
-        bar.close()
-        return texts, seconds if pairs else None
 
 
 def lm_fine_tune(gen: Generator, task: Task, steps: int, batch: int, lr: float, seed: int = 0,
@@ -274,7 +146,7 @@ class DiLM(Distiller):
         # Only the matched parameters need a graph: the rest enter as constants.
         frozen = {k: (v if k in names else v.detach()) for k, v in params.items()}
         for label, rows in enumerate(teachers):
-            idx = torch.from_numpy(rng.choice(rows, size=min(c.real_batch, len(rows)), replace=False))
+            idx = real_batch(rng, rows, c.real_batch)
             g_real = torch.cat([g.flatten() for g in real_gradient(learner, model, frozen, names, real, real_y, idx,
                                                                    self.device)])
             texts, pairs = pool[label]
@@ -318,7 +190,7 @@ class DiLM(Distiller):
                 pool = [gen.sample(y, per_pool, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
                                    seed=seed * 1_000_003 + outer, progress=False) for y in range(task.num_classes)]
                 gen.model.train()
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + outer).to(self.device).eval()
+            model = fresh_model(learner, task, seed, outer, self.device).eval()
             params = fresh_parameters(model)
             names = learner.head_parameter_names(model) if c.classifier_only else [
                 k for k, v in model.named_parameters() if v.requires_grad]
@@ -393,44 +265,3 @@ class DiLM(Distiller):
                             f"{label}, fewer than dpc={least}; train the generator longer or turn filter_labels off")
         texts, seconds = zip(*rows[:size])
         return list(texts), list(seconds) if pairs else None, len(rows) / drawn
-
-
-def save_checkpoint(folder: Path, gen: Generator, opt: torch.optim.Optimizer | None, outer: int,
-                    history: list[float], pool: list) -> None:
-    """Weights and optimiser state (none once finished) under the step's name, then progress.json, written last,
-    points at them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in gen.model.state_dict().items()}
-    atomic_write(folder / f"generator-{outer}.safetensors", lambda p: save_file(_untied(weights), str(p)))
-    if opt is not None:
-        atomic_write(folder / f"optimizer-{outer}.pt", lambda p: torch.save(opt.state_dict(), p))
-    atomic_write(folder / "progress.json", lambda p: p.write_text(json.dumps(
-        {"outer": outer, "history": history, "pool": pool})))
-    for old in folder.glob("*-*.*"):
-        if old.stem.rsplit("-", 1)[1] != str(outer):
-            old.unlink()
-
-
-def load_checkpoint(folder: Path, gen: Generator, opt: torch.optim.Optimizer, device: str) -> dict:
-    """Restore the last finished outer loop (weights, optimiser, pool, loss curve); a fresh start if none."""
-    progress = folder / "progress.json"
-    if not progress.exists():
-        return {"outer": 0, "history": [], "pool": []}
-    state = json.loads(progress.read_text())
-    gen.model.load_state_dict(load_file(str(folder / f"generator-{state['outer']}.safetensors"), device=device),
-                              strict=False)  # tied weights are stored once
-    if (folder / f"optimizer-{state['outer']}.pt").exists():  # absent once finished
-        opt.load_state_dict(torch.load(folder / f"optimizer-{state['outer']}.pt", map_location=device,
-                                       weights_only=True))
-    state["pool"] = [(t, p) for t, p in state["pool"]]
-    return state
-
-
-def _untied(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory (tied input/output embeddings): keep the first of each."""
-    seen, out = set(), {}
-    for k, v in weights.items():
-        if v.data_ptr() not in seen:
-            seen.add(v.data_ptr())
-            out[k] = v
-    return out

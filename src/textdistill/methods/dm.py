@@ -22,7 +22,7 @@ from ..privacy import noisy_mean, plan
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..train import batch_of, train
-from .base import Distiller, descend, register_method, thin
+from .base import Distiller, descend, fresh_model, real_batch, register_method, thin
 from .learned_set import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 
@@ -96,14 +96,14 @@ class DM(Distiller):
         history = []
         bar = tqdm(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
         for it in bar:
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(self.device).eval()
+            model = fresh_model(learner, task, seed, it, self.device).eval()
             params = fresh_parameters(model)
             loss = 0.0
             for c, rows in enumerate(per_class):
                 if dp:  # Poisson sampling, as the accountant assumes
                     idx = torch.from_numpy(rows[rng.random(len(rows)) < dp["sampling_rate"]])
                 else:
-                    idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
+                    idx = real_batch(rng, rows, cfg.real_batch)
                 with torch.no_grad():  # each rank embeds its shard of the batch (all of it in one process)
                     mine = shard(idx)
                     real_emb = gather_rows(learner.embed(model, params, {k: v.to(self.device) for k, v in batch_of(

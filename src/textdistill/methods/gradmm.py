@@ -32,7 +32,7 @@ from ..learners import Learner
 from ..privacy import noisy_mean, plan
 from ..distilled import DistilledDataset
 from ..train import Params
-from .base import Distiller, MethodConfig, check_finite, class_indices, register_method, thin
+from .base import Distiller, MethodConfig, check_finite, class_indices, fresh_model, real_batch, register_method, thin
 from .dc import class_gradients, gradient_distance, real_gradient
 from .learned_set import real_inputs
 
@@ -196,7 +196,7 @@ class Gradmm(Distiller):
 
         def objective(x: torch.Tensor, it: int) -> torch.Tensor:
             if state.get("it") != it:  # a fresh head and fresh real gradients once per iteration
-                model = learner.build(task.num_classes, seed=seed * 1_000_003 + it).to(self.device).eval()
+                model = fresh_model(learner, task, seed, it, self.device).eval()
                 names = matched_names(learner, model, cfg.match)
                 # only the matched tensors are leaves that take gradients: the rest of the body stays constant
                 params = {**dict(model.named_buffers()), **{k: v.detach() for k, v in model.named_parameters()}}
@@ -259,7 +259,7 @@ class Gradmm(Distiller):
         gradients clipped to ``dp_clip`` (a Poisson sample, divided by its expected size)."""
         cfg = self.config
         if not dp:
-            idx = torch.from_numpy(rng.choice(rows, size=min(cfg.real_batch, len(rows)), replace=False))
+            idx = real_batch(rng, rows, cfg.real_batch)
             return real_gradient(learner, model, params, names, real, real_y, idx, self.device)
         idx = rows[rng.random(len(rows)) < dp["sampling_rate"]]
         shapes = [params[k].shape for k in names]

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..train import Params, batch_of
-from .base import Distiller, MethodConfig, check_finite, get_method, register_method, thin
+from .base import Distiller, MethodConfig, check_finite, fresh_model, get_method, real_batch, register_method, thin
 from .bptt import inverse_softplus, unroll
 from .learned_set import real_inputs
 
@@ -73,9 +73,9 @@ class LearnedLabels(Distiller):
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
-            model = learner.build(task.num_classes, seed=seed * 1_000_003 + step)
+            model = fresh_model(learner, task, seed, step)
             opt.zero_grad()
-            idx = torch.from_numpy(rng.choice(len(real_y), size=min(cfg.real_batch, len(real_y)), replace=False))
+            idx = real_batch(rng, len(real_y), cfg.real_batch)
             loss_t = label_meta_loss(learner, model, inputs, logits, F.softplus(raw_lrs), batch_of(real, idx),
                                      real_y[idx], seed=step)
             loss = loss_t.item()

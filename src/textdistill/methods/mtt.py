@@ -60,8 +60,7 @@ def expert_recipe(cfg: MTTConfig, n: int) -> Recipe:
     """Plain SGD at a constant step size, one epoch per call: trajectories that a student can follow. Dropout
     is off, as for the students (and the reference's matching): a trajectory trained with it is not one the
     student's dropout-free steps can follow."""
-    return Recipe(steps=math.ceil(n / cfg.expert_batch), lr=cfg.expert_lr, batch_size=cfg.expert_batch, warmup=0.0,
-                  schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
+    return Recipe.sgd(math.ceil(n / cfg.expert_batch), cfg.expert_lr, cfg.expert_batch)
 
 
 def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True, device: str = "cpu") -> list[Path]:
@@ -131,8 +130,7 @@ class MTT(Distiller):
         raw_lr = torch.tensor(inverse_softplus(init_lr), device=self.device, requires_grad=True)
         opt = torch.optim.Adam([{"params": syn.parameters(), "lr": cfg.outer_lr}, {"params": [raw_lr], "lr": cfg.lr_lr}])
         n = len(syn.hard)
-        student_recipe = Recipe(steps=cfg.syn_steps, lr=init_lr, batch_size=cfg.syn_batch or n, warmup=0.0,
-                                schedule="constant", weight_decay=0.0, optimizer="sgd", dropout=False)
+        student_recipe = Recipe.sgd(cfg.syn_steps, init_lr, cfg.syn_batch or n)
         model = learner.build(task.num_classes, seed=0).to(self.device)
         trajectories = [load_file(str(p), device=self.device) for p in paths]
         history = []
@@ -150,7 +148,6 @@ class MTT(Distiller):
             descend(self.name, opt, loss, it, history)
             bar.set_postfix(loss=f"{history[-1]:.4f}", lr=f"{float(F.softplus(raw_lr.detach())):.4f}")
         lr = float(F.softplus(raw_lr.detach()))
-        recipe = Recipe(steps=cfg.eval_steps, lr=lr, batch_size=cfg.syn_batch or n, warmup=0.0, schedule="constant",
-                        weight_decay=0.0, optimizer="sgd", dropout=False)
+        recipe = Recipe.sgd(cfg.eval_steps, lr, cfg.syn_batch or n)
         return syn.artifact(self, task, seed, recipe=recipe.to_dict(),
                             log={"trajectory_loss": thin(history), "learned_lr": lr, "buffer": str(paths[0].parent)})
