@@ -89,3 +89,25 @@ def test_loss_attack_scores_are_minus_the_losses_of_learners_trained_on_the_set(
     expected = -torch.nn.functional.cross_entropy(logits, torch.tensor(held_y[:10]), reduction="none")
     np.testing.assert_allclose(scores[10:], expected.numpy(), rtol=1e-5, atol=1e-6)
     assert scores[:10].mean() > scores[10:].mean()  # the set's own examples are fitted
+
+
+def test_audit_runs_on_every_kind_of_set_or_says_why_not():
+    """Text and decoded token sets are read as text, vector sets by their vectors in the space they live in; a
+    generator holds no examples and a vector set audited in another space would compare unlike vectors."""
+    import torch
+
+    from textdistill.distilled import DistilledDataset
+    from textdistill.errors import ArtifactError, ConfigError
+
+    task = get_task("mr").subset(train_per_class=20, test_size=20, seed=0)
+    vectors = get_method("dm", iterations=3).distill(task, 1, get_learner("minilm-frozen"), seed=0)
+    report = audit(vectors, task)
+    assert report["copying"] is None and 0 < report["nearest"]["set_to_train_cosine"] <= 1
+    tokens = get_method("dc", outer_loops=1, inner_loops=1, length=6, real_batch=4).distill(
+        task, 1, get_learner("textcnn-glove"), seed=0)
+    assert audit(tokens, task)["copying"]["exact_copies"] == 0  # decoded nearest tokens: read as text
+    with pytest.raises(ConfigError, match="--learner minilm-frozen"):
+        audit(vectors, task, learner="textcnn-glove")
+    generator = DistilledDataset(kind="generator", labels=torch.zeros(0, dtype=torch.long), label_names=["a", "b"])
+    with pytest.raises(ArtifactError, match="holds a model"):
+        audit(generator, task)

@@ -17,6 +17,7 @@ import numpy as np
 from .data import Task
 from .data.task import text_key
 from .distilled import DistilledDataset
+from .errors import ArtifactError, ConfigError
 
 WORD = re.compile(r"\w+")
 
@@ -107,8 +108,14 @@ def audit(ds: DistilledDataset, task: Task, learner: str = "minilm-frozen", samp
     from .decode import decode_to_text
     from .learners import get_learner
 
+    if ds.kind == "generator":
+        raise ArtifactError("a generator set holds a model, not examples: audit a text set it wrote (dilm saves the "
+                            "set and, with save_generator, the generator)")
     text_set = decode_to_text(ds) if ds.kind == "token-embeddings" else ds
     enc = get_learner(learner).for_task(task)
+    if ds.kind == "features" and get_learner(ds.bound_learner()).embedding_id != enc.embedding_id:
+        raise ConfigError(f"the set's vectors live in {ds.bound_learner()!r}'s space, not {learner!r}'s: audit it "
+                          f"with --learner {ds.bound_learner()}")
     train_t, train_p, train_y = task.columns("train")
     test_t, test_p, test_y = task.columns("test")
     rng = np.random.default_rng(seed)
