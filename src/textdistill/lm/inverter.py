@@ -81,7 +81,7 @@ class Inverter(torch.nn.Module):
     @torch.no_grad()
     def write(self, vectors: torch.Tensor, n: int, max_new_tokens: int, seed: int) -> list[list[str]]:
         """Per vector: its greedy sentence and ``n - 1`` sampled ones."""
-        from .import SAMPLING
+        from . import SAMPLING
 
         out = []
         for v in vectors:
