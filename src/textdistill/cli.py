@@ -227,22 +227,12 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(f"fidelity: mean cosine to the target vectors {f['mean_cosine_to_target']:.3f} (the nearest real "
               f"sentences: {f['mean_nearest_real_cosine']:.3f}); a probe on the real data agrees with "
               f"{100 * f.get('probe_label_agreement', float('nan')):.0f}% of the labels")
-    if ds.kind == "text":
-        rows = [(ds.label_names[y], t if p is None else f"{t} ||| {p}")
-                for y, t, p in zip(ds.hard_labels.tolist(), ds.texts, ds.text_pairs or [None] * len(ds))]
-    elif ds.kind == "token-embeddings":
-        from .learners import get_learner
+    from .page import set_examples, write_set_page
 
-        learner = get_learner(ds.bound_learner())
-        tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], ds.tensors["attention_mask"])
-        rows = [(ds.label_names[y], " ".join(t)) for y, t in zip(ds.hard_labels.tolist(), tokens)]
-    else:
-        rows = [(ds.label_names[y], f"<{ds.kind} vector>") for y in ds.hard_labels.tolist()]
-    for label, text in rows[: args.limit]:
-        print(f"[{label}] {text}")
+    words, _ = set_examples(ds)
+    for y, text in list(zip(ds.hard_labels.tolist(), words))[: args.limit]:
+        print(f"[{ds.label_names[y]}] {text or f'<{ds.kind} vector>'}")
     if args.html:
-        from .page import write_set_page
-
         print(f"page: {write_set_page(ds, _load_artifact_task(ds, args), args.html)}")
 
 

@@ -16,13 +16,9 @@ SPACE = "minilm-frozen"  # the sentence space of the map and of the nearest sent
 MAP_POINTS = 2000  # training sentences drawn on the map (a seeded sample of larger splits)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
-
-
 def set_examples(ds: DistilledDataset) -> tuple[list[str], str]:
-    """What each example says, in words: the text, the nearest tokens of a token-embedding set, or nothing
-    for a vector set; and what that is."""
+    """What each example says, in words (``show`` prints them, the page shows them): the text, the nearest
+    tokens of a token-embedding set, or nothing for a vector set; and what that is."""
     if ds.kind == "text":
         pairs = ds.text_pairs or [None] * len(ds)
         return [t if p is None else f"{t} ||| {p}" for t, p in zip(ds.texts, pairs)], "text"
@@ -34,11 +30,10 @@ def set_examples(ds: DistilledDataset) -> tuple[list[str], str]:
     return [""] * len(ds), "a learned sentence vector"
 
 
-def _vectors(ds: DistilledDataset, task: Task, words: list[str]) -> np.ndarray | None:
+def _vectors(ds: DistilledDataset, space, words: list[str]) -> np.ndarray | None:
     """The set's examples in the map's space: their own vectors when the set lives there, else their words'."""
     from .learners import get_learner
 
-    space = get_learner(SPACE).for_task(task)
     if ds.kind == "features":
         bound = (ds.bound_to or {}).get("id")
         same = bound is not None and get_learner(bound).embedding_id == space.embedding_id
@@ -83,14 +78,14 @@ def _plot_map(path: Path, task: Task, train: np.ndarray, train_y: np.ndarray, ex
 
 def set_page_blocks(ds: DistilledDataset, task: Task, root: Path) -> list[tuple]:
     """The page as report blocks (``report.to_html`` renders them); the map's PNG is written under ``root``."""
-    from .learners import get_learner
+    from .learners import get_learner, unit
 
     words, what = set_examples(ds)
     texts, pairs, labels = task.columns("train")
     space = get_learner(SPACE).for_task(task)
-    train, train_y = _unit(space.sentence_vectors(texts, pairs)), np.asarray(labels)
-    ex = _vectors(ds, task, words)
-    ex = None if ex is None else _unit(ex)
+    train, train_y = unit(space.sentence_vectors(texts, pairs)), np.asarray(labels)
+    ex = _vectors(ds, space, words)
+    ex = None if ex is None else unit(ex)
     ex_y = ds.hard_labels.numpy()
     soft = ds.labels.dim() == 2
     blocks: list[tuple] = [

@@ -3,5 +3,5 @@ base class and the registry live in ``base``; the families, one module each, are
 
 from .base import (  # noqa: F401
     DESCRIPTIONS, LEARNERS, AttentionLearner, FeatureLearner, Learner, TokenLearner, get_learner, list_learners,
-    register_learner)
+    register_learner, unit)
 from . import frozen, glove, transformer  # noqa: E402,F401  (registration)

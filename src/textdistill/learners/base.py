@@ -159,6 +159,11 @@ class FeatureLearner(Learner):
     input_kind = "features"
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1: cosine similarity becomes a dot product."""
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+
+
 LEARNERS: dict[str, Callable[[], Learner]] = {}
 DESCRIPTIONS: dict[str, str] = {}
 

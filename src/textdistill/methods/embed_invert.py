@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
-from ..learners import FeatureLearner, Learner
+from ..learners import FeatureLearner, Learner, unit
 from ..distilled import DistilledDataset
 from .base import Distiller, MethodConfig, get_method, label_probe, register_method
 
@@ -76,20 +76,16 @@ class EmbedInvertConfig(MethodConfig):
         return get_method(self.space, **options)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
-
-
 def search(target: np.ndarray, start: str, context: list[str], propose: Callable[[list[str], int], list[str]],
            embed: Callable[[list[str]], np.ndarray], rounds: int) -> tuple[str, float]:
     """Hypothesis and correct: the best sentence (by cosine to ``target``) among ``start`` and the proposals of
     ``rounds`` rounds, each prompted with the best so far and the rest of the context."""
-    best, best_cos = start, float(_unit(embed([start]))[0] @ target)
+    best, best_cos = start, float(unit(embed([start]))[0] @ target)
     for r in range(rounds):
         cands = [c for c in propose([best] + [s for s in context if s != best][: len(context) - 1], r) if c.strip()]
         if not cands:
             continue
-        cos = _unit(embed(cands)) @ target
+        cos = unit(embed(cands)) @ target
         i = int(cos.argmax())
         if cos[i] > best_cos:
             best, best_cos = cands[i], float(cos[i])
@@ -109,12 +105,12 @@ class EmbedInvert(Distiller):
             raise ConfigError(f"embed-invert learns vectors in a frozen sentence space: use a learner such as "
                               f"minilm-frozen, not {learner.name!r}")
         vectors = cfg.space_method().distill(task, dpc, learner, seed=seed, device=self.device)
-        targets = _unit(vectors.tensors["features"].float().numpy())
+        targets = unit(vectors.tensors["features"].float().numpy())
         hard = vectors.hard_labels.numpy()
         texts, pairs, labels = task.columns("train")
         if pairs is not None:
             raise ConfigError("embed-invert writes single sentences; pair tasks are not supported yet")
-        real = _unit(learner.sentence_vectors(texts))
+        real = unit(learner.sentence_vectors(texts))
         labels = np.asarray(labels)
         lm = inverter = None
         if cfg.inverter == "search":
@@ -141,7 +137,7 @@ class EmbedInvert(Distiller):
                     (written,) = inverter.write(torch.from_numpy(targets[i : i + 1]), cfg.candidates,
                                                 cfg.max_new_tokens, step_seed)
                     written = [w for w in written if w] or [texts[start]]  # nothing written: the nearest real one
-                    cos = _unit(learner.sentence_vectors(written, cache=False)) @ targets[i]
+                    cos = unit(learner.sentence_vectors(written, cache=False)) @ targets[i]
                     out_texts.append(written[int(cos.argmax())])
                     fidelity.append(float(cos.max()))
                     continue
