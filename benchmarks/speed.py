@@ -5,8 +5,8 @@ One run is what `evaluate` does per seed: a fresh MiniLM with a seeded head, 200
 
 - `old`: the loop as it was up to commit 127dfc8: eager attention, AdamW as multi-tensor (foreach) ops,
   prediction batches in the test set's order (each padded to its longest sentence);
-- `new`: the library as it is: SDPA attention (eager where a method differentiates twice), one fused AdamW
-  kernel per tensor, prediction batches sorted by length;
+- `new`: the library as it is: SDPA attention (eager where a method differentiates twice) with BERT-like
+  models packed to their real tokens, one fused AdamW kernel per tensor, prediction batches sorted by length;
 - `bf16`: `new` under bf16 autocast (`--precision bf16`).
 
 Configurations alternate within each seed, so a busy machine slows them alike. Prints one row per run, then

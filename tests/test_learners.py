@@ -92,3 +92,42 @@ def test_learners_read_the_tasks_max_length(mr_small, monkeypatch):
     assert seen and set(seen) == {8}
     with pytest.raises(Exception, match="max_length"):
         base.with_max_length(0)
+
+
+def test_packed_bert_forward_is_the_padded_one_with_the_same_dropout_draws(mr_small):
+    """The packed forward (real tokens only) against Hugging Face's padded forward under SDPA: the same logits in
+    eval mode, the same logits in training mode from the same seed (so the same dropout masks), for token ids,
+    sentence pairs and input embeddings; close gradients."""
+    from torch.func import functional_call
+
+    from textdistill.learners.packed import packable
+
+    learner = get_learner("minilm")
+    texts, _, _ = mr_small.columns("train")
+    model = learner.build(2, seed=0)
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    singles = learner.encode(texts[:6])
+    pairs = learner.encode(texts[:4], texts[4:8])
+    embeds = {"inputs_embeds": learner.input_embeddings(model, params, singles["input_ids"]),
+              "attention_mask": singles["attention_mask"]}
+    for inputs in (singles, pairs, embeds):
+        assert packable(model, inputs)
+        for training in (False, True):
+            model.train(training)
+            with learner.first_order(model):
+                torch.manual_seed(1)
+                padded = functional_call(model, params, args=(), kwargs=inputs).logits
+                torch.manual_seed(1)
+                packed = learner.forward(model, params, inputs)
+            torch.testing.assert_close(packed, padded, rtol=0, atol=1e-6)
+    weight = params["bert.encoder.layer.0.output.dense.weight"]
+    grads = []
+    for pack in (False, True):
+        with learner.first_order(model):
+            torch.manual_seed(1)
+            logits = (learner.forward(model, params, singles) if pack
+                      else functional_call(model, params, args=(), kwargs=singles).logits)
+        grads.append(torch.autograd.grad(logits.square().sum(), weight)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    left = {k: v.flip(1) for k, v in singles.items()}  # left padding: the pooler's first token may be padding
+    assert not packable(model, left) and not packable(model, learner.encode(["same length", "same length"]))

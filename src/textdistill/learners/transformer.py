@@ -18,6 +18,7 @@ from ..resources import model_revision, resolve_model
 from ..recipe import Recipe
 from ..train import Params
 from .base import AttentionLearner, Learner, register_learner
+from .packed import PackedBert, packable
 
 
 def _quiet_transformers() -> None:
@@ -97,7 +98,11 @@ class TransformerLearner(AttentionLearner):
 
     def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
                 attentions: bool = False):
-        """Logits, or (logits, attention probabilities per layer) with ``attentions=True``."""
+        """Logits, or (logits, attention probabilities per layer) with ``attentions=True``. Under SDPA
+        (``first_order``) a BERT-like model runs on real tokens only (``packed``: the same maths and dropout draws)."""
+        if not attentions and model.config._attn_implementation == "sdpa" and packable(model, inputs):
+            return functional_call(PackedBert(model), {f"model.{k}": v for k, v in params.items()}, args=(),
+                                   kwargs=inputs)
         out = functional_call(model, params, args=(), kwargs={**inputs, "output_attentions": attentions})
         return (out.logits, out.attentions) if attentions else out.logits
 
