@@ -359,7 +359,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
                    "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                    "seconds": round(seconds, 1), "records": records}
             atomic_write(out / "cells" / f"{doc['key']}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
-            costs.add(cell.kind(suite), doc["seconds"])
+            costs.add(cell.kind(suite), cell_seconds(doc))
         bar.update()
 
     def status(i: int) -> None:  # what runs next (all that is left, on Ray) and the estimate of the rest
@@ -439,12 +439,14 @@ def ray_cell(suite: Suite, out: str, device: str, cell: Cell, distill_only: bool
 
 
 def cell_seconds(doc: dict) -> float:
-    """A finished cell's wall time (cells written before it was recorded: the sum of their distinct steps)."""
-    if "seconds" in doc:
-        return float(doc["seconds"])
-    steps = {json.dumps(step, sort_keys=True) for r in doc["records"] for step in (r.get("steps") or {}).values()
-             if isinstance(step, dict)}
-    return sum(json.loads(step).get("seconds", 0.0) for step in steps)
+    """What a cell costs to compute: its distinct distillation steps and every evaluation run, as measured when
+    they ran (a cell whose runs come from the cache finishes in seconds but costs what they cost); at least its
+    wall time."""
+    distill = {json.dumps(step, sort_keys=True) for r in doc["records"] for name, step in (r.get("steps") or {}).items()
+               if name != "evaluate" and isinstance(step, dict)}
+    work = (sum(json.loads(step).get("seconds", 0.0) for step in distill)
+            + sum(run.get("seconds", 0.0) for r in doc["records"] for run in r.get("runs", [])))
+    return max(work, float(doc.get("seconds", 0.0)))
 
 
 def duration(seconds: float) -> str:
