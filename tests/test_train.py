@@ -177,3 +177,24 @@ def test_full_data_recipe_runs_whole_epochs():
     r = get_learner("minilm").full_data_recipe(3000)
     assert (r.steps, r.batch_size, r.lr, r.schedule) == (282, 32, 5e-5, "linear")  # 3 epochs of 94 batches
     assert get_learner("minilm").full_data_recipe(10).batch_size == 32 and get_learner("minilm").full_data_recipe(10).steps == 3
+
+
+def test_train_puts_the_model_inputs_labels_and_step_sizes_on_its_device(monkeypatch):
+    """This machine has one device, so train() is checked by what it asks for: the model, every input, the labels
+    and a distilled step-size schedule go to the device it is given (a CUDA run once crashed on a tensor that
+    stayed on the CPU)."""
+    moved: list[tuple[int, str]] = []
+    tensor_to, module_to = torch.Tensor.to, torch.nn.Module.to
+
+    def record(original):
+        def to(self, *args, **kwargs):
+            moved.append((id(self), str(args[0] if args else kwargs.get("device"))))
+            return original(self, *args, **kwargs)
+        return to
+
+    monkeypatch.setattr(torch.Tensor, "to", record(tensor_to))
+    monkeypatch.setattr(torch.nn.Module, "to", record(module_to))
+    model, (_, x, y) = LinearWithUnusedTable(), tiny_problem()
+    lrs = torch.full((3,), 0.1)
+    train(FeatureLearner(), model, {"features": x}, y, Recipe(steps=3, lr=0.1), seed=0, lrs=lrs, device="cpu")
+    assert {id(model), id(x), id(y), id(lrs)} <= {i for i, device in moved if device == "cpu"}
