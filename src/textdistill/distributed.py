@@ -4,7 +4,8 @@ Every rank runs the same method with the same seed, so every random choice (real
 initialisations, the synthetic set itself) is identical across ranks; only the real data's work is split: each
 rank takes every N-th row of a real batch, and the statistics (``gather_rows``) and gradients (``sum_across``)
 are combined, so the result equals a single process's up to floating-point order; independent units of work
-(mtt's experts) are dealt out across ranks. Rank 0 writes the artifact.
+(mtt's experts) are dealt out across ranks; an optimiser that every rank holds (dilm's generator in stage 1)
+steps on the summed shard gradients. Rank 0 writes the artifact and shared caches.
 Backend gloo on CPU, nccl on GPUs. Without a process group everything here is the identity.
 """
 
@@ -55,6 +56,15 @@ def sum_across(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
             if t is not None:
                 dist.all_reduce(t)
     return tensors
+
+
+def agree(value):
+    """Rank 0's value on every rank: for a decision the ranks must take together (e.g. whether to train)."""
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

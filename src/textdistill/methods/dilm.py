@@ -22,6 +22,7 @@ generator (the "vanilla LM" baseline).
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..cache import key_of
 from ..data import Task
+from ..distributed import agree, barrier, is_main, sum_across, world
 from ..errors import DataError
 from ..learners import Learner
 from ..lm.checkpoint import load_checkpoint, save_checkpoint
@@ -41,8 +43,8 @@ from ..resources import cache_dir, model_revision
 from ..distilled import DistilledDataset, check_output
 from ..recipe import Recipe
 from ..train import train
-from .base import (
-    Distiller, MethodConfig, class_indices, descend, fresh_model, label_probe, real_batch, register_method, thin)
+from .base import (Distiller, MethodConfig, check_finite, class_indices, descend, fresh_model, label_probe, real_batch,
+                   register_method, thin)
 from .coreset import KMeansNearest
 from .dc import real_gradient
 from .learned_set import fresh_parameters, real_inputs
@@ -82,16 +84,32 @@ class DiLMConfig(MethodConfig):
 
 def lm_fine_tune(gen: Generator, task: Task, steps: int, batch: int, lr: float, seed: int = 0,
                  progress: bool = True) -> list[float]:
-    """Stage 1: next-token training on the task's training texts, each led by its class token; the loss curve."""
+    """Stage 1: next-token training on the task's training texts, each led by its class token; the loss curve.
+    Under torchrun each rank computes its rows of every batch and the gradients are summed, so every rank takes
+    the single-process step."""
     texts, pairs, labels = task.columns("train")
-    opt = torch.optim.AdamW(gen.model.parameters(), lr=lr, weight_decay=0.0)
+    params = [p for p in gen.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     order = np.random.default_rng(seed).permutation(len(texts))
     gen.model.train()
-    history = []
-    for step in tqdm(range(steps), desc="dilm stage 1 (LM)", leave=False, disable=not progress):
+    history: list[float] = []
+    for step in tqdm(range(steps), desc="dilm stage 1 (LM)", leave=False, disable=not progress or not is_main()):
         idx = [int(order[(step * batch + i) % len(order)]) for i in range(batch)]
-        enc = gen.encode([labels[i] for i in idx], [texts[i] for i in idx], None if pairs is None else [pairs[i] for i in idx])
-        descend("dilm stage 1", opt, gen.losses(enc).mean(), step, history)
+        mine = idx[world()[0]::world()[1]]
+        opt.zero_grad()
+        loss = torch.zeros((), device=gen.model.device)
+        if mine:  # a rank with no rows (more ranks than rows) adds zeros
+            enc = gen.encode([labels[i] for i in mine], [texts[i] for i in mine],
+                             None if pairs is None else [pairs[i] for i in mine])
+            loss = gen.losses(enc).sum() / batch  # this rank's share of the batch mean
+            loss.backward()
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        (value,) = sum_across([loss.detach()] + [p.grad for p in params])[:1]
+        check_finite("dilm stage 1", value.item(), step)
+        opt.step()
+        history.append(value.item())
     gen.model.eval()
     return history
 
@@ -116,11 +134,14 @@ class DiLM(Distiller):
         if c.lm_steps == 0:  # a generator used as it is (e.g. one saved by --save-generator)
             return Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device), {"lm_loss": []}
         folder = cache_dir() / "generators" / self.stage1_key(task)
-        with FileLock(str(folder) + ".lock"):
-            if not (folder / META).exists():
+        # Under torchrun every rank trains (together) or none does, as rank 0 finds the cache; rank 0 writes it.
+        with FileLock(str(folder) + ".lock") if is_main() else nullcontext():
+            if not agree((folder / META).exists()):
                 gen = Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device)
                 history = lm_fine_tune(gen, task, c.lm_steps, c.lm_batch, c.lm_lr)
-                gen.save(folder, stage=1, lm_loss=thin(history), task=task.name)
+                if is_main():
+                    gen.save(folder, stage=1, lm_loss=thin(history), task=task.name)
+            barrier()
         meta = json.loads((folder / META).read_text())
         return Generator.load(folder).to(self.device), {"lm_loss": meta["lm_loss"]}
 
@@ -168,7 +189,7 @@ class DiLM(Distiller):
         stage2 = {k: v for k, v in c.to_dict().items()
                   if k not in ("pool_factor", "guidance", "filter_labels", "save_generator")}
         folder = cache_dir() / "dilm" / key_of(self.stage1_key(task), stage2, learner.name, seed)
-        with FileLock(str(folder) + ".lock"):
+        with FileLock(str(folder) + ".lock") if is_main() else nullcontext():  # ranks read it together
             return self._gradient_matching(gen, task, learner, seed, folder)
 
     def _gradient_matching(self, gen: Generator, task: Task, learner: Learner, seed: int, folder: Path) -> list[float]:
@@ -202,7 +223,8 @@ class DiLM(Distiller):
                 if c.learner_steps and inner < c.inner_loops - 1:
                     params = train(learner, model, real, real_y, recipe, seed=int(rng.integers(2**31)),
                                    params=params, device=self.device)
-            save_checkpoint(folder, gen, None if outer + 1 == c.outer_loops else opt, outer + 1, history, pool)
+            if is_main():
+                save_checkpoint(folder, gen, None if outer + 1 == c.outer_loops else opt, outer + 1, history, pool)
             bar.set_postfix(loss=f"{history[-1]:.3f}")
         gen.model.eval()
         return history
