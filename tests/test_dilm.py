@@ -48,7 +48,7 @@ def test_matching_loss_gradient_reaches_the_generator(tiny_generator, mr_small):
     pool = [([texts[i] for i in idx[:3]], None) for idx in per_class]
 
     def loss():
-        return method.matching_step(gen, learner, model, params, names, real, real_y, per_class, pool, 0,
+        return method.matching_step(gen, learner, model, params, names, real, real_y, per_class, pool,
                                     np.random.default_rng(1))
 
     weight = gen.model.model.layers[0].mlp.down_proj.weight
@@ -200,3 +200,60 @@ def test_examples_are_class_token_text_end_and_pairs_are_joined_by_sep(tiny_gene
     assert (single["targets"][1, int(mask[1].sum()):] == -100).all()  # padding is not predicted
     pair = gen.encode([1], ["is it raining"], ["it rains"])["input_ids"][0].tolist()
     assert pair.count(gen.sep_id) == 1 and pair[0] == gen.class_ids[1]
+
+
+def test_stage2_follows_the_reference_batching(tiny_generator, mr_small, monkeypatch):
+    """As the reference's stage 2: matching step t reads teacher t mod teachers (one representative set, not
+    their union); each synthetic batch holds one member of each of syn_batch k-means clusters of the pool, the
+    i-th batch the i-th members; the learner's AdamW runs on across an initialisation's inner loops."""
+    options = {**SMALL, "outer_loops": 2, "inner_loops": 3, "teachers": 2, "regenerate_every": 2,
+               "generator": tiny_generator}
+    method = get_method("dilm", **options)
+    learner = get_learner("minilm-frozen")
+    teachers = method.teachers(mr_small, learner, seed=0)
+    assert len(teachers) == 2 and all(len(t) == 2 and all(len(rows) == 4 for rows in t) for t in teachers)
+
+    pool = [([f"text {i}" for i in range(12)], None)]
+    points = np.repeat(np.eye(3) * 10, 4, axis=0)[np.random.default_rng(0).permutation(12)]  # 3 clear clusters
+    monkeypatch.setattr(type(learner), "sentence_vectors", lambda self, texts, pairs=None, cache=True: points)
+    (batches,) = method.synthetic_batches(pool, learner, seed=0)
+    assert len(batches) == 3 * 2
+    cluster = points.argmax(1)
+    members = {c: list(np.flatnonzero(cluster == c)) for c in range(3)}
+    for i, rows in enumerate(batches):
+        assert sorted(cluster[rows]) == [0, 1, 2]  # one from each cluster
+        assert all(r == members[cluster[r]][i % 4] for r in rows)  # the i-th member of each, in order
+    monkeypatch.undo()
+
+    seen, segments = [], []
+    real_step, real_train = dilm_module.DiLM.matching_step, dilm_module.train
+    monkeypatch.setattr(dilm_module.DiLM, "matching_step",
+                        lambda self, *a: (seen.append(a[7]), real_step(self, *a))[1])
+    monkeypatch.setattr(dilm_module, "train", lambda *a, **k: (segments.append(
+        (k["optimizer"].get("taken", 0), k["lrs"].tolist())), real_train(*a, **k))[1])
+    gen, _ = method.language_model(mr_small)
+    method.gradient_matching(gen, mr_small, learner, seed=0)
+    which = [next(i for i, t in enumerate(teachers) if all(np.array_equal(a, b) for a, b in zip(t, s))) for s in seen]
+    assert which == [0, 1, 0, 1, 0, 1]
+    schedule = method.config.inner_loops * method.config.learner_steps  # steps 0 and 1 of 3 per initialisation
+    assert [taken for taken, _ in segments] == [0, 1, 0, 1]
+    recipe = get_learner("minilm-frozen").default_recipe
+    first = dilm_module.Recipe(steps=schedule, lr=recipe.lr, warmup=recipe.warmup, schedule=recipe.schedule)
+    assert segments[1][1] == pytest.approx([first.lr_at(1)])
+
+
+def test_a_pair_task_through_dilm_gives_pairs(tiny_generator, tmp_path):
+    """A CSV pair task through both stages: the generator learns "text <sep> pair", the set holds a text and a
+    second text per example, the learner reads them as pairs."""
+    from textdistill.data import get_task
+
+    f = tmp_path / "pairs.csv"
+    f.write_text("text,other,label\n" + "".join(f"is it about topic {i},it is about topic {i},{'ab'[i % 2]}\n"
+                                                for i in range(16)))
+    task = get_task(str(f), pair_col="other", test_size=0.25, seed=0)
+    options = {**SMALL, "lm_steps": 150, "lm_lr": 3e-3}  # long enough for the tiny LM to write "<sep>"
+    ds = get_method("dilm", generator=tiny_generator, **options).distill(task, 2, get_learner("minilm-frozen"))
+    assert ds.kind == "text" and len(ds.texts) == len(ds.text_pairs) == 4
+    assert all(isinstance(b, str) for b in ds.text_pairs)
+    assert Counter(ds.labels.tolist()) == {0: 2, 1: 2}
+    assert ds.inputs_for(get_learner("minilm"))["token_type_ids"].max() == 1  # encoded as pairs

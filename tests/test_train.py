@@ -198,3 +198,24 @@ def test_train_puts_the_model_inputs_labels_and_step_sizes_on_its_device(monkeyp
     lrs = torch.full((3,), 0.1)
     train(FeatureLearner(), model, {"features": x}, y, Recipe(steps=3, lr=0.1), seed=0, lrs=lrs, device="cpu")
     assert {id(model), id(x), id(y), id(lrs)} <= {i for i, device in moved if device == "cpu"}
+
+
+def test_an_optimizer_carried_across_segments_is_one_run():
+    """train(optimizer=state) in segments of one schedule takes the steps of one uninterrupted AdamW run (full
+    batches, so the batch order does not matter): the moments and the bias correction's step count carry on."""
+    model, x, y = tiny_problem()
+    recipe = Recipe(steps=6, lr=0.05, warmup=0.5, schedule="cosine", weight_decay=0.1)
+    lrs = torch.tensor([recipe.lr_at(s) for s in range(6)])
+    whole = train(FeatureLearner(), model, {"features": x}, y, recipe, seed=0, lrs=lrs)
+    state, params = {}, None
+    for part in (lrs[:2], lrs[2:5], lrs[5:]):
+        params = train(FeatureLearner(), model, {"features": x}, y, recipe, seed=1, lrs=part, params=params,
+                       optimizer=state)
+    assert state["taken"] == 6
+    for k in whole:
+        torch.testing.assert_close(params[k], whole[k])
+    restarted = train(FeatureLearner(), model, {"features": x}, y, recipe, seed=1, lrs=lrs[2:],
+                      params=train(FeatureLearner(), model, {"features": x}, y, recipe, seed=1, lrs=lrs[:2]))
+    assert not torch.allclose(restarted["0.weight"], whole["0.weight"])  # a fresh AdamW per call is another run
+    with pytest.raises(ValueError, match="without a graph"):
+        train(FeatureLearner(), model, {"features": x}, y, recipe, seed=0, optimizer={}, differentiable=True)

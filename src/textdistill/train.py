@@ -111,6 +111,7 @@ def train(
     differentiable: bool = False,
     device: str | torch.device | None = None,
     progress: bool = False,
+    optimizer: dict | None = None,
 ) -> Params:
     """Train ``model``'s parameters on (inputs, labels) and return them (the module is not modified).
 
@@ -119,6 +120,8 @@ def train(
     ``params`` starts from these parameters instead of the model's (to continue a run).
     With ``differentiable=True`` the returned parameters keep the graph back to ``inputs``, ``labels``
     and ``lrs``, for unrolled (bi-level) optimisation.
+    ``optimizer`` (a dict, empty at first) keeps the AdamW moments and step count across calls, updated in place:
+    segments of one run, as one ``torch.optim.AdamW`` stepped between other work (``params`` continues them).
     """
     n = labels.shape[0]
     device = device or next(iter(inputs.values())).device  # default: where the inputs are (unrolled callers)
@@ -139,7 +142,15 @@ def train(
     labels = labels.to(device)
     # A loaded set keeps its step sizes on the CPU; .to keeps the graph of unrolled callers.
     lrs = None if lrs is None else lrs.to(device)
-    state = adamw_init(params) if recipe.optimizer == "adamw" else {}
+    if optimizer is None:
+        state = adamw_init(params) if recipe.optimizer == "adamw" else {}
+    elif differentiable or recipe.optimizer != "adamw":
+        raise ValueError("train(optimizer=...) continues AdamW without a graph only")
+    else:
+        if not optimizer:
+            optimizer.update(adamw_init(params), taken=0)
+        state = optimizer
+    taken = state.get("taken", 0)  # steps an earlier segment took: AdamW's bias correction counts on
     order = torch.randperm(n, generator=gen)
     pos = 0
     # Unrolled training is differentiated twice, and a loss hook may need what only eager attention returns.
@@ -178,7 +189,9 @@ def train(
             if recipe.optimizer == "sgd":
                 sgd_step_(params, grads, float(lr), recipe.weight_decay)
             else:
-                adamw_step_(params, grads, state, step + 1, float(lr), recipe)
+                adamw_step_(params, grads, state, taken + step + 1, float(lr), recipe)
+    if optimizer is not None:
+        optimizer["taken"] = taken + steps
     return {**fixed, **params}
 
 

@@ -5,8 +5,10 @@ two texts with "<sep>"; a class token starts as the embedding of its class name)
 generator by gradient matching: per class, the learner's gradient on real examples from representative
 teachers (k-means coresets) is matched (1 - cosine) by its gradient on generated examples, each example's loss
 weighted by a softmax over its negative generation loss, so the matching loss reaches the generator although
-the text is discrete. The learner is re-initialised each outer loop and trained on real data between generator
-updates; the generated pool is renewed every ``regenerate_every`` outer loops. The final set: an over-sampled
+the text is discrete. As in the reference implementation, the learner is re-initialised each outer loop and
+trained on real data between generator updates by one AdamW on its own schedule; matching step t reads teacher
+t mod ``teachers``; each synthetic batch takes one member of each k-means cluster of the generated pool, which
+is renewed every ``regenerate_every`` outer loops. The final set: an over-sampled
 pool, ``dpc`` examples per class picked by k-means in the learner's embedding space. Two options not in the
 paper serve a generator that is not yet class-conditional (a short stage 1 on CPU): ``guidance`` samples the
 final pool with classifier-free guidance against the other classes' start tokens, and ``filter_labels`` drops
@@ -60,12 +62,18 @@ class DiLMConfig(MethodConfig):
     lm_lr: float = field(default=1e-4, metadata={"gt": 0, "help": "stage 1 AdamW learning rate"})
     outer_loops: int = field(default=6, metadata={"ge": 0, "help": "stage 2: learner initialisations (0: stage 1 only)"})
     inner_loops: int = field(default=3, metadata={"ge": 1, "help": "generator updates per initialisation"})
-    learner_steps: int = field(default=2, metadata={"ge": 0, "help": "learner steps on real data between updates"})
+    learner_steps: int = field(default=2, metadata={"ge": 0, "help": "learner steps on real data between updates "
+        "(one AdamW run per initialisation, the learner's schedule over inner_loops x learner_steps)"})
     learner_batch: int = field(default=32, metadata={"ge": 1, "help": "batch size of those steps"})
     regenerate_every: int = field(default=3, metadata={"ge": 1, "help": "R: outer loops between renewals of the generated pool"})
     syn_batch: int = field(default=8, metadata={"ge": 1, "help": "generated examples per class per matching step"})
-    real_batch: int = field(default=64, metadata={"ge": 1, "help": "real examples per class per matching step"})
-    teachers: int = field(default=2, metadata={"ge": 1, "help": "representative teachers: k-means coresets per class"})
+    cluster_batches: bool = field(default=True, metadata={
+        "help": "each synthetic batch takes one example from each of syn_batch k-means clusters of the pool (the "
+                "reference's cluster-wise batches); off: consecutive slices of the pool"})
+    real_batch: int = field(default=64, metadata={"ge": 1, "help": "real examples per class per matching step, drawn "
+                                                                   "from one teacher (all of it when it is smaller)"})
+    teachers: int = field(default=2, metadata={"ge": 1, "help": "representative teachers: k-means coresets per "
+                                                                "class, one per matching step in turn"})
     teacher_size: int = field(default=50, metadata={"ge": 1, "help": "examples per class in each teacher"})
     classifier_only: bool = field(default=True, metadata={"help": "match only the head's gradients (as the paper)"})
     temperature: float = field(default=1.0, metadata={"gt": 0, "help": "of the softmax over negative generation losses"})
@@ -146,40 +154,56 @@ class DiLM(Distiller):
         return Generator.load(folder).to(self.device), {"lm_loss": meta["lm_loss"]}
 
     # -- stage 2 ---------------------------------------------------------------------------------
-    def teachers(self, task: Task, learner: Learner, seed: int) -> list[np.ndarray]:
-        """Per class, the union of ``teachers`` k-means coresets (different seeds) of the real data."""
+    def teachers(self, task: Task, learner: Learner, seed: int) -> list[list[np.ndarray]]:
+        """``teachers`` representative sets: each a k-means coreset per class of the real data (its own draw)."""
         c = self.config
         texts, pairs, labels = task.columns("train")
         per_class = class_indices(labels, task.spec.classes, 1)
         vectors = learner.sentence_vectors(texts, pairs)
         kmeans, rng = KMeansNearest(KMeansNearest.Config(n_init=1)), np.random.default_rng(seed)
-        out = []
-        for idx in per_class:
-            k = min(c.teacher_size, len(idx))
-            out.append(np.unique(np.concatenate([idx[kmeans.select(vectors[idx], k, rng)] for _ in range(c.teachers)])))
+        return [[idx[kmeans.select(vectors[idx], min(c.teacher_size, len(idx)), rng)] for idx in per_class]
+                for _ in range(c.teachers)]
+
+    def synthetic_batches(self, pool: list[tuple[list[str], list[str] | None]], learner: Learner,
+                          seed: int) -> list[list[np.ndarray]]:
+        """Per class, the rows of each synthetic batch of the pool: with ``cluster_batches``, batch i takes the
+        i-th member (cyclically, in generation order) of each of ``syn_batch`` k-means clusters of the pool's
+        sentence vectors, so that a batch spans the pool; else consecutive slices."""
+        from sklearn.cluster import KMeans
+
+        c, out = self.config, []
+        count = c.inner_loops * c.regenerate_every
+        for texts, pairs in pool:
+            if not c.cluster_batches:
+                out.append([np.arange(i * c.syn_batch, (i + 1) * c.syn_batch) for i in range(count)])
+                continue
+            k = min(c.syn_batch, len(texts))
+            vectors = learner.sentence_vectors(texts, pairs, cache=False)  # a pool is used once: not cached
+            assign = KMeans(k, n_init=1, random_state=seed).fit_predict(vectors)
+            clusters = [np.flatnonzero(assign == j) for j in range(k) if (assign == j).any()]
+            out.append([np.array([m[i % len(m)] for m in clusters]) for i in range(count)])
         return out
 
     def matching_step(self, gen: Generator, learner: Learner, model: torch.nn.Module, params: dict,
-                      names: list[str], real: dict, real_y: torch.Tensor, teachers: list[np.ndarray],
-                      pool: list[tuple[list[str], list[str] | None]], at: int, rng: np.random.Generator) -> torch.Tensor:
-        """The mean over classes of 1 - cos(real gradient, generation-weighted synthetic gradient)."""
+                      names: list[str], real: dict, real_y: torch.Tensor, teacher: list[np.ndarray],
+                      synthetic: list[tuple[list[str], list[str] | None]], rng: np.random.Generator) -> torch.Tensor:
+        """The mean over classes of 1 - cos(real gradient on the teacher's rows of the class, generation-weighted
+        gradient on the class's synthetic batch)."""
         c, total = self.config, 0.0
         # Only the matched parameters need a graph: the rest enter as constants.
         frozen = {k: (v if k in names else v.detach()) for k, v in params.items()}
-        for label, rows in enumerate(teachers):
+        for label, rows in enumerate(teacher):
             idx = real_batch(rng, rows, c.real_batch)
             g_real = torch.cat([g.flatten() for g in real_gradient(learner, model, frozen, names, real, real_y, idx,
                                                                    self.device)])
-            texts, pairs = pool[label]
-            sl = slice(at * c.syn_batch, (at + 1) * c.syn_batch)
-            texts, pairs = texts[sl], None if pairs is None else pairs[sl]
+            texts, pairs = synthetic[label]
             weights = torch.softmax(-gen.losses(gen.encode([label] * len(texts), texts, pairs)) / c.temperature, 0)
             inputs = {k: v.to(self.device) for k, v in learner.encode(texts, pairs).items()}
             y = torch.full((len(texts),), label, device=self.device)
             per_example = F.cross_entropy(learner.forward(model, frozen, inputs), y, reduction="none")
             grads = torch.autograd.grad((per_example * weights).sum(), [frozen[k] for k in names], create_graph=True)
             total = total + 1 - F.cosine_similarity(torch.cat([g.flatten() for g in grads]), g_real, dim=0)
-        return total / len(teachers)
+        return total / len(teacher)
 
     def gradient_matching(self, gen: Generator, task: Task, learner: Learner, seed: int) -> list[float]:
         """Stage 2 in place on ``gen``, resuming from (and checkpointing to) the cache; the matching-loss curve."""
@@ -202,27 +226,38 @@ class DiLM(Distiller):
         real, real_y, _ = real_inputs(task, learner)
         teachers = self.teachers(task, learner, seed)
         pairs = task.spec.pair
-        recipe = Recipe(steps=max(1, c.learner_steps), lr=learner.default_recipe.lr, batch_size=c.learner_batch,
-                        warmup=0.0, schedule="constant", dropout=False)
+        # The learner's own schedule (warm-up, decay) over the run's inner_loops x learner_steps, with dropout off;
+        # one AdamW per initialisation, stepped between generator updates (the last segment is never taken).
+        base = learner.default_recipe
+        recipe = Recipe(steps=c.inner_loops * c.learner_steps or 1, lr=base.lr, warmup=base.warmup,
+                        schedule=base.schedule, weight_decay=base.weight_decay, batch_size=c.learner_batch,
+                        dropout=False)
         per_pool = c.syn_batch * c.inner_loops * c.regenerate_every
+        batches = self.synthetic_batches(pool, learner, seed) if pool else []
         bar = tqdm(range(start, c.outer_loops), desc=f"dilm stage 2 {task.name}", leave=False)
         for outer in bar:
             if outer % c.regenerate_every == 0 or not pool:
                 pool = [gen.sample(y, per_pool, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
                                    seed=seed * 1_000_003 + outer, progress=False) for y in range(task.num_classes)]
+                batches = self.synthetic_batches(pool, learner, seed)
                 gen.model.train()
             model = fresh_model(learner, task, seed, outer, self.device).eval()
-            params = fresh_parameters(model)
+            params, optimizer = fresh_parameters(model), {}
             names = learner.head_parameter_names(model) if c.classifier_only else [
                 k for k, v in model.named_parameters() if v.requires_grad]
             rng = np.random.default_rng([seed, outer])
             for inner in range(c.inner_loops):
-                at = (outer % c.regenerate_every) * c.inner_loops + inner
-                loss = self.matching_step(gen, learner, model, params, names, real, real_y, teachers, pool, at, rng)
+                at, step = (outer % c.regenerate_every) * c.inner_loops + inner, outer * c.inner_loops + inner
+                synthetic = [([a[i] for i in rows[at]], None if b is None else [b[i] for i in rows[at]])
+                             for (a, b), rows in zip(pool, batches)]
+                loss = self.matching_step(gen, learner, model, params, names, real, real_y,
+                                          teachers[step % len(teachers)], synthetic, rng)
                 descend(self.name, opt, loss, outer, history)
                 if c.learner_steps and inner < c.inner_loops - 1:
+                    segment = range(inner * c.learner_steps, (inner + 1) * c.learner_steps)
                     params = train(learner, model, real, real_y, recipe, seed=int(rng.integers(2**31)),
-                                   params=params, device=self.device)
+                                   params=params, device=self.device, optimizer=optimizer,
+                                   lrs=torch.tensor([recipe.lr_at(s) for s in segment]))
             if is_main():
                 save_checkpoint(folder, gen, None if outer + 1 == c.outer_loops else opt, outer + 1, history, pool)
             bar.set_postfix(loss=f"{history[-1]:.3f}")
