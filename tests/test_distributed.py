@@ -86,3 +86,33 @@ def test_two_ranks_train_the_dilm_generator_like_one_process(tmp_path, tiny_gene
         torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=1e-4)
     assert len(list((tmp_path / "cache-two" / "generators").glob("*/*.safetensors"))) == 1
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["log"]["data_parallel_ranks"] == 2
+
+
+def test_bench_under_torchrun_distils_the_suites_sets_data_parallel(tmp_path, monkeypatch, capsys):
+    """`torchrun ... bench SUITE --distill-only`: every learned set distilled by both ranks together, written
+    once, equal to a one-process run's; a later plain or Ray bench evaluates them. Anything else is refused."""
+    import yaml
+
+    from textdistill.cli import main
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "tiny", "tasks": [{"name": "mr", "subset": {"train_per_class": 12, "test_size": 20, "seed": 0}}],
+        "learners": ["minilm-frozen"], "dpc": [2], "sets": 1, "seeds": 1,
+        "methods": ["random", {"method": "dm", "options": {"iterations": 3, "real_batch": 10, "kernel": "mmd"}}]}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "textdistill.cli", "bench", str(suite), "--out", str(tmp_path / "one"),
+                    "--distill-only"], env=env, check=True, capture_output=True)
+    two_ranks(["bench", str(suite), "--out", str(tmp_path / "two"), "--distill-only"], env)
+    sets = sorted(p.name for p in (tmp_path / "one" / "sets").iterdir())
+    assert sets == sorted(p.name for p in (tmp_path / "two" / "sets").iterdir()) and len(sets) == 2
+    for name in sets:
+        one, two = (load_file(tmp_path / run / "sets" / name / "tensors.safetensors") for run in ("one", "two"))
+        for k in one:
+            torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=1e-4)
+    dm = json.loads(next((tmp_path / "two" / "sets").glob("*-dm-*")).joinpath("manifest.json").read_text())
+    assert dm["log"]["data_parallel_ranks"] == 2
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["bench", str(suite), "--out", str(tmp_path / "three")]) == 2
+    assert "--distill-only" in capsys.readouterr().err

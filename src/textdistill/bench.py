@@ -243,26 +243,39 @@ class Runner:
 
     def distilled(self, cell: Cell):
         """The cell's distilled set: loaded when a finished one is on disk, else distilled and saved."""
+        from .distilled import DistilledDataset
+        from .distributed import agree, barrier, is_main, world
         from .measure import Meter
         from .methods import get_method
-        from .distilled import DistilledDataset
 
         entry, key = self.suite.methods[cell.entry], cell.set_key(self.suite)
         task = self.task(cell.task)
         path = self.out / "sets" / f"{task.name}-{entry.label}-{cell.dpc}-s{cell.set_seed}"
-        if (path / "manifest.json").exists():
-            try:
-                ds = DistilledDataset.load(path)
-                if ds.log.get("set_key") == key:
-                    return ds, path
-            except ArtifactError:
-                pass  # a damaged set is distilled again
+
+        def finished() -> DistilledDataset | None:
+            if (path / "manifest.json").exists():
+                try:
+                    ds = DistilledDataset.load(path)
+                    return ds if ds.log.get("set_key") == key else None
+                except ArtifactError:
+                    pass  # a damaged set is distilled again
+            return None
+
+        # Under torchrun (bench --distill-only) the ranks distil together or not at all, as rank 0 finds the set.
+        if agree(finished() is not None):
+            return finished(), path
         method = get_method(entry.method, **entry.options)
         with Meter() as m:  # the suite's device for methods that use one; coresets select on the CPU
             ds = method.distill(task, cell.dpc, self.learner(self.suite.learner_of(entry)), seed=cell.set_seed,
                                 device=self.device if method.uses_device else "cpu")
         ds.log.update(set_key=key, distill_step=m.result())
+        if world()[1] > 1:
+            ds.log["data_parallel_ranks"] = world()[1]
+        if not is_main():
+            barrier()  # rank 0 writes the set
+            return ds, path
         ds.save(path, overwrite=True)
+        barrier()
         try:  # the set's page, linked from the report; a picture that fails must not cost the cell
             from .page import write_set_page
 

@@ -305,16 +305,24 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import collect, load_suite, run_suite
+    from .distributed import init_from_env, is_main
     from .report import write_report
 
     suite = load_suite(args.suite)
     if args.learners:
         suite = suite.evaluated_with(args.learners.split(","))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: data-parallel distillations, no cells
+        if not args.distill_only or args.ray or args.report_only:
+            raise ConfigError("bench under torchrun distils the suite's sets data-parallel: give --distill-only "
+                              "(no --ray, no --report-only), then evaluate them with a plain or --ray bench run")
+        init_from_env(args.device)
     if args.report_only:
         collect(suite, args.out)
     else:
         run_suite(suite, args.out, device=args.device, shard=_parse_shard(args.shard), distill_only=args.distill_only,
-                  ray=args.ray, cpus_per_cell=args.cpus_per_cell)
+                  ray=args.ray, cpus_per_cell=args.cpus_per_cell, progress=is_main())
+    if not is_main():
+        return
     if args.distill_only:
         print(f"sets saved under {args.out}/sets; run again without --distill-only to evaluate them")
         return

@@ -26,6 +26,8 @@ def init_from_env(device: str = "cpu") -> bool:
     """Join the process group that torchrun or accelerate describe in the environment (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
+    if device.startswith("cuda"):  # "cuda" is then each rank's own GPU on its node
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return True
 
