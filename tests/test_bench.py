@@ -113,6 +113,13 @@ def test_sets_distilled_first_are_evaluated_later_without_distilling_again(tmp_p
     assert {r["learner"] for r in run_suite(glove, out, progress=False)["records"]} == {"textcnn-glove"}
 
 
+def test_the_paper_suites_dilm_is_the_paper_config():
+    paper = yaml.safe_load((SUITES.parent / "configs" / "dilm-paper.yaml").read_text())
+    (dilm,) = [m for m in yaml.safe_load((SUITES / "paper-sst2.yaml").read_text())["methods"]
+               if isinstance(m, dict) and m["method"] == "dilm"]
+    assert {k: v for k, v in paper.items() if k not in ("guidance", "filter_labels")} == dilm["options"]
+
+
 def test_the_plan_and_its_estimate_come_from_measured_cells(tmp_path, cache, capsys):
     from textdistill.bench import CostModel, cell_seconds
 

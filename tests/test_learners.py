@@ -78,6 +78,9 @@ def test_learners_read_the_tasks_max_length(mr_small, monkeypatch):
     assert get_learner("minilm", max_length=8).max_length == 8 and get_learner("minilm").max_length == 64
     frozen = get_learner("minilm-frozen").for_task(task)
     assert frozen.encoder.max_length == 8 and frozen.describe()["max_length"] == 8
+    long = Task(replace(mr_small.spec, max_length=128), mr_small.data, mr_small.origin)  # news-length tasks
+    article = [" ".join(texts) * 3]
+    assert base.for_task(long).encode(article)["input_ids"].shape[1] == 128 > base.encode(article)["input_ids"].shape[1]
     assert not torch.allclose(torch.from_numpy(frozen.sentence_vectors(texts, cache=False)),
                               torch.from_numpy(get_learner("minilm-frozen").sentence_vectors(texts, cache=False)))
 
