@@ -8,6 +8,8 @@ releases of one step compose in parallel: one Gaussian event per step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from .errors import ConfigError
@@ -63,3 +65,15 @@ def plan(mechanism: str, real_batch: int, class_sizes: list[int], target_epsilon
     return {"mechanism": f"{mechanism}, Poisson-subsampled; RDP accountant (dp-accounting)",
             "epsilon": epsilon(sigma, delta, rate, steps), "delta": delta, "noise_multiplier": sigma, "clip": clip,
             "sampling_rate": rate, "steps": steps}
+
+
+@dataclass
+class DPOptions:
+    """The differential-privacy options of a method's config (mixed in; ``dp_epsilon`` 0: off)."""
+
+    dp_epsilon: float = field(default=0.0, metadata={"ge": 0, "help": "differential privacy: target epsilon (0: off)"})
+    dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.1, "help": "differential privacy: delta"})
+    dp_clip: float = field(default=1.0, metadata={"gt": 0, "help": "differential privacy: L2 clip of each example"})
+
+    def dp_plan(self, mechanism: str, real_batch: int, class_sizes: list[int], steps: int) -> dict:
+        return plan(mechanism, real_batch, class_sizes, self.dp_epsilon, self.dp_delta, self.dp_clip, steps)

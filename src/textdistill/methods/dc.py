@@ -19,13 +19,14 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..recipe import Recipe
+from ..privacy import DPOptions, noisy_mean
 from ..train import Params, batch_of, loss_fn, train
 from .base import Distiller, descend, fresh_model, real_batch, register_method, thin
 from .learned_set import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
 
 
 @dataclass
-class DCConfig(LearnedSetConfig):
+class DCConfig(LearnedSetConfig, DPOptions):
     distance: str = field(default="cos", metadata={"help": "cos (layer-wise 1 - cosine) or mse"})
     classifier_only: bool = field(default=False, metadata={"help": "match only the head's gradients (as DiLM)"})
     outer_loops: int = field(default=100, metadata={"ge": 1, "help": "fresh learner initialisations"})
@@ -39,6 +40,8 @@ class DCConfig(LearnedSetConfig):
         super().__post_init__()
         if self.distance not in ("cos", "mse"):
             raise ConfigError(f"distance must be cos or mse, not {self.distance!r}")
+        if self.dp_epsilon and self.init != "noise":  # only the clipped, noised real gradients may read the data
+            raise ConfigError("dc with dp_epsilon: init real copies private examples: use --init noise")
 
 
 def gradient_distance(a: list[torch.Tensor | None], b: list[torch.Tensor | None], kind: str = "cos") -> torch.Tensor:
@@ -81,6 +84,21 @@ def real_gradient(learner: Learner, model: torch.nn.Module, params: Params, name
     return sum_across([None if g is None else g.detach() * weight for g in grads])
 
 
+def private_real_gradient(learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
+                          real: dict[str, torch.Tensor], real_y: torch.Tensor, rows: np.ndarray, dp: dict,
+                          gen: torch.Generator, rng: np.random.Generator, device: str) -> list[torch.Tensor]:
+    """A class's mean loss gradient under the Gaussian mechanism: a Poisson sample of its ``rows`` at the plan's
+    rate, each example's gradient clipped to the plan's norm, summed, noised, divided by the expected size."""
+    idx = rows[rng.random(len(rows)) < dp["sampling_rate"]]
+    shapes = [params[k].shape for k in names]
+    flat = [torch.cat([torch.zeros(s, device=device).flatten() if g is None else g.flatten() for g, s in zip(
+        class_gradients(learner, model, params, names, {k: v[[i]].to(device) for k, v in real.items()},
+                        real_y[[i]].to(device), False), shapes)]) for i in idx]
+    rows_g = torch.stack(flat) if flat else torch.zeros(0, sum(s.numel() for s in shapes), device=device)
+    mean = noisy_mean(rows_g, dp["clip"], dp["noise_multiplier"], dp["sampling_rate"] * len(rows), gen)
+    return [part.view(s) for part, s in zip(torch.split(mean, [s.numel() for s in shapes]), shapes)]
+
+
 @register_method
 class DC(Distiller):
     name = "dc"
@@ -90,13 +108,19 @@ class DC(Distiller):
 
     def matching_loss(self, learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
                       syn: SyntheticSet, real: dict[str, torch.Tensor], real_y: torch.Tensor,
-                      per_class: list[np.ndarray], rng: np.random.Generator) -> torch.Tensor:
-        """The mean over classes of the distance between synthetic and real gradients."""
+                      per_class: list[np.ndarray], rng: np.random.Generator, dp: dict | None = None,
+                      noise: torch.Generator | None = None) -> torch.Tensor:
+        """The mean over classes of the distance between synthetic and real gradients (with ``dp``, the real ones
+        through the Gaussian mechanism)."""
         cfg, total = self.config, 0.0
         labels = syn.labels()
         for c, rows in enumerate(per_class):
-            idx = real_batch(rng, rows, cfg.real_batch)
-            g_real = real_gradient(learner, model, params, names, real, real_y, idx, self.device)
+            if dp:
+                g_real = private_real_gradient(learner, model, params, names, real, real_y, rows, dp, noise, rng,
+                                               self.device)
+            else:
+                idx = real_batch(rng, rows, cfg.real_batch)
+                g_real = real_gradient(learner, model, params, names, real, real_y, idx, self.device)
             own = syn.rows_of(c)
             g_syn = class_gradients(learner, model, params, names, syn.inputs(own), labels[own], create_graph=True)
             total = total + gradient_distance(g_syn, g_real, cfg.distance)
@@ -106,6 +130,8 @@ class DC(Distiller):
         cfg = self.config
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, device=self.device)
         real, real_y, per_class = real_inputs(task, learner)
+        dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
+        noise = torch.Generator().manual_seed(int(rng.integers(2**31))) if dp else None
         opt = torch.optim.Adam(syn.parameters(), lr=cfg.outer_lr)
         net_recipe = Recipe.sgd(max(1, cfg.net_steps), cfg.net_lr, len(syn.hard))
         history = []
@@ -116,10 +142,15 @@ class DC(Distiller):
             names = learner.head_parameter_names(model) if cfg.classifier_only else [
                 k for k, v in model.named_parameters() if v.requires_grad]
             for inner in range(cfg.inner_loops):
-                loss = self.matching_loss(learner, model, params, names, syn, real, real_y, per_class, rng)
+                loss = self.matching_loss(learner, model, params, names, syn, real, real_y, per_class, rng, dp, noise)
                 descend(self.name, opt, loss, outer, history)
                 if cfg.net_steps and inner < cfg.inner_loops - 1:
                     params = train(learner, model, syn.inputs(detach=True), syn.labels(detach=True), net_recipe,
                                    seed=outer, params=params, device=self.device)
             bar.set_postfix(loss=f"{history[-1]:.3f}")
-        return syn.artifact(self, task, seed, log={"matching_loss": thin(history)})
+        return syn.artifact(self, task, seed, log={"matching_loss": thin(history), **({"dp": dp} if dp else {})})
+
+    def dp_plan(self, per_class: list) -> dict:
+        cfg = self.config
+        return cfg.dp_plan("Gaussian on clipped per-example loss gradients", cfg.real_batch,
+                           [len(rows) for rows in per_class], cfg.outer_loops * cfg.inner_loops)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..distributed import gather_rows, shard
-from ..privacy import noisy_mean, plan
+from ..privacy import DPOptions, noisy_mean
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..train import batch_of, train
@@ -27,16 +27,13 @@ from .learned_set import LearnedSetConfig, SyntheticSet, fresh_parameters, real_
 
 
 @dataclass
-class DMConfig(LearnedSetConfig):
+class DMConfig(LearnedSetConfig, DPOptions):
     labels: str = field(default="hard", metadata={"help": "hard, or soft (a teacher's predicted distribution)"})
     kernel: str = field(default="mean", metadata={"help": "mean (squared distance of class means) or mmd (Gaussian)"})
     bandwidth: float = field(default=0.0, metadata={"ge": 0, "help": "MMD kernel width (0: the median pairwise distance)"})
     iterations: int = field(default=1000, metadata={"ge": 1, "help": "matching steps (a fresh learner each)"})
     outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the synthetic inputs"})
     real_batch: int = field(default=128, metadata={"ge": 1, "help": "real examples per class per step"})
-    dp_epsilon: float = field(default=0.0, metadata={"ge": 0, "help": "differential privacy: target epsilon (0: off)"})
-    dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.1, "help": "differential privacy: delta"})
-    dp_clip: float = field(default=1.0, metadata={"gt": 0, "help": "differential privacy: L2 clip of each example"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,5 +127,5 @@ class DM(Distiller):
 
     def dp_plan(self, per_class: list) -> dict:
         cfg = self.config
-        return plan("Gaussian on clipped per-class sums of representations", cfg.real_batch,
-                    [len(rows) for rows in per_class], cfg.dp_epsilon, cfg.dp_delta, cfg.dp_clip, cfg.iterations)
+        return cfg.dp_plan("Gaussian on clipped per-class sums of representations", cfg.real_batch,
+                           [len(rows) for rows in per_class], cfg.iterations)

@@ -29,16 +29,16 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from ..privacy import noisy_mean, plan
+from ..privacy import DPOptions
 from ..distilled import DistilledDataset
 from ..train import Params
 from .base import Distiller, MethodConfig, check_finite, class_indices, fresh_model, real_batch, register_method, thin
-from .dc import class_gradients, gradient_distance, real_gradient
+from .dc import class_gradients, gradient_distance, private_real_gradient, real_gradient
 from .learned_set import real_inputs
 
 
 @dataclass
-class GradmmConfig(MethodConfig):
+class GradmmConfig(MethodConfig, DPOptions):
     init: str = field(default="real", metadata={"help": "real (random real examples) or noise (refused with DP)"})
     length: int = field(default=24, metadata={"ge": 2, "help": "tokens per synthetic example (at most)"})
     iterations: int = field(default=20, metadata={"ge": 1, "help": "ADMM iterations"})
@@ -52,9 +52,6 @@ class GradmmConfig(MethodConfig):
     match: str = field(default="last", metadata={"help": "gradients matched: head, last (head + last block) or all"})
     distance: str = field(default="cos", metadata={"help": "cos (layer-wise 1 - cosine) or mse"})
     real_batch: int = field(default=32, metadata={"ge": 1, "help": "real examples per class per iteration"})
-    dp_epsilon: float = field(default=0.0, metadata={"ge": 0, "help": "differential privacy: target epsilon (0: off)"})
-    dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.1, "help": "differential privacy: delta"})
-    dp_clip: float = field(default=1.0, metadata={"gt": 0, "help": "differential privacy: L2 clip of each gradient"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -257,20 +254,12 @@ class Gradmm(Distiller):
                       gen: torch.Generator | None, rng: np.random.Generator) -> list[torch.Tensor | None]:
         """The class's mean loss gradient on a real batch; with DP, the Gaussian mechanism on per-example
         gradients clipped to ``dp_clip`` (a Poisson sample, divided by its expected size)."""
-        cfg = self.config
         if not dp:
-            idx = real_batch(rng, rows, cfg.real_batch)
+            idx = real_batch(rng, rows, self.config.real_batch)
             return real_gradient(learner, model, params, names, real, real_y, idx, self.device)
-        idx = rows[rng.random(len(rows)) < dp["sampling_rate"]]
-        shapes = [params[k].shape for k in names]
-        flat = [torch.cat([g.flatten() for g in class_gradients(
-            learner, model, params, names, {k: v[[i]].to(self.device) for k, v in real.items()},
-            real_y[[i]].to(self.device), False)]) for i in idx]
-        rows_g = torch.stack(flat) if flat else torch.zeros(0, sum(s.numel() for s in shapes), device=self.device)
-        mean = noisy_mean(rows_g, cfg.dp_clip, dp["noise_multiplier"], dp["sampling_rate"] * len(rows), gen)
-        return [part.view(s) for part, s in zip(torch.split(mean, [s.numel() for s in shapes]), shapes)]
+        return private_real_gradient(learner, model, params, names, real, real_y, rows, dp, gen, rng, self.device)
 
     def dp_plan(self, per_class: list) -> dict:
         cfg = self.config
-        return plan("Gaussian on clipped per-example loss gradients", cfg.real_batch,
-                    [len(rows) for rows in per_class], cfg.dp_epsilon, cfg.dp_delta, cfg.dp_clip, cfg.iterations)
+        return cfg.dp_plan("Gaussian on clipped per-example loss gradients", cfg.real_batch,
+                           [len(rows) for rows in per_class], cfg.iterations)
