@@ -171,7 +171,8 @@ def verdict(r: dict) -> str:
     n = r["nearest"]
     parts.append(f"nearest-training cosine {n['set_to_train_cosine']:.2f} (test examples: {n['test_to_train_cosine']:.2f})")
     if r["membership"] is None:
-        parts.append("membership inference not run: distil on NAME:validation for non-members the method never read")
+        name = r["task"].split(":")[0]
+        parts.append(f"membership inference not run: distil on {name}:validation for non-members the method never read")
     else:
         for name, d in r["membership"].items():
             lo, hi = d["auc_95"]
