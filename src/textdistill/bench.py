@@ -262,8 +262,9 @@ class Runner:
             return None
 
         # Under torchrun (bench --distill-only) the ranks distil together or not at all, as rank 0 finds the set.
-        if agree(finished() is not None):
-            return finished(), path
+        ds = finished()
+        if agree(ds is not None):
+            return (ds if ds is not None else finished()), path
         method = get_method(entry.method, **entry.options)
         with Meter() as m:  # the suite's device for methods that use one; coresets select on the CPU
             ds = method.distill(task, cell.dpc, self.learner(self.suite.learner_of(entry)), seed=cell.set_seed,
