@@ -65,6 +65,7 @@ class PackedBert(torch.nn.Module):
             ffn = layer.output
             h = ffn.LayerNorm(_dropout(ffn.dense(layer.intermediate(h)), keep, ffn.dropout.p, training) + h)
         # The pooler reads each row's first token, which is real: row i starts at the i-th cumulative length.
-        starts = torch.cumsum(keep.sum(1), 0) - keep.sum(1)
+        lengths = keep.sum(1)
+        starts = torch.cumsum(lengths, 0) - lengths
         pooled = bert.pooler.activation(bert.pooler.dense(h[starts]))
         return self.model.classifier(self.model.dropout(pooled))

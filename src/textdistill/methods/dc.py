@@ -99,6 +99,17 @@ def private_real_gradient(learner: Learner, model: torch.nn.Module, params: Para
     return [part.view(s) for part, s in zip(torch.split(mean, [s.numel() for s in shapes]), shapes)]
 
 
+def class_real_gradient(learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
+                        real: dict[str, torch.Tensor], real_y: torch.Tensor, rows: np.ndarray, batch: int,
+                        dp: dict | None, noise: torch.Generator | None, rng: np.random.Generator,
+                        device: str) -> list[torch.Tensor | None]:
+    """A class's real gradient for one matching step: the mean over a random batch of its ``rows``, or with a DP
+    plan, through the Gaussian mechanism (dc and gradmm)."""
+    if dp:
+        return private_real_gradient(learner, model, params, names, real, real_y, rows, dp, noise, rng, device)
+    return real_gradient(learner, model, params, names, real, real_y, real_batch(rng, rows, batch), device)
+
+
 @register_method
 class DC(Distiller):
     name = "dc"
@@ -115,12 +126,8 @@ class DC(Distiller):
         cfg, total = self.config, 0.0
         labels = syn.labels()
         for c, rows in enumerate(per_class):
-            if dp:
-                g_real = private_real_gradient(learner, model, params, names, real, real_y, rows, dp, noise, rng,
-                                               self.device)
-            else:
-                idx = real_batch(rng, rows, cfg.real_batch)
-                g_real = real_gradient(learner, model, params, names, real, real_y, idx, self.device)
+            g_real = class_real_gradient(learner, model, params, names, real, real_y, rows, cfg.real_batch, dp, noise,
+                                         rng, self.device)
             own = syn.rows_of(c)
             g_syn = class_gradients(learner, model, params, names, syn.inputs(own), labels[own], create_graph=True)
             total = total + gradient_distance(g_syn, g_real, cfg.distance)

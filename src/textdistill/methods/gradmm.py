@@ -31,9 +31,8 @@ from ..errors import ConfigError
 from ..learners import Learner
 from ..privacy import DPOptions
 from ..distilled import DistilledDataset
-from ..train import Params
-from .base import Distiller, MethodConfig, check_finite, class_indices, fresh_model, real_batch, register_method, thin
-from .dc import class_gradients, gradient_distance, private_real_gradient, real_gradient
+from .base import Distiller, MethodConfig, check_finite, class_indices, fresh_model, register_method, thin
+from .dc import class_gradients, class_real_gradient, gradient_distance
 from .learned_set import real_inputs
 
 
@@ -198,7 +197,8 @@ class Gradmm(Distiller):
                 # only the matched tensors are leaves that take gradients: the rest of the body stays constant
                 params = {**dict(model.named_buffers()), **{k: v.detach() for k, v in model.named_parameters()}}
                 params.update({k: params[k].clone().requires_grad_(True) for k in names})
-                g_real = [self.real_gradient(learner, model, params, names, real, real_y, rows, dp, noise_gen, rng)
+                g_real = [class_real_gradient(learner, model, params, names, real, real_y, rows, cfg.real_batch, dp,
+                                              noise_gen, rng, self.device)
                           for rows in per_class]
                 state.update(it=it, model=model, names=names, params=params, g_real=g_real)
             total = x.new_zeros(())
@@ -248,16 +248,6 @@ class Gradmm(Distiller):
             z[r, cfg.length - len(row):] = torch.tensor(row)
             mask[r, cfg.length - len(row):] = 1
         return z.to(table.device), mask.to(table.device), picked.tolist()
-
-    def real_gradient(self, learner: Learner, model: torch.nn.Module, params: Params, names: list[str],
-                      real: dict[str, torch.Tensor], real_y: torch.Tensor, rows: np.ndarray, dp: dict | None,
-                      gen: torch.Generator | None, rng: np.random.Generator) -> list[torch.Tensor | None]:
-        """The class's mean loss gradient on a real batch; with DP, the Gaussian mechanism on per-example
-        gradients clipped to ``dp_clip`` (a Poisson sample, divided by its expected size)."""
-        if not dp:
-            idx = real_batch(rng, rows, self.config.real_batch)
-            return real_gradient(learner, model, params, names, real, real_y, idx, self.device)
-        return private_real_gradient(learner, model, params, names, real, real_y, rows, dp, gen, rng, self.device)
 
     def dp_plan(self, per_class: list) -> dict:
         cfg = self.config
