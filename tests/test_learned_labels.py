@@ -80,8 +80,13 @@ def test_learned_labels_lower_the_real_loss(small):
 
 
 def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path):
-    ds = get_method("learned-labels", outer_steps=2, inner_steps=2, real_batch=16).distill(
+    ds = get_method("learned-labels", outer_steps=2, inner_steps=2, real_batch=16, init_learner="minilm-frozen").distill(
         small, 2, get_learner("textcnn-glove"), seed=0)
+    # learned with TextCNN on the texts k-means picks in MiniLM's space: labels of other learners share them
+    assert ds.texts == get_method("kmeans").distill(small, 2, get_learner("minilm-frozen"), seed=0).texts
+    assert ds.log["learned_with"] == "textcnn-glove" and ds.log["picked_with"] == "minilm-frozen"
+    with pytest.raises(Exception, match="unknown learner"):
+        get_method("learned-labels", init_learner="no-such-learner")
     assert ds.kind == "text" and ds.labels.dtype == torch.float32 and ds.labels.shape == (4, 2)
     assert torch.allclose(ds.labels.sum(-1), torch.ones(4))
     ds.save(tmp_path / "set")

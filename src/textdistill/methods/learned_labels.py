@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
-from ..learners import Learner
+from ..learners import Learner, get_learner
 from ..distilled import DistilledDataset
 from ..train import Params, batch_of
 from .base import Distiller, MethodConfig, check_finite, fresh_model, get_method, real_batch, register_method, thin
@@ -30,6 +30,9 @@ INITS = ("kmeans", "herding", "random", "kcenter")
 @dataclass
 class LearnedLabelsConfig(MethodConfig):
     init: str = field(default="kmeans", metadata={"help": "the coreset that picks the texts: " + ", ".join(INITS)})
+    init_learner: str = field(default="", metadata={
+        "help": "the learner whose sentence space the coreset picks in (none: the one the labels are learned with); "
+                "e.g. minilm, so that labels learned with different learners share the texts"})
     inner_steps: int = field(default=10, metadata={"ge": 1, "help": "unrolled SGD steps on the set per outer step"})
     outer_steps: int = field(default=100, metadata={"ge": 1, "help": "outer steps (one fresh learner each)"})
     outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the label logits"})
@@ -42,6 +45,8 @@ class LearnedLabelsConfig(MethodConfig):
         super().__post_init__()
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if self.init_learner:
+            get_learner(self.init_learner)  # an unknown name fails here, before any work
 
 
 def label_meta_loss(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -61,7 +66,8 @@ class LearnedLabels(Distiller):
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
-        picked = get_method(cfg.init).distill(task, dpc, learner, seed=seed)
+        picker = get_learner(cfg.init_learner).for_task(task) if cfg.init_learner else learner
+        picked = get_method(cfg.init).distill(task, dpc, picker, seed=seed)
         inputs = picked.inputs_for(learner)
         hard = picked.hard_labels
         torch.manual_seed(seed)
@@ -86,6 +92,7 @@ class LearnedLabels(Distiller):
             bar.set_postfix(loss=f"{loss:.3f}")
         labels = logits.detach().softmax(-1)
         log = {"real_loss": thin(history), "learned_with": learner.name, "init_set": picked.fingerprint(),
+               "picked_with": picker.name,
                "step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())],
                "agrees_with_labels": float((labels.argmax(-1) == hard).float().mean()),
                "mean_top_probability": float(labels.max(-1).values.mean())}
