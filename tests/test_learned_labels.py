@@ -1,6 +1,5 @@
 """learned-labels (labels learned through unrolled training) and teacher labels for text sets."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
