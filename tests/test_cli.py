@@ -48,6 +48,9 @@ def test_distill_evaluate_show_on_a_user_csv(tmp_path, csv_task, capsys):
     assert main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "[neg]" in shown and "[pos]" in shown
+    assert main(["show", str(out), "--width", "12"]) == 0
+    cut = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert cut and all(len(line.split("] ", 1)[1]) <= 12 for line in cut) and any(line.endswith("…") for line in cut)
     single = tmp_path / "one.json"
     assert main(["evaluate", "--task", str(csv_task), "--text-col", "review", "--label-col", "sentiment", "--full",
                  "--learner", "minilm-frozen", "--seeds", "1", "--json", str(single)]) == 0

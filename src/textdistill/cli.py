@@ -231,6 +231,8 @@ def cmd_show(args: argparse.Namespace) -> None:
 
     words, _ = set_examples(ds)
     for y, text in list(zip(ds.hard_labels.tolist(), words))[: args.limit]:
+        if args.width and text and len(text) > args.width:  # a news article would fill the screen
+            text = text[: args.width - 1].rstrip() + "…"
         print(f"[{ds.label_names[y]}] {text or f'<{ds.kind} vector>'}")
     if args.html:
         print(f"page: {write_set_page(ds, _load_artifact_task(ds, args), args.html)}")
@@ -408,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a distilled set's examples (or write them as a page: --html)")
     s.add_argument("dir", help="a distilled set directory")
     s.add_argument("--limit", type=int, default=50, help="print at most this many examples (default 50)")
+    s.add_argument("--width", type=int, default=300, help="cut each example at this many characters (default 300; "
+                   "0: whole)")
     s.add_argument("--html", metavar="PAGE", help="also write one self-contained HTML page: the examples per class "
                    "with their nearest real training sentences, and a 2-D map of the task's sentence vectors")
     _task_args(s, required=False)
