@@ -6,6 +6,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def throwaway_generator_cache(tmp_path_factory):
+    """The generators tests train (tiny random LMs in new temporary folders, so new cache keys every run, about
+    75 MB a run) go to a temporary cache; converted models, downloads, sentence vectors and the rest stay the
+    user's cache, shared with the tests as before."""
+    from textdistill.resources import cache_dir
+
+    real = cache_dir()
+    private = tmp_path_factory.mktemp("cache")
+    for kind in ("downloads", "evals", "generations", "inverters", "models", "teachers", "trajectories", "vectors"):
+        (real / kind).mkdir(exist_ok=True)
+        (private / kind).symlink_to(real / kind)
+    before = os.environ.get("TEXTDISTILL_CACHE")
+    os.environ["TEXTDISTILL_CACHE"] = str(private)  # dilm/ and generators/ land here
+    yield private
+    if before is None:
+        del os.environ["TEXTDISTILL_CACHE"]
+    else:
+        os.environ["TEXTDISTILL_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def mr():
     from textdistill.data import get_task
