@@ -102,6 +102,7 @@ KINDS = {"evals": "evaluation runs (JSON)", "vectors": "sentence vectors (.npy)"
          "teachers": "teacher learners for teacher labels (safetensors)", "trajectories": "mtt expert trajectories",
          "generators": "dilm stage-1 language models",
          "generations": "LM generations by prompt (condense, embed-invert search)", "dilm": "dilm stage-2 checkpoints",
+         "inverters": "embed-invert's trained inverters",
          "models": "converted models (smollm2-135m)", "downloads": "downloaded sources (the MR sdist)"}
 INPUTS = ("models", "downloads")
 
