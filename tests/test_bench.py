@@ -274,6 +274,11 @@ def test_cli_bench_and_report(tmp_path, cache, capsys):
     assert "report.html" in capsys.readouterr().out
     assert main(["bench", str(suite), "--out", str(tmp_path / "o"), "--shard", "2/2"]) == 2
     assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert main(["bench", str(suite), "--out", str(tmp_path / "o2"), "--seeds", "2", "--full-seeds", "1"]) == 0
+    runs = {r["method"]: len(r["runs"]) for r in json.loads((tmp_path / "o2" / "results.json").read_text())["records"]}
+    assert runs == {"random": 2, "herding": 2, "full": 1, "full, set recipe": 1}
+    assert "--seeds 2 --full-seeds 1" in (tmp_path / "o2" / "report.md").read_text()
+    assert main(["bench", str(suite), "--out", str(tmp_path / "o3"), "--seeds", "0"]) == 2
 
 
 def test_cell_keys_follow_the_task_content(tmp_path):

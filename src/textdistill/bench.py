@@ -70,11 +70,17 @@ class Suite:
     def learner_of(self, entry: Entry) -> str:
         return entry.learner or self.distill_learner or self.learners[0]
 
-    def evaluated_with(self, learners: list[str]) -> "Suite":
-        """The same sets (still distilled with this suite's learner) evaluated with other learners."""
+    def evaluated_with(self, learners: list[str] | None = None, seeds: int | None = None,
+                       full_seeds: int | None = None) -> "Suite":
+        """The same sets (still distilled with this suite's learner) evaluated with other learners or seeds."""
         from dataclasses import replace
 
-        return replace(self, learners=list(learners), distill_learner=self.distill_learner or self.learners[0])
+        for what, n in (("seeds", seeds), ("full_seeds", full_seeds)):
+            if n is not None and n < 1:
+                raise ConfigError(f"{what} must be at least 1, got {n}")
+        return replace(self, learners=list(learners or self.learners),
+                       distill_learner=self.distill_learner or self.learners[0], seeds=seeds or self.seeds,
+                       full_seeds=full_seeds or self.full_seeds)
 
 
 def _check_keys(where: str, values: dict, cls) -> None:

@@ -311,8 +311,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .report import write_report
 
     suite = load_suite(args.suite)
-    if args.learners:
-        suite = suite.evaluated_with(args.learners.split(","))
+    if args.learners or args.seeds is not None or args.full_seeds is not None:
+        suite = suite.evaluated_with(args.learners and args.learners.split(","), args.seeds, args.full_seeds)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: data-parallel distillations, no cells
         if not args.distill_only or args.ray or args.report_only:
             raise ConfigError("bench under torchrun distils the suite's sets data-parallel: give --distill-only "
@@ -328,8 +328,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.distill_only:
         print(f"sets saved under {args.out}/sets; run again without --distill-only to evaluate them")
         return
-    learners = f" --learners {args.learners}" if args.learners else ""
-    md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}{learners}")
+    given = {"--learners": args.learners, "--seeds": args.seeds, "--full-seeds": args.full_seeds}
+    overrides = "".join(f" {flag} {value}" for flag, value in given.items() if value is not None)
+    md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}{overrides}")
     print(f"report: {md} and {page}")
 
 
@@ -441,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report-only", action="store_true", help="collect finished cells and render, run nothing")
     s.add_argument("--learners", help="evaluate with these learners (comma-separated) instead of the suite's; the "
                    "methods still work with the suite's first learner, so its sets are shared")
+    s.add_argument("--seeds", type=int, help="learner seeds per distilled set instead of the suite's")
+    s.add_argument("--full-seeds", type=int, help="learner seeds on the full data instead of the suite's")
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the cells as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS "
                         "(pip install 'textdistill[ray]')")
