@@ -36,17 +36,19 @@ class TinyFeatures(FeatureLearner):
         raise NotImplementedError
 
 
-def test_label_hypergradient_passes_gradcheck_through_two_unrolled_steps():
+# SGD at two step sizes (bptt's unroll), and AdamW with warm-up, decay and minibatches (an evaluation recipe)
+@pytest.mark.parametrize("schedule", [torch.tensor([0.5, 0.3], dtype=torch.float64),
+                                      Recipe(steps=3, lr=0.1, batch_size=3, warmup=0.3, weight_decay=0.1)])
+def test_label_hypergradient_passes_gradcheck_through_unrolled_steps(schedule):
     gen = torch.Generator().manual_seed(0)
     learner = TinyFeatures()
     inputs = {"features": torch.randn(4, 4, generator=gen, dtype=torch.float64)}
     real = {"features": torch.randn(12, 4, generator=gen, dtype=torch.float64)}
     real_y = torch.randint(0, 2, (12,), generator=gen)
-    lrs = torch.tensor([0.5, 0.3], dtype=torch.float64)
     logits = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
 
     def loss(x):
-        return label_meta_loss(learner, learner.build(2, 0), inputs, x, lrs, real, real_y, seed=0)
+        return label_meta_loss(learner, learner.build(2, 0), inputs, x, schedule, real, real_y, seed=0)
 
     assert torch.autograd.gradcheck(loss, (logits,), eps=1e-6, atol=1e-5)
     # and the gradient is not trivially zero: labels change what the learner learns
@@ -59,16 +61,20 @@ def small():
     return get_task("mr").subset(train_per_class=40, test_size=40, seed=0)
 
 
-def test_learned_labels_lower_the_real_loss(small):
+@pytest.mark.parametrize("inner", ["sgd", "learner"])
+def test_learned_labels_lower_the_real_loss(small, inner):
     learner = get_learner("minilm-frozen")
-    options = {"outer_steps": 15, "inner_steps": 5, "init_lr": 5.0, "real_batch": 80, "outer_lr": 0.2}
+    options = {"outer_steps": 15 if inner == "sgd" else 4, "inner_steps": 5, "init_lr": 5.0, "real_batch": 80,
+               "outer_lr": 0.2, "inner_recipe": inner}  # an outer step unrolls the probe's 300 steps: 4 suffice
     ds = get_method("learned-labels", **options).distill(small, 2, learner, seed=0)
     start = get_method("kmeans").distill(small, 2, learner, seed=0)
     assert ds.texts == start.texts  # the texts are the coreset's, untouched
     texts, pairs, labels = small.columns("train")
     real, real_y = learner.encode(texts, pairs), torch.tensor(labels)
     inputs = start.inputs_for(learner)
-    lrs = torch.tensor(ds.log["step_sizes"])
+    # the probe's own 300-step AdamW recipe, unrolled whole, or the SGD step sizes learned beside the labels
+    lrs = learner.default_recipe if inner == "learner" else torch.tensor(ds.log["step_sizes"])
+    assert ("inner_recipe" in ds.log) == (inner == "learner")
 
     def real_loss(label_logits):  # same fresh learner, same steps: only the labels differ
         return label_meta_loss(learner, learner.build(2, 123), inputs, label_logits, lrs, real, real_y, 0).detach().item()

@@ -47,6 +47,15 @@ def test_differentiable_step_reaches_learning_rates():
     assert torch.isfinite(g) and g != 0
 
 
+def test_a_zero_gradient_entry_leaves_the_step_and_its_gradient_finite():
+    params = {"w": torch.tensor([1.0, 2.0], requires_grad=True)}
+    grad = torch.tensor([0.0, 0.5], requires_grad=True)  # a feature the batch never uses, say
+    new, _ = adamw_step(params, {"w": grad * 1}, adamw_init(params), 1, 0.1, Recipe(weight_decay=0.0))
+    torch.testing.assert_close(new["w"].detach(), torch.tensor([1.0, 1.9]))  # no move where g = 0; sign step else
+    (d,) = torch.autograd.grad(new["w"].sum(), grad)
+    assert torch.isfinite(d).all()  # sqrt's infinite slope at v = 0 once made this nan
+
+
 def test_soft_labels_equal_hard_for_one_hot():
     logits = torch.randn(6, 3)
     y = torch.tensor([0, 2, 1, 1, 0, 2])

@@ -47,7 +47,10 @@ def adamw_step(params: Params, grads: Params, state: dict[str, Params], step: in
         g = grads[k]
         m = b1 * state["m"][k] + (1 - b1) * g
         v = b2 * state["v"][k] + (1 - b2) * g * g
-        denom = (v / c2).sqrt() + recipe.eps
+        # sqrt has an infinite derivative at 0: where a gradient entry is exactly 0 (so v is), take 0 as the
+        # derivative instead of inf * 0 = nan; the value is sqrt's
+        zero = v == 0
+        denom = torch.where(zero, 0.0, (torch.where(zero, 1.0, v) / c2).sqrt()) + recipe.eps
         new_p[k] = p * (1 - lr * recipe.weight_decay) - lr * (m / c1) / denom
         new_m[k], new_v[k] = m, v
     return new_p, {"m": new_m, "v": new_v}

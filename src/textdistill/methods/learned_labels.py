@@ -19,12 +19,14 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner, get_learner
 from ..distilled import DistilledDataset
-from ..train import Params, batch_of
+from ..recipe import Recipe
+from ..train import Params, batch_of, train
 from .base import Distiller, MethodConfig, check_finite, fresh_model, get_method, real_batch, register_method, thin
 from .bptt import inverse_softplus, unroll
 from .learned_set import real_inputs
 
 INITS = ("kmeans", "herding", "random", "kcenter")
+INNER_RECIPES = ("sgd", "learner")
 
 
 @dataclass
@@ -33,7 +35,10 @@ class LearnedLabelsConfig(MethodConfig):
     init_learner: str = field(default="", metadata={
         "help": "the learner whose sentence space the coreset picks in (none: the one the labels are learned with); "
                 "e.g. minilm, so that labels learned with different learners share the texts"})
-    inner_steps: int = field(default=10, metadata={"ge": 1, "help": "unrolled SGD steps on the set per outer step"})
+    inner_recipe: str = field(default="sgd", metadata={
+        "help": "what is unrolled: sgd (inner_steps SGD steps at learned step sizes, bptt's inner loop) or learner "
+                "(the learner's own evaluation recipe, whole: its optimizer, schedule and steps)"})
+    inner_steps: int = field(default=10, metadata={"ge": 1, "help": "sgd: unrolled SGD steps per outer step"})
     outer_steps: int = field(default=100, metadata={"ge": 1, "help": "outer steps (one fresh learner each)"})
     outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the label logits"})
     init_lr: float = field(default=0.1, metadata={"gt": 0, "help": "initial inner SGD step size (learned)"})
@@ -45,16 +50,24 @@ class LearnedLabelsConfig(MethodConfig):
         super().__post_init__()
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if self.inner_recipe not in INNER_RECIPES:
+            raise ConfigError(f"inner_recipe must be one of {', '.join(INNER_RECIPES)}, not {self.inner_recipe!r}")
         if self.init_learner:
             get_learner(self.init_learner)  # an unknown name fails here, before any work
 
 
 def label_meta_loss(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                    label_logits: torch.Tensor, lrs: torch.Tensor, real: dict[str, torch.Tensor],
+                    label_logits: torch.Tensor, schedule: torch.Tensor | Recipe, real: dict[str, torch.Tensor],
                     real_y: torch.Tensor, seed: int) -> torch.Tensor:
-    """The real-data loss of ``model`` after ``len(lrs)`` SGD steps on the texts with softmax(label_logits): the
-    quantity whose gradient in the label logits is the hypergradient (differentiable end to end)."""
-    trained: Params = unroll(learner, model, inputs, label_logits.softmax(-1), lrs, 0, seed=seed)
+    """The real-data loss of ``model`` after training on the texts with softmax(label_logits): the quantity
+    whose gradient in the label logits is the hypergradient (differentiable end to end). ``schedule``: SGD step
+    sizes (one per unrolled step), or a recipe unrolled whole."""
+    labels = label_logits.softmax(-1)
+    if isinstance(schedule, Recipe):
+        trained: Params = train(learner, model, inputs, labels, schedule, seed=seed, differentiable=True)
+    else:
+        trained = unroll(learner, model, inputs, labels, schedule, 0, seed=seed)
+    model.eval()  # the trained learner is tested as evaluation tests it: no dropout
     return F.cross_entropy(learner.forward(model, trained, real), real_y)
 
 
@@ -74,7 +87,10 @@ class LearnedLabels(Distiller):
         rng = np.random.default_rng(seed)
         logits = (F.one_hot(hard, task.num_classes).float() * cfg.confidence).requires_grad_(True)
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), requires_grad=True)
-        opt = torch.optim.Adam([{"params": [logits], "lr": cfg.outer_lr}, {"params": [raw_lrs], "lr": cfg.lr_lr}])
+        # "learner": what evaluation trains a text set with (resolve_recipe), so there are no step sizes to learn
+        recipe = learner.default_recipe if cfg.inner_recipe == "learner" else None
+        opt = torch.optim.Adam([{"params": [logits], "lr": cfg.outer_lr},
+                                {"params": [raw_lrs] if recipe is None else [], "lr": cfg.lr_lr}])
         real, real_y, _ = real_inputs(task, learner)
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
@@ -82,7 +98,8 @@ class LearnedLabels(Distiller):
             model = fresh_model(learner, task, seed, step)
             opt.zero_grad()
             idx = real_batch(rng, len(real_y), cfg.real_batch)
-            loss_t = label_meta_loss(learner, model, inputs, logits, F.softplus(raw_lrs), batch_of(real, idx),
+            schedule = F.softplus(raw_lrs) if recipe is None else recipe
+            loss_t = label_meta_loss(learner, model, inputs, logits, schedule, batch_of(real, idx),
                                      real_y[idx], seed=step)
             loss = loss_t.item()
             check_finite(self.name, loss, step)
@@ -93,7 +110,8 @@ class LearnedLabels(Distiller):
         labels = logits.detach().softmax(-1)
         log = {"real_loss": thin(history), "learned_with": learner.name, "init_set": picked.fingerprint(),
                "picked_with": picker.name,
-               "step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())],
+               **({"step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())]} if recipe is None
+                  else {"inner_recipe": recipe.to_dict()}),
                "agrees_with_labels": float((labels.argmax(-1) == hard).float().mean()),
                "mean_top_probability": float(labels.max(-1).values.mean())}
         return self._artifact(task, seed, kind="text", texts=picked.texts, text_pairs=picked.text_pairs,
