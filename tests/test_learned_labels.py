@@ -74,7 +74,7 @@ def test_learned_labels_lower_the_real_loss(small, inner):
     inputs = start.inputs_for(learner)
     # the probe's own 300-step AdamW recipe, unrolled whole, or the SGD step sizes learned beside the labels
     lrs = learner.default_recipe if inner == "learner" else torch.tensor(ds.log["step_sizes"])
-    assert ("inner_recipe" in ds.log) == (inner == "learner")
+    assert ("inner_recipes" in ds.log) == (inner == "learner")
 
     def real_loss(label_logits):  # same fresh learner, same steps: only the labels differ
         return label_meta_loss(learner, learner.build(2, 123), inputs, label_logits, lrs, real, real_y, 0).detach().item()
@@ -92,6 +92,10 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
     assert ds.log["learned_with"] == "textcnn-glove" and ds.log["picked_with"] == "minilm-frozen"
     with pytest.raises(Exception, match="unknown learner"):
         get_method("learned-labels", init_learner="no-such-learner")
+    with pytest.raises(Exception, match="unknown learner"):
+        get_method("learned-labels", inner_recipe="learner", also_learners="minilm-frozen,no-such-learner")
+    with pytest.raises(Exception, match="needs inner_recipe learner"):
+        get_method("learned-labels", also_learners="minilm-frozen")
     assert ds.kind == "text" and ds.labels.dtype == torch.float32 and ds.labels.shape == (4, 2)
     assert torch.allclose(ds.labels.sum(-1), torch.ones(4))
     ds.save(tmp_path / "set")
@@ -116,3 +120,17 @@ def test_teacher_labels_are_the_teachers_softmax_at_the_temperature(small):
     assert torch.allclose(again, teacher_logits(small, "minilm-frozen", texts[:3], None))
     with pytest.raises(Exception, match="soft_labels"):
         get_method("kmeans", soft_labels="maybe")
+
+
+def test_labels_learned_against_two_learners_at_once(small, monkeypatch):
+    """also_learners: every outer step trains the probe beside TextCNN on the labels and sums their real
+    losses, so the labels differ from those learned with TextCNN alone."""
+    for name in ("textcnn-glove", "minilm-frozen"):  # 300 unrolled steps per outer step each: 10 do for the check
+        monkeypatch.setattr(type(get_learner(name)), "default_recipe", property(lambda self: Recipe(steps=10, lr=1e-2)))
+    options = {"outer_steps": 2, "real_batch": 16, "inner_recipe": "learner", "outer_lr": 0.5}
+    alone = get_method("learned-labels", **options).distill(small, 2, get_learner("textcnn-glove"), seed=0)
+    both = get_method("learned-labels", also_learners="minilm-frozen", **options).distill(
+        small, 2, get_learner("textcnn-glove"), seed=0)
+    assert both.log["learned_with"] == "textcnn-glove+minilm-frozen" and both.texts == alone.texts
+    assert set(both.log["inner_recipes"]) == {"textcnn-glove", "minilm-frozen"}
+    assert not torch.allclose(both.labels, alone.labels, atol=1e-3)

@@ -39,6 +39,9 @@ class LearnedLabelsConfig(MethodConfig):
         "help": "what is unrolled: sgd (inner_steps SGD steps at learned step sizes, bptt's inner loop) or learner "
                 "(the learner's own evaluation recipe, whole: its optimizer, schedule and steps)"})
     inner_steps: int = field(default=10, metadata={"ge": 1, "help": "sgd: unrolled SGD steps per outer step"})
+    also_learners: str = field(default="", metadata={
+        "help": "more learners (comma-separated) trained on the labels beside the main one, their real losses "
+                "summed: labels learned against several architectures at once (needs inner_recipe learner)"})
     outer_steps: int = field(default=100, metadata={"ge": 1, "help": "outer steps (one fresh learner each)"})
     outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the label logits"})
     init_lr: float = field(default=0.1, metadata={"gt": 0, "help": "initial inner SGD step size (learned)"})
@@ -52,8 +55,14 @@ class LearnedLabelsConfig(MethodConfig):
             raise ConfigError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
         if self.inner_recipe not in INNER_RECIPES:
             raise ConfigError(f"inner_recipe must be one of {', '.join(INNER_RECIPES)}, not {self.inner_recipe!r}")
-        if self.init_learner:
-            get_learner(self.init_learner)  # an unknown name fails here, before any work
+        for name in [self.init_learner, *self.also_learner_names()]:
+            if name:
+                get_learner(name)  # an unknown name fails here, before any work
+        if self.also_learners and self.inner_recipe != "learner":
+            raise ConfigError("also_learners needs inner_recipe learner: SGD step sizes belong to one learner")
+
+    def also_learner_names(self) -> list[str]:
+        return [n.strip() for n in self.also_learners.split(",") if n.strip()]
 
 
 def label_meta_loss(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -81,26 +90,28 @@ class LearnedLabels(Distiller):
         cfg = self.config
         picker = get_learner(cfg.init_learner).for_task(task) if cfg.init_learner else learner
         picked = get_method(cfg.init).distill(task, dpc, picker, seed=seed)
-        inputs = picked.inputs_for(learner)
+        learners = [learner, *(get_learner(n).for_task(task) for n in cfg.also_learner_names())]
+        # each learner reads the texts and the training split its own way; the real batches share their rows
+        views = [(each, picked.inputs_for(each), real_inputs(task, each)[0]) for each in learners]
         hard = picked.hard_labels
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         logits = (F.one_hot(hard, task.num_classes).float() * cfg.confidence).requires_grad_(True)
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), requires_grad=True)
         # "learner": what evaluation trains a text set with (resolve_recipe), so there are no step sizes to learn
-        recipe = learner.default_recipe if cfg.inner_recipe == "learner" else None
+        by_recipe = cfg.inner_recipe == "learner"
         opt = torch.optim.Adam([{"params": [logits], "lr": cfg.outer_lr},
-                                {"params": [raw_lrs] if recipe is None else [], "lr": cfg.lr_lr}])
-        real, real_y, _ = real_inputs(task, learner)
+                                {"params": [] if by_recipe else [raw_lrs], "lr": cfg.lr_lr}])
+        real_y = torch.tensor(task.columns("train")[2])
         history = []
         bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
-            model = fresh_model(learner, task, seed, step)
             opt.zero_grad()
             idx = real_batch(rng, len(real_y), cfg.real_batch)
-            schedule = F.softplus(raw_lrs) if recipe is None else recipe
-            loss_t = label_meta_loss(learner, model, inputs, logits, schedule, batch_of(real, idx),
-                                     real_y[idx], seed=step)
+            loss_t = sum(label_meta_loss(each, fresh_model(each, task, seed, step), inputs, logits,
+                                         each.default_recipe if by_recipe else F.softplus(raw_lrs),
+                                         batch_of(real, idx), real_y[idx], seed=step)
+                         for each, inputs, real in views)
             loss = loss_t.item()
             check_finite(self.name, loss, step)
             loss_t.backward()
@@ -108,10 +119,10 @@ class LearnedLabels(Distiller):
             history.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}")
         labels = logits.detach().softmax(-1)
-        log = {"real_loss": thin(history), "learned_with": learner.name, "init_set": picked.fingerprint(),
-               "picked_with": picker.name,
-               **({"step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())]} if recipe is None
-                  else {"inner_recipe": recipe.to_dict()}),
+        log = {"real_loss": thin(history), "learned_with": "+".join(each.name for each in learners),  # losses summed
+               "init_set": picked.fingerprint(), "picked_with": picker.name,
+               **({"inner_recipes": {each.name: each.default_recipe.to_dict() for each in learners}} if by_recipe
+                  else {"step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())]}),
                "agrees_with_labels": float((labels.argmax(-1) == hard).float().mean()),
                "mean_top_probability": float(labels.max(-1).values.mean())}
         return self._artifact(task, seed, kind="text", texts=picked.texts, text_pairs=picked.text_pairs,
