@@ -98,7 +98,8 @@ class LearnedLabels(Distiller):
         rng = np.random.default_rng(seed)
         logits = (F.one_hot(hard, task.num_classes).float() * cfg.confidence).requires_grad_(True)
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), requires_grad=True)
-        # "learner": what evaluation trains a text set with (resolve_recipe), so there are no step sizes to learn
+        # "learner": what evaluation trains a text set with (its default recipe: the set carries none), so there
+        # are no step sizes to learn
         by_recipe = cfg.inner_recipe == "learner"
         opt = torch.optim.Adam([{"params": [logits], "lr": cfg.outer_lr},
                                 {"params": [] if by_recipe else [raw_lrs], "lr": cfg.lr_lr}])
