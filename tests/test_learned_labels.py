@@ -61,11 +61,12 @@ def small():
     return get_task("mr").subset(train_per_class=40, test_size=40, seed=0)
 
 
-@pytest.mark.parametrize("inner", ["sgd", "learner"])
-def test_learned_labels_lower_the_real_loss(small, inner):
+# SGD steps; the probe's whole recipe; its recipe back-propagated through the last 100 of its 300 steps only
+@pytest.mark.parametrize("inner,truncate", [("sgd", 0), ("learner", 0), ("learner", 100)])
+def test_learned_labels_lower_the_real_loss(small, inner, truncate):
     learner = get_learner("minilm-frozen")
     options = {"outer_steps": 15 if inner == "sgd" else 4, "inner_steps": 5, "init_lr": 5.0, "real_batch": 80,
-               "outer_lr": 0.2, "inner_recipe": inner}  # an outer step unrolls the probe's 300 steps: 4 suffice
+               "outer_lr": 0.2, "inner_recipe": inner, "truncate": truncate}  # 4 outer steps of 300 steps suffice
     ds = get_method("learned-labels", **options).distill(small, 2, learner, seed=0)
     start = get_method("kmeans").distill(small, 2, learner, seed=0)
     assert ds.texts == start.texts  # the texts are the coreset's, untouched
@@ -94,6 +95,8 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
         get_method("learned-labels", init_learner="no-such-learner")
     with pytest.raises(Exception, match="unknown learner"):
         get_method("learned-labels", inner_recipe="learner", also_learners="minilm-frozen,no-such-learner")
+    with pytest.raises(Exception, match=r"truncate \(3\) must be at most inner_steps \(2\)"):
+        get_method("learned-labels", inner_steps=2, truncate=3)
     with pytest.raises(Exception, match="needs inner_recipe learner"):
         get_method("learned-labels", also_learners="minilm-frozen")
     assert ds.kind == "text" and ds.labels.dtype == torch.float32 and ds.labels.shape == (4, 2)

@@ -2,6 +2,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from textdistill.errors import TextDistillError
 from textdistill.learners import get_learner
@@ -228,3 +229,35 @@ def test_an_optimizer_carried_across_segments_is_one_run():
     assert not torch.allclose(restarted["0.weight"], whole["0.weight"])  # a fresh AdamW per call is another run
     with pytest.raises(ValueError, match="without a graph"):
         train(FeatureLearner(), model, {"features": x}, y, recipe, seed=0, optimizer={}, differentiable=True)
+
+
+def test_truncated_unrolling_takes_the_same_steps_and_differentiates_the_last_ones():
+    """train(differentiable=True, truncate=k): the run's values are the plain run's (batch order, AdamW moments and
+    schedule carry across the switch), and the labels' gradient is the gradient through the last k steps only."""
+    model, x, y = tiny_problem()
+    soft = (F.one_hot(y, 3) * 0.7 + 0.1).requires_grad_(True)
+
+    def run(recipe, truncate, lrs=None):
+        out = train(FeatureLearner(), model, {"features": x}, soft, recipe, seed=0, lrs=lrs, differentiable=True,
+                    truncate=truncate)
+        (g,) = torch.autograd.grad(loss_fn(torch.func.functional_call(model, out, (x,)), y), soft)
+        return out, g
+
+    adamw = Recipe(steps=7, lr=0.05, batch_size=3, warmup=0.3, schedule="cosine", weight_decay=0.1)
+    plain = train(FeatureLearner(), model, {"features": x}, soft.detach(), adamw, seed=0)
+    _, whole = run(adamw, 0)
+    for k in (2, 7, 50):
+        out, g = run(adamw, k)
+        for name in plain:
+            torch.testing.assert_close(out[name].detach(), plain[name])
+        if k >= 7:
+            torch.testing.assert_close(g, whole)  # every step kept: the whole gradient
+        else:
+            assert g.abs().max() > 1e-6 and not torch.allclose(g, whole)
+    # the reference for k = 2 (full-batch SGD, where two calls are one run): 5 steps without a graph, then 2 with one
+    sgd, lrs = Recipe.sgd(7, 0.3, 8), torch.linspace(0.5, 0.1, 7)
+    head = train(FeatureLearner(), model, {"features": x}, soft.detach(), sgd, seed=0, lrs=lrs[:5])
+    tail = train(FeatureLearner(), model, {"features": x}, soft, sgd, seed=0, lrs=lrs[5:], params=head,
+                 differentiable=True)
+    (reference,) = torch.autograd.grad(loss_fn(torch.func.functional_call(model, tail, (x,)), y), soft)
+    torch.testing.assert_close(run(sgd, 2, lrs)[1], reference)

@@ -6,7 +6,7 @@ it (``differentiable=True``) and evaluation can run it without a graph.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -112,6 +112,7 @@ def train(
     loss: LossHook | None = None,
     params: Params | None = None,
     differentiable: bool = False,
+    truncate: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
     optimizer: dict | None = None,
@@ -122,7 +123,9 @@ def train(
     ``loss`` replaces the task loss of a batch (a set's own training loss: attention labels add a term).
     ``params`` starts from these parameters instead of the model's (to continue a run).
     With ``differentiable=True`` the returned parameters keep the graph back to ``inputs``, ``labels``
-    and ``lrs``, for unrolled (bi-level) optimisation.
+    and ``lrs``, for unrolled (bi-level) optimisation; ``truncate`` keeps it through the last ``truncate`` steps
+    only (0: all), the steps before running as evaluation runs them (truncated back-propagation: a long recipe's
+    graph would not fit in memory).
     ``optimizer`` (a dict, empty at first) keeps the AdamW moments and step count across calls, updated in place:
     segments of one run, as one ``torch.optim.AdamW`` stepped between other work (``params`` continues them).
     """
@@ -135,7 +138,7 @@ def train(
     model.to(device).train(recipe.dropout)
     start = params if params is not None else dict(model.named_parameters())
     trainable = [k for k, v in model.named_parameters() if v.requires_grad]
-    if differentiable and params is not None:
+    if differentiable and params is not None and not truncate:
         params = {k: start[k] for k in trainable}  # keep the graph of a previous segment
     else:
         params = {k: start[k].detach().clone().requires_grad_(True) for k in trainable}
@@ -156,10 +159,15 @@ def train(
     taken = state.get("taken", 0)  # steps an earlier segment took: AdamW's bias correction counts on
     order = torch.randperm(n, generator=gen)
     pos = 0
-    # Unrolled training is differentiated twice, and a loss hook may need what only eager attention returns.
-    fast = not differentiable and loss is None
-    with fast_kernels(learner, model, recipe.precision, device) if fast else nullcontext():
+    # the steps from `graph_from` on keep the graph
+    graph_from = (steps - min(truncate, steps) if truncate else 0) if differentiable else steps
+    with ExitStack() as kernels:
+        # Unrolled steps are differentiated twice, and a loss hook may need what only eager attention returns.
+        if graph_from and loss is None:
+            kernels.enter_context(fast_kernels(learner, model, recipe.precision, device))
         for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
+            if step == graph_from:
+                kernels.close()
             if pos + batch_size > n:
                 order, pos = torch.randperm(n, generator=gen), 0
             idx = order[pos : pos + batch_size].to(device)
@@ -169,9 +177,10 @@ def train(
                      else loss(learner, model, current, batch, labels[idx], idx))
             if not torch.isfinite(value):
                 raise TrainingDiverged(f"training loss became {value.item()} at step {step}: lower the learning rate")
-            raw = torch.autograd.grad(value, list(params.values()), create_graph=differentiable, allow_unused=True)
+            graph = step >= graph_from
+            raw = torch.autograd.grad(value, list(params.values()), create_graph=graph, allow_unused=True)
             lr = lrs[step] if lrs is not None else recipe.lr_at(step)
-            if differentiable:
+            if graph:
                 # A parameter the batch does not reach (word embeddings under inputs_embeds) is left as it is:
                 # a zero gradient for it would stay in the graph every step (47 MB a step for MiniLM). The
                 # unrolled callers train with SGD without weight decay, where a zero gradient changes nothing;

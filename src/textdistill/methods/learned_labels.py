@@ -39,6 +39,9 @@ class LearnedLabelsConfig(MethodConfig):
         "help": "what is unrolled: sgd (inner_steps SGD steps at learned step sizes, bptt's inner loop) or learner "
                 "(the learner's own evaluation recipe, whole: its optimizer, schedule and steps)"})
     inner_steps: int = field(default=10, metadata={"ge": 1, "help": "sgd: unrolled SGD steps per outer step"})
+    truncate: int = field(default=0, metadata={
+        "ge": 0, "help": "back-propagate through the last k unrolled steps only (0: all); the steps before train "
+                         "without a graph, so that a long recipe (fine-tuned MiniLM's) fits in memory"})
     also_learners: str = field(default="", metadata={
         "help": "more learners (comma-separated) trained on the labels beside the main one, their real losses "
                 "summed: labels learned against several architectures at once (needs inner_recipe learner)"})
@@ -58,6 +61,8 @@ class LearnedLabelsConfig(MethodConfig):
         for name in [self.init_learner, *self.also_learner_names()]:
             if name:
                 get_learner(name)  # an unknown name fails here, before any work
+        if self.inner_recipe == "sgd" and self.truncate > self.inner_steps:
+            raise ConfigError(f"truncate ({self.truncate}) must be at most inner_steps ({self.inner_steps})")
         if self.also_learners and self.inner_recipe != "learner":
             raise ConfigError("also_learners needs inner_recipe learner: SGD step sizes belong to one learner")
 
@@ -67,15 +72,16 @@ class LearnedLabelsConfig(MethodConfig):
 
 def label_meta_loss(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
                     label_logits: torch.Tensor, schedule: torch.Tensor | Recipe, real: dict[str, torch.Tensor],
-                    real_y: torch.Tensor, seed: int) -> torch.Tensor:
+                    real_y: torch.Tensor, seed: int, truncate: int = 0) -> torch.Tensor:
     """The real-data loss of ``model`` after training on the texts with softmax(label_logits): the quantity
-    whose gradient in the label logits is the hypergradient (differentiable end to end). ``schedule``: SGD step
-    sizes (one per unrolled step), or a recipe unrolled whole."""
+    whose gradient in the label logits is the hypergradient (differentiable through the last ``truncate``
+    steps, all when 0). ``schedule``: SGD step sizes (one per unrolled step), or a recipe unrolled whole."""
     labels = label_logits.softmax(-1)
     if isinstance(schedule, Recipe):
-        trained: Params = train(learner, model, inputs, labels, schedule, seed=seed, differentiable=True)
+        trained: Params = train(learner, model, inputs, labels, schedule, seed=seed, differentiable=True,
+                                truncate=truncate)
     else:
-        trained = unroll(learner, model, inputs, labels, schedule, 0, seed=seed)
+        trained = unroll(learner, model, inputs, labels, schedule, truncate, seed=seed)
     model.eval()  # the trained learner is tested as evaluation tests it: no dropout
     return F.cross_entropy(learner.forward(model, trained, real), real_y)
 
@@ -111,7 +117,7 @@ class LearnedLabels(Distiller):
             idx = real_batch(rng, len(real_y), cfg.real_batch)
             loss_t = sum(label_meta_loss(each, fresh_model(each, task, seed, step), inputs, logits,
                                          each.default_recipe if by_recipe else F.softplus(raw_lrs),
-                                         batch_of(real, idx), real_y[idx], seed=step)
+                                         batch_of(real, idx), real_y[idx], seed=step, truncate=cfg.truncate)
                          for each, inputs, real in views)
             loss = loss_t.item()
             check_finite(self.name, loss, step)
