@@ -279,6 +279,19 @@ def test_cli_bench_and_report(tmp_path, cache, capsys):
     assert runs == {"random": 2, "herding": 2, "full": 1, "full, set recipe": 1}
     assert "--seeds 2 --full-seeds 1" in (tmp_path / "o2" / "report.md").read_text()
     assert main(["bench", str(suite), "--out", str(tmp_path / "o3"), "--seeds", "0"]) == 2
+    for bad in ("0", "1,x"):
+        assert main(["bench", str(suite), "--out", str(tmp_path / "o3"), "--dpc", bad]) == 2
+    assert not (tmp_path / "o3").exists()
+
+
+def test_a_budget_override_keeps_the_keys_of_the_cells_it_keeps():
+    """bench --dpc 10 on a suite of 1 and 10 per class runs the 10-per-class cells under the suite's own keys, so
+    a narrowed run and a whole one share their finished cells."""
+    suite = parse_suite({"name": "k", "tasks": [{"name": "mr", "subset": SLICE}], "learners": ["minilm-frozen"],
+                         "methods": ["random", "herding"], "dpc": [1, 10], "seeds": 1})
+    narrow = suite.evaluated_with(dpc=[10])
+    assert [c.dpc for c in plan(narrow)] == [None, 10, 10]
+    assert {c.key(narrow) for c in plan(narrow)} < {c.key(suite) for c in plan(suite)}
 
 
 def test_cell_keys_follow_the_task_content(tmp_path):

@@ -71,16 +71,17 @@ class Suite:
         return entry.learner or self.distill_learner or self.learners[0]
 
     def evaluated_with(self, learners: list[str] | None = None, seeds: int | None = None,
-                       full_seeds: int | None = None) -> "Suite":
-        """The same sets (still distilled with this suite's learner) evaluated with other learners or seeds."""
+                       full_seeds: int | None = None, dpc: list[int] | None = None) -> "Suite":
+        """The same sets (still distilled with this suite's learner) evaluated with other learners or seeds, or
+        at other budgets (a cell's key does not depend on the others, so finished cells are kept)."""
         from dataclasses import replace
 
-        for what, n in (("seeds", seeds), ("full_seeds", full_seeds)):
+        for what, n in (("seeds", seeds), ("full_seeds", full_seeds), *(("dpc", d) for d in dpc or [])):
             if n is not None and n < 1:
                 raise ConfigError(f"{what} must be at least 1, got {n}")
         return replace(self, learners=list(learners or self.learners),
                        distill_learner=self.distill_learner or self.learners[0], seeds=seeds or self.seeds,
-                       full_seeds=full_seeds or self.full_seeds)
+                       full_seeds=full_seeds or self.full_seeds, dpc=list(dpc or self.dpc))
 
 
 def _check_keys(where: str, values: dict, cls) -> None:

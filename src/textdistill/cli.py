@@ -295,6 +295,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
           "so a second run prints the same table in seconds. Look at a set with `textdistill show DIR`.")
 
 
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers (e.g. 1,10), got {text!r}") from None
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(x) for x in text.split("/"))
@@ -311,8 +318,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .report import write_report
 
     suite = load_suite(args.suite)
-    if args.learners or args.seeds is not None or args.full_seeds is not None:
-        suite = suite.evaluated_with(args.learners and args.learners.split(","), args.seeds, args.full_seeds)
+    if args.learners or args.seeds is not None or args.full_seeds is not None or args.dpc:
+        suite = suite.evaluated_with(args.learners and args.learners.split(","), args.seeds, args.full_seeds,
+                                     args.dpc and _int_list("--dpc", args.dpc))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: data-parallel distillations, no cells
         if not args.distill_only or args.ray or args.report_only:
             raise ConfigError("bench under torchrun distils the suite's sets data-parallel: give --distill-only "
@@ -328,7 +336,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.distill_only:
         print(f"sets saved under {args.out}/sets; run again without --distill-only to evaluate them")
         return
-    given = {"--learners": args.learners, "--seeds": args.seeds, "--full-seeds": args.full_seeds}
+    given = {"--learners": args.learners, "--seeds": args.seeds, "--full-seeds": args.full_seeds, "--dpc": args.dpc}
     overrides = "".join(f" {flag} {value}" for flag, value in given.items() if value is not None)
     md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}{overrides}")
     print(f"report: {md} and {page}")
@@ -444,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "methods still work with the suite's first learner, so its sets are shared")
     s.add_argument("--seeds", type=int, help="learner seeds per distilled set instead of the suite's")
     s.add_argument("--full-seeds", type=int, help="learner seeds on the full data instead of the suite's")
+    s.add_argument("--dpc", help="examples per class (comma-separated, e.g. 10) instead of the suite's budgets")
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the cells as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS "
                         "(pip install 'textdistill[ray]')")
