@@ -136,13 +136,23 @@ def test_the_plan_and_its_estimate_come_from_measured_cells(tmp_path, cache, cap
     err = capsys.readouterr().err
     assert f"{len(plan(suite))} cells, {len(docs)} finished" in err and "to go" in err
 
+    # the estimate: a cell's distillation by its method's, its runs by runs at the same task and budget, or
+    # scaled from another budget by the examples a training step reads
+    suite = tiny_smoke(methods=["random", "herding"], dpc=[1, 10])
+    full, random1, herding1, random10, herding10 = plan(suite)  # mr (2 classes): full data, then 1 and 10 per class
+
+    def doc(distill, runs):
+        return {"seconds": 1.0, "records": [{"steps": {"distill": {"seconds": distill}},
+                                             "runs": [{"seconds": r} for r in runs]}]}
+
     costs = CostModel()
-    full, random, herding = plan(suite)  # mr: full data, then random and herding at 2 per class
-    costs.add(random.kind(suite), 10.0)
-    costs.add(random.kind(suite), 20.0)
-    costs.add(("bbc", "herding"), 40.0)
-    # random by its own mean, herding by its method on another task, full data by the median cell
-    assert costs.estimate([random, herding, full], suite) == (15.0 + 40.0 + 20.0, 1)
+    costs.add(full, suite, {"seconds": 100.0, "records": []})
+    costs.add(random1, suite, doc(1.0, [10.0, 20.0]))
+    # random at 10 per class: its distillation at 1 per class, 2 runs at 15 s scaled by the batch (20 / 2 examples);
+    # herding at 1 per class: no herding cell yet (a guessed distillation, the median), the suite's 2 seeds x 15 s
+    assert costs.estimate([random10, herding1, full], suite) == (1.0 + 2 * 150.0 + 1.0 + 2 * 15.0 + 100.0, 1)
+    costs.add(random10, suite, doc(3.0, [100.0, 120.0]))
+    assert costs.estimate([herding10], suite) == (2.0 + 2 * 110.0, 1)  # runs measured at this budget now
 
 
 def test_shards_split_the_cells(tmp_path, cache):

@@ -192,10 +192,6 @@ class Cell:
         return (task, loaded.fingerprint, loaded.spec.max_length, asdict(entry), config, suite.learner_of(entry),
                 self.dpc, self.set_seed)
 
-    def kind(self, suite: Suite) -> tuple[str, str]:
-        """What its cost is estimated by: the task and the method label."""
-        return suite.tasks[self.task]["name"], "full" if self.entry is None else suite.methods[self.entry].label
-
     def describe(self, suite: Suite) -> str:
         task = suite.tasks[self.task]["name"]
         if self.entry is None:
@@ -367,7 +363,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     for c in mine:
         doc = None if c in todo else read_cell(out / "cells" / f"{c.key(suite)}.json", "")
         if doc is not None:
-            costs.add(c.kind(suite), cell_seconds(doc))
+            costs.add(c, suite, doc)
     if progress:
         print(f"bench {suite.name}: {len(mine)} cells{' in this shard' if count > 1 else ''}, "
               f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite)}", file=sys.stderr)
@@ -380,7 +376,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
                    "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                    "seconds": round(seconds, 1), "records": records}
             atomic_write(out / "cells" / f"{doc['key']}.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
-            costs.add(cell.kind(suite), cell_seconds(doc))
+            costs.add(cell, suite, doc)
         bar.update()
 
     def status(i: int) -> None:  # what runs next (all that is left, on Ray) and the estimate of the rest
@@ -459,14 +455,17 @@ def ray_cell(suite: Suite, out: str, device: str, cell: Cell, distill_only: bool
     return run_cell(suite, out, device, cell, distill_only)
 
 
+def distill_seconds(doc: dict) -> float:
+    """A cell's distinct distillation (and decoding) steps, as measured when they ran."""
+    steps = {json.dumps(step, sort_keys=True) for r in doc["records"] for name, step in (r.get("steps") or {}).items()
+             if name != "evaluate" and isinstance(step, dict)}
+    return sum(json.loads(step).get("seconds", 0.0) for step in steps)
+
+
 def cell_seconds(doc: dict) -> float:
-    """What a cell costs to compute: its distinct distillation steps and every evaluation run, as measured when
-    they ran (a cell whose runs come from the cache finishes in seconds but costs what they cost); at least its
-    wall time."""
-    distill = {json.dumps(step, sort_keys=True) for r in doc["records"] for name, step in (r.get("steps") or {}).items()
-               if name != "evaluate" and isinstance(step, dict)}
-    work = (sum(json.loads(step).get("seconds", 0.0) for step in distill)
-            + sum(run.get("seconds", 0.0) for r in doc["records"] for run in r.get("runs", [])))
+    """What a cell costs to compute: its distillation and every evaluation run, as measured when they ran (a cell
+    whose runs come from the cache finishes in seconds but costs what they cost); at least its wall time."""
+    work = distill_seconds(doc) + sum(run.get("seconds", 0.0) for r in doc["records"] for run in r.get("runs", []))
     return max(work, float(doc.get("seconds", 0.0)))
 
 
@@ -476,38 +475,75 @@ def duration(seconds: float) -> str:
 
 
 class CostModel:
-    """Seconds a cell should take, from the wall time of the suite's finished cells: the mean of the same task and
-    method, else of the same method, else the median finished cell."""
+    """Seconds a cell should take, from the suite's finished cells: its distillation plus its evaluation runs.
+
+    Distillation: the mean of the same task, method and budget, else of the same task and method, else of the
+    same method (a method with none is guessed at the median distillation: "unmeasured"). Runs: as many as a
+    finished cell of the method had (else the suite's seeds per learner, twice with decoded text), each at the
+    mean seconds of a run at the same task and budget, else at the task's nearest budget scaled by the examples
+    a training step reads (a run costs about its batch: BBC at 10 per class is about 10 times 1 per class), else
+    at the median run. A full-data cell: the mean of the task's, else of any."""
 
     def __init__(self) -> None:
-        self.seen: dict[tuple[str, str], list[float]] = {}
+        self.distill: dict[tuple[str, str, int], list[float]] = {}  # (task, method label, dpc) -> seconds
+        self.runs: dict[tuple[str, int], list[float]] = {}  # (task, dpc) -> seconds of every run
+        self.count: dict[str, int] = {}  # method label -> runs in one of its cells
+        self.full: dict[str, list[float]] = {}  # task -> seconds of its full-data cell
 
-    def add(self, kind: tuple[str, str], seconds: float) -> None:
-        self.seen.setdefault(kind, []).append(seconds)
+    def add(self, cell: "Cell", suite: Suite, doc: dict) -> None:
+        task = suite.tasks[cell.task]["name"]
+        if cell.entry is None:
+            self.full.setdefault(task, []).append(cell_seconds(doc))
+            return
+        label = suite.methods[cell.entry].label
+        runs = [run.get("seconds", 0.0) for r in doc["records"] for run in r.get("runs", [])]
+        self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc))
+        self.runs.setdefault((task, cell.dpc), []).extend(runs)
+        self.count[label] = len(runs)
 
     def estimate(self, cells: list["Cell"], suite: Suite) -> tuple[float, int]:
         """(seconds for these cells, how many of them have no measured method to go by)."""
-        if not self.seen:
+        if not (self.full or self.distill):
             return 0.0, len(cells)
-        by_method: dict[str, list[float]] = {}
-        for (_, method), values in self.seen.items():
-            by_method.setdefault(method, []).extend(values)
-        median = statistics.median(v for values in self.seen.values() for v in values)
         total, unmeasured = 0.0, 0
         for cell in cells:
-            kind = cell.kind(suite)
-            values = self.seen.get(kind) or by_method.get(kind[1])
-            unmeasured += values is None
-            total += statistics.fmean(values) if values else median
+            task = suite.tasks[cell.task]["name"]
+            if cell.entry is None:
+                total += statistics.fmean(self.full.get(task) or [s for v in self.full.values() for s in v] or [0.0])
+                continue
+            entry = suite.methods[cell.entry]
+            distill = (self.distill.get((task, entry.label, cell.dpc))
+                       or [s for (t, m, _), v in self.distill.items() if (t, m) == (task, entry.label) for s in v]
+                       or [s for (_, m, _), v in self.distill.items() if m == entry.label for s in v])
+            unmeasured += not distill
+            default_runs = suite.seeds * len(suite.learners) * (2 if entry.decode else 1)
+            total += (statistics.fmean(distill) if distill else self._median_distill()) \
+                + self.count.get(entry.label, default_runs) * self._run_seconds(cell, suite)
         return total, unmeasured
+
+    def _median_distill(self) -> float:
+        return statistics.median([s for v in self.distill.values() for s in v] or [0.0])
+
+    def _run_seconds(self, cell: "Cell", suite: Suite) -> float:
+        task = suite.tasks[cell.task]["name"]
+        if self.runs.get((task, cell.dpc)):
+            return statistics.fmean(self.runs[(task, cell.dpc)])
+        budgets = [d for (t, d), v in self.runs.items() if t == task and v]
+        if budgets:
+            near = min(budgets, key=lambda d: abs(d - cell.dpc))
+            classes = load_task(suite.tasks[cell.task]).num_classes
+            batch = lambda dpc: min(64, classes * dpc)  # noqa: E731  (the recipes' default batch, at most the set)
+            return statistics.fmean(self.runs[(task, near)]) * batch(cell.dpc) / batch(near)
+        return statistics.median([s for v in self.runs.values() for s in v] or [0.0])
 
     def describe(self, cells: list["Cell"], suite: Suite) -> str:
         seconds, unmeasured = self.estimate(cells, suite)
         if not cells:
             return "nothing to run"
-        if not self.seen:
+        if not (self.full or self.distill):
             return "no cell finished yet: an estimate follows the first one"
-        guess = f" ({unmeasured} of them by the median cell: their method has no finished cell yet)" if unmeasured else ""
+        guess = (f" ({unmeasured} of them with a guessed distillation: their method has no finished cell yet)"
+                 if unmeasured else "")
         return f"about {duration(seconds)} to go{guess}"
 
 
