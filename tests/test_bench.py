@@ -155,6 +155,23 @@ def test_the_plan_and_its_estimate_come_from_measured_cells(tmp_path, cache, cap
     assert costs.estimate([herding10], suite) == (2.0 + 2 * 110.0, 1)  # runs measured at this budget now
 
 
+def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, capsys):
+    suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
+    assert not run_suite(suite, out, workers=2)["missing"]
+    assert "cells queued or running" in capsys.readouterr().err
+    serial = run_suite(suite, tmp_path / "serial", progress=False)  # served by the cache the workers filled
+
+    def accuracies(results):
+        return sorted((r["method"], str(r["dpc"]), [run["accuracy"] for run in r["runs"]]) for r in results["records"])
+
+    assert accuracies(collect(suite, out)) == accuracies(serial)
+    run_suite(suite, out)
+    assert f"{len(plan(suite))} finished, 0 to run" in capsys.readouterr().err  # under the serial run's keys
+    for bad in ({"workers": 0}, {"workers": 2, "ray": "local"}):
+        with pytest.raises(ConfigError, match="workers"):
+            run_suite(suite, out, **bad)
+
+
 def test_shards_split_the_cells(tmp_path, cache):
     suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
     first = run_suite(suite, out, shard=(0, 2), progress=False)

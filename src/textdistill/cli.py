@@ -322,15 +322,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         suite = suite.evaluated_with(args.learners and args.learners.split(","), args.seeds, args.full_seeds,
                                      args.dpc and _int_list("--dpc", args.dpc))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: data-parallel distillations, no cells
-        if not args.distill_only or args.ray or args.report_only:
+        if not args.distill_only or args.ray or args.report_only or args.workers > 1:
             raise ConfigError("bench under torchrun distils the suite's sets data-parallel: give --distill-only "
-                              "(no --ray, no --report-only), then evaluate them with a plain or --ray bench run")
+                              "(no --ray, --workers or --report-only), then evaluate them with a plain, --workers "
+                              "or --ray bench run")
         init_from_env(args.device)
     if args.report_only:
         collect(suite, args.out)
     else:
         run_suite(suite, args.out, device=args.device, shard=_parse_shard(args.shard), distill_only=args.distill_only,
-                  ray=args.ray, cpus_per_cell=args.cpus_per_cell, progress=is_main())
+                  ray=args.ray, cpus_per_cell=args.cpus_per_cell, workers=args.workers, progress=is_main())
     if not is_main():
         return
     if args.distill_only:
@@ -457,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the cells as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS "
                         "(pip install 'textdistill[ray]')")
     s.add_argument("--cpus-per-cell", type=int, default=1, help="CPUs a Ray cell asks for (default 1)")
+    s.add_argument("--workers", type=int, default=1, help="run the cells in this many processes on this machine, "
+                   "each with its share of the cores (default 1; 2 on 2 cores does 1.2-1.6x the work per hour)")
     s.add_argument("--distill-only", action="store_true",
                    help="save the distilled sets, evaluate nothing (evaluate later, e.g. on a GPU)")
 
