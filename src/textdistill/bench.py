@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import os
 import statistics
 import sys
 import time
@@ -433,12 +434,18 @@ def run_in_processes(workers: int):
         threads = max(1, torch.get_num_threads() // workers)
         # SIGTERM ends the driver through Python (not at once), so that leaving the pool stops the workers too
         before = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        # the workers' progress bars would interleave (the driver's counts cells); tqdm reads this when imported,
+        # so the workers must be started with it
+        quiet = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
         try:
             with multiprocessing.get_context("spawn").Pool(workers, _start_worker,
                                                            (suite, str(out), device, threads)) as pool:
+                _restore("TQDM_DISABLE", quiet)
                 yield from pool.imap_unordered(_worker_cell, [(cell, distill_only) for cell in todo])
         finally:
             signal.signal(signal.SIGTERM, before)
+            _restore("TQDM_DISABLE", quiet)
 
     return in_processes
 
@@ -446,14 +453,18 @@ def run_in_processes(workers: int):
 _worker: "Runner | None" = None  # a pool process's runner: tasks and learners loaded once for all its cells
 
 
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 def _start_worker(suite: Suite, out: str, device: str, threads: int) -> None:
     global _worker
-    import os
-
     import torch
 
     torch.set_num_threads(threads)
-    os.environ["TQDM_DISABLE"] = "1"  # the workers' progress bars would interleave; the driver's counts cells
     _worker = Runner(suite, out, device)
 
 
@@ -465,8 +476,6 @@ def _worker_cell(job: tuple[Cell, bool]) -> tuple[Cell, list[dict] | None, float
 
 def run_on_ray(address: str, cpus_per_cell: int):
     """Cells as Ray tasks, yielded as they finish. Ray is an optional extra: its absence is a clear error."""
-    import os
-
     try:
         import ray
     except ImportError:
