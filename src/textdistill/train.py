@@ -198,10 +198,11 @@ def train(
             # Without a graph a zero gradient is freed at once: keep evaluation's maths (weight decay and moments
             # for every parameter, reached or not), so its numbers do not change.
             grads = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(params.items(), raw)}
+            lr = float(lr.detach() if isinstance(lr, torch.Tensor) else lr)  # a learned step size, before the graph
             if recipe.optimizer == "sgd":
-                sgd_step_(params, grads, float(lr), recipe.weight_decay)
+                sgd_step_(params, grads, lr, recipe.weight_decay)
             else:
-                adamw_step_(params, grads, state, taken + step + 1, float(lr), recipe)
+                adamw_step_(params, grads, state, taken + step + 1, lr, recipe)
     if optimizer is not None:
         optimizer["taken"] = taken + steps
     return {**fixed, **params}

@@ -48,9 +48,6 @@ class AttentionLabelLoss:
         # a loaded set keeps its labels on the CPU; .to keeps the graph of unrolled callers
         return loss_fn(logits, y) + self.weight * attention_kl(self.labels.to(logits.device)[rows], attentions)
 
-    def detach(self) -> "AttentionLabelLoss":
-        return AttentionLabelLoss(self.labels.detach(), self.weight)
-
 
 def set_loss(ds, recipe) -> AttentionLabelLoss | None:
     """The training loss a set asks for: its attention labels' term, when it carries attention labels."""

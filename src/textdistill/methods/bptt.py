@@ -60,16 +60,10 @@ def inner_recipe(n: int, steps: int, lr: float) -> Recipe:
 def unroll(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
            lrs: torch.Tensor, truncate: int, seed: int, loss=None) -> Params:
     """Train ``model`` on the synthetic set with ``lrs``, keeping the graph through the last ``truncate`` steps
-    (all when 0); ``loss``: the set's own training loss (a hook with ``detach()``, e.g. attention labels)."""
-    steps = len(lrs)
-    recipe = inner_recipe(labels.shape[0], steps, float(lrs.detach().mean()))
-    cut = steps - truncate if truncate else 0
-    params = None
-    if cut:
-        params = train(learner, model, {k: v.detach() for k, v in inputs.items()}, labels.detach(), recipe, seed=seed,
-                       lrs=lrs[:cut].detach(), loss=None if loss is None else loss.detach())
-    return train(learner, model, inputs, labels, recipe, seed=seed, lrs=lrs[cut:], params=params, loss=loss,
-                 differentiable=True)
+    (all when 0); ``loss``: the set's own training loss (e.g. attention labels)."""
+    recipe = inner_recipe(labels.shape[0], len(lrs), float(lrs.detach().mean()))
+    return train(learner, model, inputs, labels, recipe, seed=seed, lrs=lrs, loss=loss, differentiable=True,
+                 truncate=truncate)
 
 
 def real_loss(learner: Learner, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor],
