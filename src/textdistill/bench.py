@@ -425,6 +425,7 @@ def run_in_processes(workers: int):
     the work per second); on BBC's 50 articles of 128 tokens 4.7 s, and 7.8 and 8.2 s (1.2 times)."""
     import multiprocessing
     import signal
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     def in_processes(suite: Suite, out: Path, device: str, todo: list[Cell], distill_only: bool):
         if not todo:
@@ -435,17 +436,23 @@ def run_in_processes(workers: int):
         # SIGTERM ends the driver through Python (not at once), so that leaving the pool stops the workers too
         before = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         # the workers' progress bars would interleave (the driver's counts cells); tqdm reads this when imported,
-        # so the workers must be started with it
+        # so the workers start with it (they start on the first submissions)
         quiet = os.environ.get("TQDM_DISABLE")
         os.environ["TQDM_DISABLE"] = "1"
+        # a worker that dies (out of memory, say) breaks the pool with an error instead of a hang
+        pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker,
+                                   (suite, str(out), device, threads))
         try:
-            with multiprocessing.get_context("spawn").Pool(workers, _start_worker,
-                                                           (suite, str(out), device, threads)) as pool:
-                _restore("TQDM_DISABLE", quiet)
-                yield from pool.imap_unordered(_worker_cell, [(cell, distill_only) for cell in todo])
+            futures = [pool.submit(_worker_cell, cell, distill_only) for cell in todo]
+            _restore("TQDM_DISABLE", quiet)
+            for future in as_completed(futures):
+                yield future.result()
         finally:
             signal.signal(signal.SIGTERM, before)
             _restore("TQDM_DISABLE", quiet)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):  # running cells stop with us
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     return in_processes
 
@@ -468,8 +475,7 @@ def _start_worker(suite: Suite, out: str, device: str, threads: int) -> None:
     _worker = Runner(suite, out, device)
 
 
-def _worker_cell(job: tuple[Cell, bool]) -> tuple[Cell, list[dict] | None, float]:
-    cell, distill_only = job
+def _worker_cell(cell: Cell, distill_only: bool) -> tuple[Cell, list[dict] | None, float]:
     assert _worker is not None
     return run_cell(_worker.suite, _worker.out, _worker.device, cell, distill_only, _worker)
 
