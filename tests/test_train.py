@@ -261,3 +261,21 @@ def test_truncated_unrolling_takes_the_same_steps_and_differentiates_the_last_on
                  differentiable=True)
     (reference,) = torch.autograd.grad(loss_fn(torch.func.functional_call(model, tail, (x,)), y), soft)
     torch.testing.assert_close(run(sgd, 2, lrs)[1], reference)
+
+
+def test_bf16_training_steps_read_the_current_weights():
+    """Under one bf16 autocast around the whole loop, torch caches the bf16 copy of each weight it casts (leaf
+    tensors that require grad) until the context exits, while the steps update the float32 weights in place: the
+    forwards must see each step's weights, as a loop with autocast around each forward does."""
+    model, x, y = tiny_problem()
+    recipe = Recipe(steps=5, lr=0.1, batch_size=8, warmup=0.0, weight_decay=0.0, precision="bf16")
+    out = train(FeatureLearner(), model, {"features": x}, y, recipe, seed=0)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    state = adamw_init(params)
+    for step in range(5):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            value = loss_fn(torch.func.functional_call(model, params, (x,)), y)
+        grads = dict(zip(params, torch.autograd.grad(value, list(params.values()))))
+        adamw_step_(params, grads, state, step + 1, recipe.lr_at(step), recipe)
+    for k in params:
+        torch.testing.assert_close(out[k], params[k].detach())

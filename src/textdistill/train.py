@@ -86,7 +86,10 @@ def sgd_step_(params: Params, grads: Params, lr: float, weight_decay: float = 0.
 def fast_kernels(learner: "Learner", model: torch.nn.Module, precision: str, device: str | torch.device):
     """Forwards that are differentiated at most once (evaluation's training and prediction): the learner's
     fastest kernels, under bf16 autocast when the recipe asks for it."""
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    # no weight cache: it would keep each weight's first bf16 copy until the context exits, while the steps
+    # inside it update the weights in place
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                              cache_enabled=False)
     with learner.first_order(model), autocast:
         yield
 
