@@ -136,23 +136,28 @@ def test_the_plan_and_its_estimate_come_from_measured_cells(tmp_path, cache, cap
     err = capsys.readouterr().err
     assert f"{len(plan(suite))} cells, {len(docs)} finished" in err and "to go" in err
 
-    # the estimate: a cell's distillation by its method's, its runs by runs at the same task and budget, or
-    # scaled from another budget by the examples a training step reads
-    suite = tiny_smoke(methods=["random", "herding"], dpc=[1, 10])
-    full, random1, herding1, random10, herding10 = plan(suite)  # mr (2 classes): full data, then 1 and 10 per class
+    # the estimate: a cell's distillation by its method's, its runs by runs of their kind at the same task and
+    # budget, or scaled from another budget by the examples a training step reads
+    suite = tiny_smoke(methods=["random", "herding", {"method": "bptt", "decode": True}], dpc=[1, 10])
+    full, random1, herding1, bptt1, random10, herding10, bptt10 = plan(suite)  # mr (2 classes)
 
-    def doc(distill, runs):
-        return {"seconds": 1.0, "records": [{"steps": {"distill": {"seconds": distill}},
-                                             "runs": [{"seconds": r} for r in runs]}]}
+    def doc(distill, *records):  # records: (kind of set, seconds of each run)
+        return {"seconds": 1.0, "records": [{"kind": kind, "steps": {"distill": {"seconds": distill}},
+                                             "runs": [{"seconds": r} for r in runs]} for kind, runs in records]}
 
     costs = CostModel()
     costs.add(full, suite, {"seconds": 100.0, "records": []})
-    costs.add(random1, suite, doc(1.0, [10.0, 20.0]))
+    assert costs.estimate([full, random1], suite) == (200.0, 1)  # before any set cell: the full-data cell's cost
+    costs.add(random1, suite, doc(1.0, ("text", [10.0, 20.0])))
     # random at 10 per class: its distillation at 1 per class, 2 runs at 15 s scaled by the batch (20 / 2 examples);
     # herding at 1 per class: no herding cell yet (a guessed distillation, the median), the suite's 2 seeds x 15 s
     assert costs.estimate([random10, herding1, full], suite) == (1.0 + 2 * 150.0 + 1.0 + 2 * 15.0 + 100.0, 1)
-    costs.add(random10, suite, doc(3.0, [100.0, 120.0]))
+    costs.add(random10, suite, doc(3.0, ("text", [100.0, 120.0])))
     assert costs.estimate([herding10], suite) == (2.0 + 2 * 110.0, 1)  # runs measured at this budget now
+    # a bound set trains its own short recipe: its runs are costed by runs of their kind, its text by text runs
+    costs.add(bptt1, suite, doc(50.0, ("token-embeddings", [1.0, 3.0]), ("text", [12.0, 18.0])))
+    assert costs.estimate([bptt10], suite) == (50.0 + 2 * 2.0 * 10 + 2 * 110.0, 0)
+    assert "with 2 workers" in costs.describe([bptt10], suite, workers=2)
 
 
 def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, capsys):
@@ -313,10 +318,11 @@ def test_cli_bench_and_report(tmp_path, cache, capsys):
 
 def test_a_budget_override_keeps_the_keys_of_the_cells_it_keeps():
     """bench --dpc 10 on a suite of 1 and 10 per class runs the 10-per-class cells under the suite's own keys, so
-    a narrowed run and a whole one share their finished cells."""
+    a narrowed run and a whole one share their finished cells (each writes its own report); a budget given twice
+    runs once."""
     suite = parse_suite({"name": "k", "tasks": [{"name": "mr", "subset": SLICE}], "learners": ["minilm-frozen"],
                          "methods": ["random", "herding"], "dpc": [1, 10], "seeds": 1})
-    narrow = suite.evaluated_with(dpc=[10])
+    narrow = suite.evaluated_with(dpc=[10, 10])
     assert [c.dpc for c in plan(narrow)] == [None, 10, 10]
     assert {c.key(narrow) for c in plan(narrow)} < {c.key(suite) for c in plan(suite)}
 

@@ -82,7 +82,7 @@ class Suite:
                 raise ConfigError(f"{what} must be at least 1, got {n}")
         return replace(self, learners=list(learners or self.learners),
                        distill_learner=self.distill_learner or self.learners[0], seeds=seeds or self.seeds,
-                       full_seeds=full_seeds or self.full_seeds, dpc=list(dpc or self.dpc))
+                       full_seeds=full_seeds or self.full_seeds, dpc=list(dict.fromkeys(dpc or self.dpc)))
 
 
 def _check_keys(where: str, values: dict, cls) -> None:
@@ -370,7 +370,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
             costs.add(c, suite, doc)
     if progress:
         print(f"bench {suite.name}: {len(mine)} cells{' in this shard' if count > 1 else ''}, "
-              f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite)}", file=sys.stderr)
+              f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite, workers)}",
+              file=sys.stderr)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
                disable=not progress)
 
@@ -384,18 +385,21 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
             costs.add(cell, suite, doc)
         bar.update()
 
-    def status(i: int) -> None:  # what runs next (all that is left, on Ray) and the estimate of the rest
-        left = costs.estimate(todo[i:], suite)[0]
-        now = f"{len(todo) - i} cells queued or running" if ray or workers > 1 else todo[i].describe(suite)
+    remaining = list(todo)  # parallel runs finish cells out of order
+
+    def status() -> None:  # what runs next (all that is left, in parallel) and the estimate of the rest
+        left = costs.estimate(remaining, suite)[0] / workers
+        now = f"{len(remaining)} cells queued or running" if ray or workers > 1 else remaining[0].describe(suite)
         bar.set_postfix_str(now + (f"; about {duration(left)} left" if left else ""))
 
     run = run_on_ray(ray, cpus_per_cell) if ray else run_in_processes(workers) if workers > 1 else run_here
-    for i, (cell, records, seconds) in enumerate(run(suite, out, device, todo, distill_only)):
-        if i == 0:
-            status(0)
+    if remaining:
+        status()
+    for cell, records, seconds in run(suite, out, device, todo, distill_only):
+        remaining.remove(cell)
         finish(cell, records, seconds)
-        if i + 1 < len(todo):
-            status(i + 1)
+        if remaining:
+            status()
     bar.close()
     return collect(suite, out)
 
@@ -422,7 +426,8 @@ def run_in_processes(workers: int):
     """Cells in ``workers`` processes on this machine, handed out as processes free up, each holding torch to
     its share of the cores. Small models on small batches use 2 cores poorly: one 2-thread MiniLM run on MR at
     10 per class trained at 0.84 s a step, two 1-thread runs side by side at 1.01 and 1.09 s each (1.6 times
-    the work per second); on BBC's 50 articles of 128 tokens 4.7 s, and 7.8 and 8.2 s (1.2 times)."""
+    the work per second); on BBC's 50 articles of 128 tokens 4.7 s, and 7.8 and 8.2 s (1.2 times). A cell that
+    fails lets the running ones finish (they are kept) and the queued ones go, then its error is raised."""
     import multiprocessing
     import signal
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -430,29 +435,40 @@ def run_in_processes(workers: int):
     def in_processes(suite: Suite, out: Path, device: str, todo: list[Cell], distill_only: bool):
         if not todo:
             return
+        import threading
+
         import torch
 
         threads = max(1, torch.get_num_threads() // workers)
         # SIGTERM ends the driver through Python (not at once), so that leaving the pool stops the workers too
-        before = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-        # the workers' progress bars would interleave (the driver's counts cells); tqdm reads this when imported,
-        # so the workers start with it (they start on the first submissions)
-        quiet = os.environ.get("TQDM_DISABLE")
-        os.environ["TQDM_DISABLE"] = "1"
-        # a worker that dies (out of memory, say) breaks the pool with an error instead of a hang
-        pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker,
-                                   (suite, str(out), device, threads))
+        main = threading.current_thread() is threading.main_thread()  # only the main thread may set a handler
+        before = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)) if main else None
+        pool, failed = None, None
         try:
+            # a worker that dies (out of memory, say) breaks the pool with an error instead of a hang
+            pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker,
+                                       (suite, str(out), device, threads))
             futures = [pool.submit(_worker_cell, cell, distill_only) for cell in todo]
-            _restore("TQDM_DISABLE", quiet)
             for future in as_completed(futures):
-                yield future.result()
+                if future.cancelled():
+                    continue
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001  the other running cells finish and are kept, then it raises
+                    failed = failed or e
+                    for other in futures:
+                        other.cancel()  # the queued ones
+                    continue
+                yield result
+            if failed is not None:
+                raise failed
         finally:
-            signal.signal(signal.SIGTERM, before)
-            _restore("TQDM_DISABLE", quiet)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):  # running cells stop with us
-                process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            if pool is not None:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):  # running cells stop too
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+            if main:
+                signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
     return in_processes
 
@@ -460,19 +476,21 @@ def run_in_processes(workers: int):
 _worker: "Runner | None" = None  # a pool process's runner: tasks and learners loaded once for all its cells
 
 
-def _restore(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
 def _start_worker(suite: Suite, out: str, device: str, threads: int) -> None:
     global _worker
     import torch
+    import tqdm.std
 
     torch.set_num_threads(threads)
     _worker = Runner(suite, out, device)
+    # the workers' progress bars would interleave (the driver's bar counts cells): every bar of this process off,
+    # also those asked for explicitly
+    shown = tqdm.std.tqdm.__init__
+
+    def quiet(self, *args, **kwargs):
+        shown(self, *args, **{**kwargs, "disable": True})
+
+    tqdm.std.tqdm.__init__ = quiet
 
 
 def _worker_cell(cell: Cell, distill_only: bool) -> tuple[Cell, list[dict] | None, float]:
@@ -543,16 +561,17 @@ class CostModel:
     """Seconds a cell should take, from the suite's finished cells: its distillation plus its evaluation runs.
 
     Distillation: the mean of the same task, method and budget, else of the same task and method, else of the
-    same method (a method with none is guessed at the median distillation: "unmeasured"). Runs: as many as a
-    finished cell of the method had (else the suite's seeds per learner, twice with decoded text), each at the
-    mean seconds of a run at the same task and budget, else at the task's nearest budget scaled by the examples
-    a training step reads (a run costs about its batch: BBC at 10 per class is about 10 times 1 per class), else
-    at the median run. A full-data cell: the mean of the task's, else of any."""
+    same method (a method with none is guessed at the median distillation: "unmeasured"). Runs: as many of each
+    kind of set as a finished cell of the method had (else the suite's seeds per learner on text), each at the
+    mean seconds of a run of that kind at the same task and budget (text sets train the learner's recipe, bound
+    sets their own), else at the task's nearest budget scaled by the examples a training step reads (a run costs
+    about its batch: BBC at 10 per class is about 10 times 1 per class), else at the median run. A full-data
+    cell: the mean of the task's, else of any; before any set cell has finished, a set cell is guessed at that."""
 
     def __init__(self) -> None:
         self.distill: dict[tuple[str, str, int], list[float]] = {}  # (task, method label, dpc) -> seconds
-        self.runs: dict[tuple[str, int], list[float]] = {}  # (task, dpc) -> seconds of every run
-        self.count: dict[str, int] = {}  # method label -> runs in one of its cells
+        self.runs: dict[tuple[str, int, str], list[float]] = {}  # (task, dpc, kind of set) -> seconds of each run
+        self.count: dict[str, dict[str, int]] = {}  # method label -> runs of each kind of set in one of its cells
         self.full: dict[str, list[float]] = {}  # task -> seconds of its full-data cell
 
     def add(self, cell: "Cell", suite: Suite, doc: dict) -> None:
@@ -560,56 +579,64 @@ class CostModel:
         if cell.entry is None:
             self.full.setdefault(task, []).append(cell_seconds(doc))
             return
-        label = suite.methods[cell.entry].label
-        runs = [run.get("seconds", 0.0) for r in doc["records"] for run in r.get("runs", [])]
+        label, count = suite.methods[cell.entry].label, {}
         self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc))
-        self.runs.setdefault((task, cell.dpc), []).extend(runs)
-        self.count[label] = len(runs)
+        for r in doc["records"]:
+            kind = r.get("kind", "text")
+            runs = self.runs.setdefault((task, cell.dpc, kind), [])
+            runs += [run.get("seconds", 0.0) for run in r.get("runs", [])]
+            count[kind] = count.get(kind, 0) + len(r.get("runs", []))
+        self.count[label] = count
 
     def estimate(self, cells: list["Cell"], suite: Suite) -> tuple[float, int]:
         """(seconds for these cells, how many of them have no measured method to go by)."""
         if not (self.full or self.distill):
             return 0.0, len(cells)
+        every_full = [s for v in self.full.values() for s in v]
         total, unmeasured = 0.0, 0
         for cell in cells:
             task = suite.tasks[cell.task]["name"]
             if cell.entry is None:
-                total += statistics.fmean(self.full.get(task) or [s for v in self.full.values() for s in v] or [0.0])
+                total += statistics.fmean(self.full.get(task) or every_full)
                 continue
             entry = suite.methods[cell.entry]
+            if not self.distill:  # only full-data cells so far
+                total, unmeasured = total + statistics.median(every_full), unmeasured + 1
+                continue
             distill = (self.distill.get((task, entry.label, cell.dpc))
                        or [s for (t, m, _), v in self.distill.items() if (t, m) == (task, entry.label) for s in v]
                        or [s for (_, m, _), v in self.distill.items() if m == entry.label for s in v])
             unmeasured += not distill
-            default_runs = suite.seeds * len(suite.learners) * (2 if entry.decode else 1)
-            total += (statistics.fmean(distill) if distill else self._median_distill()) \
-                + self.count.get(entry.label, default_runs) * self._run_seconds(cell, suite)
+            guess = {"text": suite.seeds * len(suite.learners) * (2 if entry.decode else 1)}
+            total += statistics.fmean(distill) if distill else statistics.median(
+                [s for v in self.distill.values() for s in v])
+            runs = self.count.get(entry.label, guess)
+            total += sum(n * self._run_seconds(cell, kind, suite) for kind, n in runs.items())
         return total, unmeasured
 
-    def _median_distill(self) -> float:
-        return statistics.median([s for v in self.distill.values() for s in v] or [0.0])
-
-    def _run_seconds(self, cell: "Cell", suite: Suite) -> float:
+    def _run_seconds(self, cell: "Cell", kind: str, suite: Suite) -> float:
         task = suite.tasks[cell.task]["name"]
-        if self.runs.get((task, cell.dpc)):
-            return statistics.fmean(self.runs[(task, cell.dpc)])
-        budgets = [d for (t, d), v in self.runs.items() if t == task and v]
+        if self.runs.get((task, cell.dpc, kind)):
+            return statistics.fmean(self.runs[(task, cell.dpc, kind)])
+        budgets = [d for (t, d, k), v in self.runs.items() if (t, k) == (task, kind) and v]
         if budgets:
             near = min(budgets, key=lambda d: abs(d - cell.dpc))
-            classes = load_task(suite.tasks[cell.task]).num_classes
-            batch = lambda dpc: min(64, classes * dpc)  # noqa: E731  (the recipes' default batch, at most the set)
-            return statistics.fmean(self.runs[(task, near)]) * batch(cell.dpc) / batch(near)
+            classes, most = load_task(suite.tasks[cell.task]).num_classes, suite.recipe.get("batch_size") or 64
+            batch = min(most, classes * cell.dpc) / min(most, classes * near)  # a step's examples, here and there
+            return statistics.fmean(self.runs[(task, near, kind)]) * batch
         return statistics.median([s for v in self.runs.values() for s in v] or [0.0])
 
-    def describe(self, cells: list["Cell"], suite: Suite) -> str:
+    def describe(self, cells: list["Cell"], suite: Suite, workers: int = 1) -> str:
+        """The estimate in words; ``workers`` cells at a time (whose measured seconds were one worker's)."""
         seconds, unmeasured = self.estimate(cells, suite)
+        seconds /= workers
         if not cells:
             return "nothing to run"
         if not (self.full or self.distill):
             return "no cell finished yet: an estimate follows the first one"
         guess = (f" ({unmeasured} of them with a guessed distillation: their method has no finished cell yet)"
                  if unmeasured else "")
-        return f"about {duration(seconds)} to go{guess}"
+        return f"about {duration(seconds)} to go{f' with {workers} workers' if workers > 1 else ''}{guess}"
 
 
 def read_cell(path: Path, then: str) -> dict | None:
