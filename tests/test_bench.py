@@ -158,6 +158,9 @@ def test_the_plan_and_its_estimate_come_from_measured_cells(tmp_path, cache, cap
     costs.add(bptt1, suite, doc(50.0, ("token-embeddings", [1.0, 3.0]), ("text", [12.0, 18.0])))
     assert costs.estimate([bptt10], suite) == (50.0 + 2 * 2.0 * 10 + 2 * 110.0, 0)
     assert "with 2 workers" in costs.describe([bptt10], suite, workers=2)
+    out_of_order = CostModel()  # in parallel a set cell can finish before the full data: it stands in for it
+    out_of_order.add(random1, suite, doc(1.0, ("text", [10.0, 20.0])))
+    assert out_of_order.estimate([full], suite) == (31.0, 1)
 
 
 def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, capsys):

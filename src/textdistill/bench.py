@@ -566,13 +566,14 @@ class CostModel:
     mean seconds of a run of that kind at the same task and budget (text sets train the learner's recipe, bound
     sets their own), else at the task's nearest budget scaled by the examples a training step reads (a run costs
     about its batch: BBC at 10 per class is about 10 times 1 per class), else at the median run. A full-data
-    cell: the mean of the task's, else of any; before any set cell has finished, a set cell is guessed at that."""
+    cell: the mean of the task's, else of any; until one of each has finished, the other stands in (median)."""
 
     def __init__(self) -> None:
         self.distill: dict[tuple[str, str, int], list[float]] = {}  # (task, method label, dpc) -> seconds
         self.runs: dict[tuple[str, int, str], list[float]] = {}  # (task, dpc, kind of set) -> seconds of each run
         self.count: dict[str, dict[str, int]] = {}  # method label -> runs of each kind of set in one of its cells
         self.full: dict[str, list[float]] = {}  # task -> seconds of its full-data cell
+        self.sets: list[float] = []  # seconds of every finished set cell
 
     def add(self, cell: "Cell", suite: Suite, doc: dict) -> None:
         task = suite.tasks[cell.task]["name"]
@@ -580,6 +581,7 @@ class CostModel:
             self.full.setdefault(task, []).append(cell_seconds(doc))
             return
         label, count = suite.methods[cell.entry].label, {}
+        self.sets.append(cell_seconds(doc))
         self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc))
         for r in doc["records"]:
             kind = r.get("kind", "text")
@@ -596,8 +598,9 @@ class CostModel:
         total, unmeasured = 0.0, 0
         for cell in cells:
             task = suite.tasks[cell.task]["name"]
-            if cell.entry is None:
-                total += statistics.fmean(self.full.get(task) or every_full)
+            if cell.entry is None:  # before any full-data cell (cells finish out of order in parallel): a set cell's
+                unmeasured += not every_full
+                total += statistics.fmean(self.full.get(task) or every_full or [statistics.median(self.sets)])
                 continue
             entry = suite.methods[cell.entry]
             if not self.distill:  # only full-data cells so far
