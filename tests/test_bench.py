@@ -157,7 +157,9 @@ def test_the_plan_and_its_estimate_come_from_measured_cells(tmp_path, cache, cap
     # a bound set trains its own short recipe: its runs are costed by runs of their kind, its text by text runs
     costs.add(bptt1, suite, doc(50.0, ("token-embeddings", [1.0, 3.0]), ("text", [12.0, 18.0])))
     assert costs.estimate([bptt10], suite) == (50.0 + 2 * 2.0 * 10 + 2 * 110.0, 0)
-    assert "with 2 workers" in costs.describe([bptt10], suite, workers=2)
+    halves = CostModel()  # a cell run beside another (--workers 2) took a worker's seconds: half of the wall
+    halves.add(random1, suite, {**doc(1.0, ("text", [10.0, 20.0])), "workers": 2})
+    assert halves.estimate([random1], suite) == (0.5 + 2 * 7.5, 0)
     out_of_order = CostModel()  # in parallel a set cell can finish before the full data: it stands in for it
     out_of_order.add(random1, suite, doc(1.0, ("text", [10.0, 20.0])))
     assert out_of_order.estimate([full], suite) == (31.0, 1)

@@ -370,7 +370,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
             costs.add(c, suite, doc)
     if progress:
         print(f"bench {suite.name}: {len(mine)} cells{' in this shard' if count > 1 else ''}, "
-              f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite, workers)}",
+              f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite)}",
               file=sys.stderr)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
                disable=not progress)
@@ -388,7 +388,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     remaining = list(todo)  # parallel runs finish cells out of order
 
     def status() -> None:  # what runs next (all that is left, in parallel) and the estimate of the rest
-        left = costs.estimate(remaining, suite)[0] / workers
+        left = costs.estimate(remaining, suite)[0]
         now = f"{len(remaining)} cells queued or running" if ray or workers > 1 else remaining[0].describe(suite)
         bar.set_postfix_str(now + (f"; about {duration(left)} left" if left else ""))
 
@@ -566,7 +566,9 @@ class CostModel:
     mean seconds of a run of that kind at the same task and budget (text sets train the learner's recipe, bound
     sets their own), else at the task's nearest budget scaled by the examples a training step reads (a run costs
     about its batch: BBC at 10 per class is about 10 times 1 per class), else at the median run. A full-data
-    cell: the mean of the task's, else of any; until one of each has finished, the other stands in (median)."""
+    cell: the mean of the task's, else of any; until one of each has finished, the other stands in (median).
+    Seconds measured in a cell run beside others (``--workers``) count as their share of the wall time; from
+    cells run alone, the estimate for a parallel run is an upper bound."""
 
     def __init__(self) -> None:
         self.distill: dict[tuple[str, str, int], list[float]] = {}  # (task, method label, dpc) -> seconds
@@ -577,16 +579,17 @@ class CostModel:
 
     def add(self, cell: "Cell", suite: Suite, doc: dict) -> None:
         task = suite.tasks[cell.task]["name"]
+        share = 1 / doc.get("workers", 1)  # a cell run beside others took a worker's seconds, a share of the wall
         if cell.entry is None:
-            self.full.setdefault(task, []).append(cell_seconds(doc))
+            self.full.setdefault(task, []).append(cell_seconds(doc) * share)
             return
         label, count = suite.methods[cell.entry].label, {}
-        self.sets.append(cell_seconds(doc))
-        self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc))
+        self.sets.append(cell_seconds(doc) * share)
+        self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc) * share)
         for r in doc["records"]:
             kind = r.get("kind", "text")
             runs = self.runs.setdefault((task, cell.dpc, kind), [])
-            runs += [run.get("seconds", 0.0) for run in r.get("runs", [])]
+            runs += [run.get("seconds", 0.0) * share for run in r.get("runs", [])]
             count[kind] = count.get(kind, 0) + len(r.get("runs", []))
         self.count[label] = count
 
@@ -629,17 +632,15 @@ class CostModel:
             return statistics.fmean(self.runs[(task, near, kind)]) * batch
         return statistics.median([s for v in self.runs.values() for s in v] or [0.0])
 
-    def describe(self, cells: list["Cell"], suite: Suite, workers: int = 1) -> str:
-        """The estimate in words; ``workers`` cells at a time (whose measured seconds were one worker's)."""
+    def describe(self, cells: list["Cell"], suite: Suite) -> str:
         seconds, unmeasured = self.estimate(cells, suite)
-        seconds /= workers
         if not cells:
             return "nothing to run"
         if not (self.full or self.distill):
             return "no cell finished yet: an estimate follows the first one"
         guess = (f" ({unmeasured} of them with a guessed distillation: their method has no finished cell yet)"
                  if unmeasured else "")
-        return f"about {duration(seconds)} to go{f' with {workers} workers' if workers > 1 else ''}{guess}"
+        return f"about {duration(seconds)} to go{guess}"
 
 
 def read_cell(path: Path, then: str) -> dict | None:
