@@ -125,6 +125,34 @@ def test_teacher_labels_are_the_teachers_softmax_at_the_temperature(small):
         get_method("kmeans", soft_labels="maybe")
 
 
+def test_a_teacher_in_training_elsewhere_is_waited_for_and_loaded(small, tmp_path, monkeypatch):
+    """bench --workers: a second process asking for a teacher that the first is training waits for its lock,
+    then loads the cached one instead of training another."""
+    import threading
+
+    from filelock import FileLock
+
+    monkeypatch.setenv("TEXTDISTILL_CACHE", str(tmp_path))
+    texts = small.columns("train")[0][:3]
+    expected = teacher_logits(small, "minilm-frozen", texts, None)
+    (path,) = (tmp_path / "teachers").glob("*.safetensors")
+    away = path.rename(path.with_suffix(".away"))  # as if the other process had not written it yet
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a second teacher")
+
+    monkeypatch.setattr("textdistill.train.train", no_training)
+    got = {}
+    with FileLock(str(path) + ".lock"):  # the other process, still training
+        waiting = threading.Thread(target=lambda: got.update(logits=teacher_logits(small, "minilm-frozen", texts, None)))
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive() and not got
+        away.rename(path)
+    waiting.join(60)
+    assert torch.allclose(got["logits"], expected)
+
+
 def test_labels_learned_against_two_learners_at_once(small, monkeypatch):
     """also_learners: every outer step trains the probe beside TextCNN on the labels and sums their real
     losses, so the labels differ from those learned with TextCNN alone."""

@@ -10,10 +10,12 @@ resumes where it stopped) and cached by what fixes it: task content, encoder, LM
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from ..cache import atomic_write, key_of
@@ -101,14 +103,23 @@ class Inverter(torch.nn.Module):
 def train_inverter(vectors: np.ndarray, texts: list[str], settings: InverterSettings, key: str) -> Inverter:
     """The inverter for (``vectors``, ``texts``): loaded from the cache under ``key``, or trained (resuming from
     its last checkpoint) and cached. ``vectors`` are unit sentence vectors of ``texts``."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     inv = Inverter(vectors.shape[1], settings)
     folder = cache_dir() / "inverters"
-    done, partial = folder / f"{key}.safetensors", folder / f"{key}.partial.pt"
-    if done.exists():
-        inv.load_state_dict(load_file(str(done)), strict=False)
-        return inv.eval()
+    done = folder / f"{key}.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(done) + ".lock"):  # parallel runs (bench --workers) wait for one training, not two
+        if not done.exists():
+            _train(inv, vectors, texts, settings, done, folder / f"{key}.partial.pt")
+    inv.load_state_dict(load_file(str(done)), strict=False)
+    return inv.eval()
+
+
+def _train(inv: Inverter, vectors: np.ndarray, texts: list[str], settings: InverterSettings, done: Path,
+           partial: Path) -> None:
+    from safetensors.torch import save_file
+
     params = inv.trainable()
     opt = torch.optim.AdamW(params.values(), lr=settings.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.05 * settings.steps + 1)))
@@ -141,7 +152,6 @@ def train_inverter(vectors: np.ndarray, texts: list[str], settings: InverterSett
     weights = {k: p.detach().clone().contiguous() for k, p in params.items()}
     atomic_write(done, lambda p: save_file(weights, str(p)))
     partial.unlink(missing_ok=True)
-    return inv.eval()
 
 
 def inverter_key(task_fingerprint: str, encoder: dict, settings: InverterSettings) -> str:

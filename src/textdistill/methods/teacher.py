@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from filelock import FileLock
 
 from ..cache import key_of
 from ..data import Task
@@ -47,13 +48,15 @@ def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] 
     recipe = learner.full_data_recipe(len(train_labels))
     model = learner.build(task.num_classes, TEACHER_SEED)
     path = cache_dir() / "teachers" / f"{key_of(task.fingerprint, learner.describe(), recipe.to_dict(), TEACHER_SEED)}.safetensors"
-    if path.exists():
-        params = load_file(str(path))
-    else:
-        params = train(learner, model, learner.encode(train_texts, train_pairs), torch.tensor(train_labels), recipe,
-                       seed=TEACHER_SEED, progress=True)
-        params = {k: v.detach().clone().contiguous() for k, v in params.items()}  # clones: tied weights
-        atomic_write(path, lambda p: save_file(params, str(p)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # parallel runs (bench --workers) share one teacher, trained once
+        if path.exists():
+            params = load_file(str(path))
+        else:
+            params = train(learner, model, learner.encode(train_texts, train_pairs), torch.tensor(train_labels),
+                           recipe, seed=TEACHER_SEED, progress=True)
+            params = {k: v.detach().clone().contiguous() for k, v in params.items()}  # clones: tied weights
+            atomic_write(path, lambda p: save_file(params, str(p)))
     return predict_logits(learner, model, params, learner.encode(texts, pairs), precision=recipe.precision)
 
 
