@@ -182,6 +182,18 @@ def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, c
             run_suite(suite, out, **bad)
 
 
+def test_a_cell_failing_in_a_worker_keeps_the_others_and_names_its_error(tmp_path, cache):
+    """herding at 20 per class cannot pick from 12 training examples a class: that cell fails in its spawned
+    process; the cells that finished or were running are kept, and the error reaches the caller as it is."""
+    from textdistill.errors import DataError
+
+    suite, out = tiny_smoke(methods=["herding"], dpc=[2, 20]), tmp_path / "out"
+    with pytest.raises(DataError, match="fewer than the budget of 20"):
+        run_suite(suite, out, workers=2, progress=False)
+    finished = {p.stem for p in (out / "cells").glob("*.json")}
+    assert finished == {c.key(suite) for c in plan(suite) if c.dpc != 20}
+
+
 def test_shards_split_the_cells(tmp_path, cache):
     suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
     first = run_suite(suite, out, shard=(0, 2), progress=False)
