@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from textdistill.data import get_task
 from textdistill.learners import FeatureLearner, get_learner
 from textdistill.methods import get_method
-from textdistill.methods.learned_labels import label_meta_loss
+from textdistill.methods.learned_labels import label_meta_loss, weighted
 from textdistill.methods.teacher import teacher_logits
 from textdistill.distilled import DistilledDataset
 from textdistill.train import Recipe
@@ -46,14 +46,16 @@ def test_label_hypergradient_passes_gradcheck_through_unrolled_steps(schedule):
     real = {"features": torch.randn(12, 4, generator=gen, dtype=torch.float64)}
     real_y = torch.randint(0, 2, (12,), generator=gen)
     logits = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    log_weights = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
 
-    def loss(x):
-        return label_meta_loss(learner, learner.build(2, 0), inputs, x, schedule, real, real_y, seed=0)
+    def loss(x, w):  # learned labels, scaled by learned per-text weights
+        return label_meta_loss(learner, learner.build(2, 0), inputs, weighted(x.softmax(-1), w), schedule, real,
+                               real_y, seed=0)
 
-    assert torch.autograd.gradcheck(loss, (logits,), eps=1e-6, atol=1e-5)
-    # and the gradient is not trivially zero: labels change what the learner learns
-    (g,) = torch.autograd.grad(loss(logits), logits)
-    assert g.abs().max() > 1e-4
+    assert torch.autograd.gradcheck(loss, (logits, log_weights), eps=1e-6, atol=1e-5)
+    # and the gradients are not trivially zero: labels and weights change what the learner learns
+    for g in torch.autograd.grad(loss(logits, log_weights), (logits, log_weights)):
+        assert g.abs().max() > 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +63,17 @@ def small():
     return get_task("mr").subset(train_per_class=40, test_size=40, seed=0)
 
 
-# SGD steps; the probe's whole recipe; its recipe back-propagated through the last 100 of its 300 steps only
-@pytest.mark.parametrize("inner,truncate", [("sgd", 0), ("learner", 0), ("learner", 100)])
-def test_learned_labels_lower_the_real_loss(small, inner, truncate):
+# SGD steps; the probe's whole recipe; its recipe back-propagated through the last 100 of its 300 steps only;
+# per-text weights on the real labels instead of labels
+@pytest.mark.parametrize("inner,truncate,learn", [("sgd", 0, "labels"), ("learner", 0, "labels"),
+                                                  ("learner", 100, "labels"), ("learner", 0, "weights")])
+def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn):
     learner = get_learner("minilm-frozen")
-    options = {"outer_steps": 15 if inner == "sgd" else 4, "inner_steps": 5, "init_lr": 5.0, "real_batch": 80,
-               "outer_lr": 0.2, "inner_recipe": inner, "truncate": truncate}  # 4 outer steps of 300 steps suffice
+    # 4 outer steps of 300 steps suffice for labels; weights move the probe's 300 AdamW steps less (20 smaller)
+    weights = learn == "weights"
+    options = {"outer_steps": 15 if inner == "sgd" else 20 if weights else 4, "inner_steps": 5, "init_lr": 5.0,
+               "real_batch": 80, "outer_lr": 0.1 if weights else 0.2, "inner_recipe": inner, "truncate": truncate,
+               "learn": learn}
     ds = get_method("learned-labels", **options).distill(small, 2, learner, seed=0)
     start = get_method("kmeans").distill(small, 2, learner, seed=0)
     assert ds.texts == start.texts  # the texts are the coreset's, untouched
@@ -77,12 +84,17 @@ def test_learned_labels_lower_the_real_loss(small, inner, truncate):
     lrs = learner.default_recipe if inner == "learner" else torch.tensor(ds.log["step_sizes"])
     assert ("inner_recipes" in ds.log) == (inner == "learner")
 
-    def real_loss(label_logits):  # same fresh learner, same steps: only the labels differ
-        return label_meta_loss(learner, learner.build(2, 123), inputs, label_logits, lrs, real, real_y, 0).detach().item()
+    def real_loss(labels):  # same fresh learner, same steps: only the labels differ
+        return label_meta_loss(learner, learner.build(2, 123), inputs, labels, lrs, real, real_y, 0).detach().item()
 
-    before = real_loss(F.one_hot(start.hard_labels, 2).float() * 3.0)
-    after = real_loss(ds.labels.log())
+    hard = F.one_hot(start.hard_labels, 2).float()
+    before = real_loss(hard if weights else (hard * 3.0).softmax(-1))
+    after = real_loss(ds.labels)
     assert after < before - 1e-3, (before, after)
+    if weights:  # the real labels, each row scaled by its text's weight (positive, mean 1)
+        w = ds.labels.sum(-1)
+        assert torch.allclose(ds.labels, hard * w[:, None]) and torch.allclose(w.mean(), torch.tensor(1.0))
+        assert w.min() > 0 and w.std() > 1e-3 and ds.log["weights"] == pytest.approx(w.tolist(), abs=1e-4)
 
 
 def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path):
@@ -99,6 +111,8 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
         get_method("learned-labels", inner_steps=2, truncate=3)
     with pytest.raises(Exception, match="needs inner_recipe learner"):
         get_method("learned-labels", also_learners="minilm-frozen")
+    with pytest.raises(Exception, match="learn must be one of labels, weights, both"):
+        get_method("learned-labels", learn="texts")
     assert ds.kind == "text" and ds.labels.dtype == torch.float32 and ds.labels.shape == (4, 2)
     assert torch.allclose(ds.labels.sum(-1), torch.ones(4))
     ds.save(tmp_path / "set")

@@ -43,7 +43,7 @@ def _version() -> str:
 @dataclass
 class DistilledDataset:
     kind: str
-    labels: torch.Tensor  # long [n] (hard) or float [n, C] (soft)
+    labels: torch.Tensor  # long [n] (hard) or float [n, C] (soft; a row sums to its text's weight, 1 unless learned)
     label_names: list[str]
     texts: list[str] | None = None
     text_pairs: list[str] | None = None

@@ -27,6 +27,7 @@ from .learned_set import real_inputs
 
 INITS = ("kmeans", "herding", "random", "kcenter")
 INNER_RECIPES = ("sgd", "learner")
+LEARNED = ("labels", "weights", "both")
 
 
 @dataclass
@@ -35,6 +36,10 @@ class LearnedLabelsConfig(MethodConfig):
     init_learner: str = field(default="", metadata={
         "help": "the learner whose sentence space the coreset picks in (none: the one the labels are learned with); "
                 "e.g. minilm, so that labels learned with different learners share the texts"})
+    learn: str = field(default="labels", metadata={
+        "help": "what is learned: labels (a class distribution per text), weights (one per text, mean 1, on the "
+                "real hard labels) or both; a weight scales its text's label row, which every learner's soft "
+                "cross-entropy reads as that text's weight"})
     inner_recipe: str = field(default="sgd", metadata={
         "help": "what is unrolled: sgd (inner_steps SGD steps at learned step sizes, bptt's inner loop) or learner "
                 "(the learner's own evaluation recipe, whole: its optimizer, schedule and steps)"})
@@ -56,6 +61,8 @@ class LearnedLabelsConfig(MethodConfig):
         super().__post_init__()
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {', '.join(INITS)}, not {self.init!r}")
+        if self.learn not in LEARNED:
+            raise ConfigError(f"learn must be one of {', '.join(LEARNED)}, not {self.learn!r}")
         if self.inner_recipe not in INNER_RECIPES:
             raise ConfigError(f"inner_recipe must be one of {', '.join(INNER_RECIPES)}, not {self.inner_recipe!r}")
         for name in [self.init_learner, *self.also_learner_names()]:
@@ -70,13 +77,19 @@ class LearnedLabelsConfig(MethodConfig):
         return [n.strip() for n in self.also_learners.split(",") if n.strip()]
 
 
+def weighted(rows: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """Label rows scaled by per-text weights n * softmax(log_weights) (positive, mean 1). The soft cross-entropy
+    is linear in the target, so a row of mass w trains as its text counted w times, with any learner."""
+    return rows * (len(rows) * log_weights.softmax(0)).unsqueeze(-1)
+
+
 def label_meta_loss(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                    label_logits: torch.Tensor, schedule: torch.Tensor | Recipe, real: dict[str, torch.Tensor],
+                    labels: torch.Tensor, schedule: torch.Tensor | Recipe, real: dict[str, torch.Tensor],
                     real_y: torch.Tensor, seed: int, truncate: int = 0) -> torch.Tensor:
-    """The real-data loss of ``model`` after training on the texts with softmax(label_logits): the quantity
-    whose gradient in the label logits is the hypergradient (differentiable through the last ``truncate``
-    steps, all when 0). ``schedule``: SGD step sizes (one per unrolled step), or a recipe unrolled whole."""
-    labels = label_logits.softmax(-1)
+    """The real-data loss of ``model`` after training on the texts with ``labels`` (float [n, C]): the quantity
+    whose gradient in whatever the labels are made of is the hypergradient (differentiable through the last
+    ``truncate`` steps, all when 0). ``schedule``: SGD step sizes (one per unrolled step), or a recipe unrolled
+    whole."""
     if isinstance(schedule, Recipe):
         trained: Params = train(learner, model, inputs, labels, schedule, seed=seed, differentiable=True,
                                 truncate=truncate)
@@ -102,12 +115,20 @@ class LearnedLabels(Distiller):
         hard = picked.hard_labels
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        logits = (F.one_hot(hard, task.num_classes).float() * cfg.confidence).requires_grad_(True)
+        learn_labels, learn_weights = cfg.learn in ("labels", "both"), cfg.learn in ("weights", "both")
+        logits = (F.one_hot(hard, task.num_classes).float() * cfg.confidence).requires_grad_(learn_labels)
+        log_weights = torch.zeros(len(hard), requires_grad=learn_weights)
+
+        def labels_now() -> torch.Tensor:
+            rows = logits.softmax(-1) if learn_labels else F.one_hot(hard, task.num_classes).float()
+            return weighted(rows, log_weights) if learn_weights else rows
+
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), requires_grad=True)
         # "learner": what evaluation trains a text set with (its default recipe: the set carries none), so there
         # are no step sizes to learn
         by_recipe = cfg.inner_recipe == "learner"
-        opt = torch.optim.Adam([{"params": [logits], "lr": cfg.outer_lr},
+        learned = [t for t, on in ((logits, learn_labels), (log_weights, learn_weights)) if on]
+        opt = torch.optim.Adam([{"params": learned, "lr": cfg.outer_lr},
                                 {"params": [] if by_recipe else [raw_lrs], "lr": cfg.lr_lr}])
         real_y = torch.tensor(task.columns("train")[2])
         history = []
@@ -115,7 +136,8 @@ class LearnedLabels(Distiller):
         for step in bar:
             opt.zero_grad()
             idx = real_batch(rng, len(real_y), cfg.real_batch)
-            loss_t = sum(label_meta_loss(each, fresh_model(each, task, seed, step), inputs, logits,
+            labels = labels_now()
+            loss_t = sum(label_meta_loss(each, fresh_model(each, task, seed, step), inputs, labels,
                                          each.default_recipe if by_recipe else F.softplus(raw_lrs),
                                          batch_of(real, idx), real_y[idx], seed=step, truncate=cfg.truncate)
                          for each, inputs, real in views)
@@ -125,12 +147,15 @@ class LearnedLabels(Distiller):
             opt.step()
             history.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}")
-        labels = logits.detach().softmax(-1)
+        labels = labels_now().detach()
+        rows = labels / labels.sum(-1, keepdim=True)  # the class distributions, without the weights
         log = {"real_loss": thin(history), "learned_with": "+".join(each.name for each in learners),  # losses summed
                "init_set": picked.fingerprint(), "picked_with": picker.name,
                **({"inner_recipes": {each.name: each.default_recipe.to_dict() for each in learners}} if by_recipe
                   else {"step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())]}),
-               "agrees_with_labels": float((labels.argmax(-1) == hard).float().mean()),
-               "mean_top_probability": float(labels.max(-1).values.mean())}
+               "learned": cfg.learn,
+               **({"weights": [round(float(w), 4) for w in labels.sum(-1)]} if learn_weights else {}),
+               "agrees_with_labels": float((rows.argmax(-1) == hard).float().mean()),
+               "mean_top_probability": float(rows.max(-1).values.mean())}
         return self._artifact(task, seed, kind="text", texts=picked.texts, text_pairs=picked.text_pairs,
                               labels=labels, source_indices=picked.source_indices, log=log)
