@@ -66,6 +66,10 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
                  "--out", str(tmp_path / "y")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+    # a method option that begins like one of distill's own (--learn, --learner) is the method's, not ours
+    assert main(["distill", "--task", "mr", "--method", "learned-labels", "--learn", "texts", "--dpc", "1",
+                 "--out", str(tmp_path / "z")]) == 2
+    assert "learn must be one of labels, weights, both" in capsys.readouterr().err
 
 
 def test_demo_shows_a_coreset_and_a_learned_set_beside_random_and_full_data(tmp_path, capsys):

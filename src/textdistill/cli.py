@@ -133,7 +133,7 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
         options.update(loaded)
     if args.method not in METHODS:
         raise ConfigError(f"unknown method {args.method!r}; known: {', '.join(METHODS)}")
-    method_parser = argparse.ArgumentParser(prog=f"textdistill distill --method {args.method}")
+    method_parser = argparse.ArgumentParser(prog=f"textdistill distill --method {args.method}", allow_abbrev=False)
     for opt, typ, default, help_ in METHODS[args.method].Config.options():
         kind = str if typ is bool else typ  # the config reads true/false/yes/no/1/0 and refuses the rest
         method_parser.add_argument(f"--{opt.replace('_', '-')}", dest=opt, type=kind, default=None, help=help_)
@@ -470,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compare", help="compare two benchmark result directories cell by cell")
     s.add_argument("a", help="the first bench result directory")
     s.add_argument("b", help="the second one, compared with the first")
+    # No abbreviations: the method options of `distill` are parsed after these, and a prefix of one of ours
+    # (learned-labels' --learn of --learner) would be taken for ours.
+    for parser in (p, *sub.choices.values()):
+        parser.allow_abbrev = False
     return p
 
 
