@@ -67,7 +67,7 @@ def small():
 # per-text weights on the real labels instead of labels
 @pytest.mark.parametrize("inner,truncate,learn", [("sgd", 0, "labels"), ("learner", 0, "labels"),
                                                   ("learner", 100, "labels"), ("learner", 0, "weights")])
-def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn):
+def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn, tmp_path):
     learner = get_learner("minilm-frozen")
     # 4 outer steps of 300 steps suffice for labels; weights move the probe's 300 AdamW steps less (20 smaller)
     weights = learn == "weights"
@@ -95,6 +95,10 @@ def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn):
         w = ds.labels.sum(-1)
         assert torch.allclose(ds.labels, hard * w[:, None]) and torch.allclose(w.mean(), torch.tensor(1.0))
         assert w.min() > 0 and w.std() > 1e-3 and ds.log["weights"] == pytest.approx(w.tolist(), abs=1e-4)
+        from textdistill.page import write_set_page
+
+        write_set_page(ds, small, tmp_path / "page.html")  # a row shows its distribution and its weight
+        assert f"(1.00, 0.00), weight {float(w[start.hard_labels == 0][0]):.2f}" in (tmp_path / "page.html").read_text()
 
 
 def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path):

@@ -96,7 +96,7 @@ def set_page_blocks(ds: DistilledDataset, task: Task, root: Path) -> list[tuple]
     for c, name in enumerate(ds.label_names):
         rows = []
         for i in np.flatnonzero(ex_y == c):
-            label = name if not soft else f"{name} ({', '.join(f'{p:.2f}' for p in ds.labels[i].tolist())})"
+            label = name if not soft else _soft_label(name, ds.labels[i])
             near = ("", "", "")
             if ex is not None:
                 j = int(np.argmax(train @ ex[i]))
@@ -122,3 +122,10 @@ def write_set_page(ds: DistilledDataset, task: Task, page: str | Path) -> Path:
         text = to_html(set_page_blocks(ds, task, Path(tmp)), Path(tmp), title=f"{ds.method} set of {task.name}")
     atomic_write(page, lambda p: p.write_text(text))
     return page
+
+
+def _soft_label(name: str, row) -> str:
+    """A soft label as its class distribution, and its weight where it was learned (the row's mass, not 1)."""
+    mass = float(row.sum())
+    shown = f"{name} ({', '.join(f'{p:.2f}' for p in (row / mass).tolist())})"
+    return shown if abs(mass - 1) < 1e-3 else f"{shown}, weight {mass:.2f}"
