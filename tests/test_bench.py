@@ -184,7 +184,9 @@ def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, c
 
 def test_a_cell_failing_in_a_worker_keeps_the_others_and_names_its_error(tmp_path, cache):
     """herding at 20 per class cannot pick from 12 training examples a class: that cell fails in its spawned
-    process; the cells that finished or were running are kept, and the error reaches the caller as it is."""
+    process; the cells that finished or were running are kept, and the error reaches the caller as it is. (With
+    3 cells on 2 workers none is still queued when it fails: the pool hands out one cell more than it has
+    processes, so every other cell runs.)"""
     from textdistill.errors import DataError
 
     suite, out = tiny_smoke(methods=["herding"], dpc=[2, 20]), tmp_path / "out"

@@ -9,8 +9,8 @@ from textdistill.distilled import DistilledDataset
 
 
 def text_set(**kw):
-    return DistilledDataset(kind="text", texts=["good", "bad"], labels=torch.tensor([1, 0]),
-                            label_names=["negative", "positive"], method="test", **kw)
+    return DistilledDataset(**{"kind": "text", "texts": ["good", "bad"], "labels": torch.tensor([1, 0]),
+                               "label_names": ["negative", "positive"], "method": "test", **kw})
 
 
 def embedding_set():
@@ -29,6 +29,14 @@ def test_text_round_trip_and_dataset(tmp_path):
     hf = back.to_dataset()
     assert hf.features["label"].names == ["negative", "positive"] and hf["text"] == ["good", "bad"]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["data.jsonl", "manifest.json", "tensors.safetensors"]
+
+
+def test_label_weights_come_only_from_scaled_distributions():
+    assert text_set().label_weights is None and embedding_set().label_weights is None  # hard; distributions
+    weighted = text_set(labels=torch.tensor([[0.0, 1.5], [0.5, 0.0]]))
+    assert torch.equal(weighted.label_weights, torch.tensor([1.5, 0.5]))
+    assert weighted.to_dataset()["weight"] == [1.5, 0.5]
+    assert text_set(labels=torch.tensor([[2.0, -1.5], [0.5, 0.0]])).label_weights is None  # unrestricted, not weights
 
 
 def test_embedding_round_trip_and_binding(tmp_path):

@@ -92,13 +92,18 @@ def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn, tmp_p
     after = real_loss(ds.labels)
     assert after < before - 1e-3, (before, after)
     if weights:  # the real labels, each row scaled by its text's weight (positive, mean 1)
-        w = ds.labels.sum(-1)
+        w = ds.label_weights
         assert torch.allclose(ds.labels, hard * w[:, None]) and torch.allclose(w.mean(), torch.tensor(1.0))
         assert w.min() > 0 and w.std() > 1e-3 and ds.log["weights"] == pytest.approx(w.tolist(), abs=1e-4)
         from textdistill.page import write_set_page
 
         write_set_page(ds, small, tmp_path / "page.html")  # a row shows its distribution and its weight
-        assert f"(1.00, 0.00), weight {float(w[start.hard_labels == 0][0]):.2f}" in (tmp_path / "page.html").read_text()
+        i = int((w - 1).abs().argmax())
+        shown = "(1.00, 0.00)" if start.hard_labels[i] == 0 else "(0.00, 1.00)"
+        assert f"{shown}, weight {float(w[i]):.2f}" in (tmp_path / "page.html").read_text()
+        exported = ds.to_dataset()  # a distribution and a weight per row, for frameworks that read them
+        assert torch.allclose(torch.tensor(exported["soft_label"]), hard)
+        assert exported["weight"] == pytest.approx(w.tolist())
 
 
 def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path):
@@ -123,6 +128,12 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
     back = DistilledDataset.load(tmp_path / "set")
     assert back.fingerprint() == ds.fingerprint() and torch.equal(back.labels, ds.labels)
     assert "input_ids" in back.inputs_for(get_learner("minilm"))  # text: another learner trains on it
+    assert ds.label_weights is None and "weight" not in ds.to_dataset().column_names
+    both = get_method("learned-labels", outer_steps=2, inner_steps=2, real_batch=16, learn="both",
+                      init_learner="minilm-frozen").distill(small, 2, get_learner("textcnn-glove"), seed=0)
+    rows = both.labels / both.label_weights[:, None]  # soft distributions, each scaled by its text's weight
+    assert torch.allclose(both.label_weights.mean(), torch.tensor(1.0)) and (rows.max(-1).values < 1 - 1e-3).all()
+    assert both.log["learned"] == "both" and len(both.log["weights"]) == 4
 
 
 def test_teacher_labels_are_the_teachers_softmax_at_the_temperature(small):
@@ -160,15 +171,25 @@ def test_a_teacher_in_training_elsewhere_is_waited_for_and_loaded(small, tmp_pat
         raise AssertionError("trained a second teacher")
 
     monkeypatch.setattr("textdistill.train.train", no_training)
+    asking = threading.Event()
+
+    class Watched(FileLock):  # tells when the waiting side has reached the lock
+        def acquire(self, *args, **kwargs):
+            asking.set()
+            return super().acquire(*args, **kwargs)
+
+    monkeypatch.setattr("textdistill.cache.FileLock", Watched)
     got = {}
     with FileLock(str(path) + ".lock"):  # the other process, still training
-        waiting = threading.Thread(target=lambda: got.update(logits=teacher_logits(small, "minilm-frozen", texts, None)))
+        waiting = threading.Thread(target=lambda: got.update(logits=teacher_logits(small, "minilm-frozen", texts, None)),
+                                   daemon=True)
         waiting.start()
-        waiting.join(1.0)
-        assert waiting.is_alive() and not got
+        assert asking.wait(60)
+        waiting.join(0.5)
+        assert waiting.is_alive() and not got  # blocked on the lock
         away.rename(path)
     waiting.join(60)
-    assert torch.allclose(got["logits"], expected)
+    assert not waiting.is_alive() and torch.allclose(got["logits"], expected)
 
 
 def test_labels_learned_against_two_learners_at_once(small, monkeypatch):

@@ -428,7 +428,8 @@ def run_in_processes(workers: int):
     10 per class trained at 0.84 s a step, two 1-thread runs side by side at 1.01 and 1.09 s each (1.6 times
     the work per second); on BBC's 50 articles of 128 tokens 4.7 s, and 7.8 and 8.2 s (1.2 times; timed with
     benchmarks/threads.py, docs/results.md). A cell that
-    fails lets the running ones finish (they are kept) and the queued ones go, then its error is raised."""
+    fails lets the running ones finish (they are kept) and drops those not yet handed out (the pool hands out
+    one more than it has processes: that one runs too), then its error is raised."""
     import multiprocessing
     import signal
     from concurrent.futures import ProcessPoolExecutor, as_completed

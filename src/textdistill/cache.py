@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from filelock import FileLock
 
 from .version import __version__
 from .resources import cache_dir
@@ -78,6 +79,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
+def build_lock(path: Path) -> FileLock:
+    """The lock under which one process builds the cache entry ``path`` while the others wait for it (bench
+    --workers, Ray, torchrun): whether the entry exists is asked inside it, not before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
 def cached_array(kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
     path = cache_dir() / kind / f"{key}.npy"
     if path.exists():
@@ -114,7 +122,8 @@ def cache_info() -> list[tuple[str, int, int]]:
         folder = root / kind
         if folder.is_dir():
             files = [p for p in folder.rglob("*") if p.is_file()]
-            out.append((kind, len(list(folder.iterdir())), sum(p.stat().st_size for p in files)))
+            entries = [p for p in folder.iterdir() if p.suffix != ".lock"]  # a build's lock is not an entry
+            out.append((kind, len(entries), sum(p.stat().st_size for p in files)))
     return out
 
 

@@ -43,7 +43,7 @@ def _version() -> str:
 @dataclass
 class DistilledDataset:
     kind: str
-    labels: torch.Tensor  # long [n] (hard) or float [n, C] (soft; a row sums to its text's weight, 1 unless learned)
+    labels: torch.Tensor  # long [n] (hard) or float [n, C] (soft: see label_weights)
     label_names: list[str]
     texts: list[str] | None = None
     text_pairs: list[str] | None = None
@@ -98,6 +98,17 @@ class DistilledDataset:
                                 "decode it to text first, or evaluate it with its own learner")
         return dict(self.tensors)
 
+    @property
+    def label_weights(self) -> torch.Tensor | None:
+        """The example weights that soft labels carry: non-negative rows whose masses are not all 1 (learned-labels
+        --learn weights|both writes each text's weight as its row's mass, which the soft cross-entropy reads
+        as that weight) give their masses; hard labels, class distributions and rows with negative entries
+        (bptt's unrestricted labels, which are not distributions) give None."""
+        if self.labels.dim() != 2 or bool((self.labels < 0).any()):
+            return None
+        mass = self.labels.sum(-1)
+        return None if torch.allclose(mass, torch.ones_like(mass), atol=1e-3) else mass
+
     def to_dataset(self) -> "Dataset":
         """A text set as a ``datasets.Dataset`` with a ClassLabel."""
         from datasets import ClassLabel, Dataset, Features, Sequence, Value
@@ -108,8 +119,12 @@ class DistilledDataset:
         feats = {"text": Value("string"), "label": ClassLabel(names=self.label_names)}
         if self.text_pairs is not None:
             cols["text_pair"], feats["text_pair"] = self.text_pairs, Value("string")
-        if self.labels.dim() == 2:  # teacher or learned labels: the distribution beside its argmax
-            cols["soft_label"], feats["soft_label"] = self.labels.tolist(), Sequence(Value("float32"))
+        if self.labels.dim() == 2:  # teacher or learned labels: the distribution beside its argmax, and its weight
+            weights = self.label_weights
+            rows = self.labels if weights is None else self.labels / weights.unsqueeze(-1)
+            cols["soft_label"], feats["soft_label"] = rows.tolist(), Sequence(Value("float32"))
+            if weights is not None:
+                cols["weight"], feats["weight"] = weights.tolist(), Value("float32")
         return Dataset.from_dict(cols, features=Features(feats))
 
     def push_to_hub(self, repo_id: str, **kwargs) -> Any:

@@ -87,7 +87,7 @@ def set_page_blocks(ds: DistilledDataset, task: Task, root: Path) -> list[tuple]
     ex = _vectors(ds, space, words)
     ex = None if ex is None else unit(ex)
     ex_y = ds.hard_labels.numpy()
-    soft = ds.labels.dim() == 2
+    soft, weights = ds.labels.dim() == 2, ds.label_weights
     blocks: list[tuple] = [
         ("h1", f"{ds.method} set of {task.name}: {len(ds)} examples"),
         ("p", f"kind {ds.kind} ({what}); seed {ds.seed}; {'soft' if soft else 'hard'} labels; "
@@ -96,7 +96,7 @@ def set_page_blocks(ds: DistilledDataset, task: Task, root: Path) -> list[tuple]
     for c, name in enumerate(ds.label_names):
         rows = []
         for i in np.flatnonzero(ex_y == c):
-            label = name if not soft else _soft_label(name, ds.labels[i])
+            label = name if not soft else _soft_label(name, ds.labels[i], None if weights is None else weights[i])
             near = ("", "", "")
             if ex is not None:
                 j = int(np.argmax(train @ ex[i]))
@@ -124,8 +124,8 @@ def write_set_page(ds: DistilledDataset, task: Task, page: str | Path) -> Path:
     return page
 
 
-def _soft_label(name: str, row) -> str:
-    """A soft label as its class distribution, and its weight where it was learned (the row's mass, not 1)."""
-    mass = float(row.sum())
-    shown = f"{name} ({', '.join(f'{p:.2f}' for p in (row / mass).tolist())})"
-    return shown if abs(mass - 1) < 1e-3 else f"{shown}, weight {mass:.2f}"
+def _soft_label(name: str, row, weight) -> str:
+    """A soft label: its values (a class distribution, or unrestricted labels as they are), and its weight
+    where the row carries one (DistilledDataset.label_weights)."""
+    shown = f"{name} ({', '.join(f'{p:.2f}' for p in (row if weight is None else row / weight).tolist())})"
+    return shown if weight is None else f"{shown}, weight {float(weight):.2f}"

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from tqdm.auto import tqdm
 
-from ..cache import atomic_write, key_of
+from ..cache import atomic_write, build_lock, key_of
 from ..resources import cache_dir, check_model, model_revision, resolve_model
 
 
@@ -108,8 +107,7 @@ def train_inverter(vectors: np.ndarray, texts: list[str], settings: InverterSett
     inv = Inverter(vectors.shape[1], settings)
     folder = cache_dir() / "inverters"
     done = folder / f"{key}.safetensors"
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(done) + ".lock"):  # parallel runs (bench --workers) wait for one training, not two
+    with build_lock(done):  # parallel runs wait for one training, not two
         if not done.exists():
             _train(inv, vectors, texts, settings, done, folder / f"{key}.partial.pt")
     inv.load_state_dict(load_file(str(done)), strict=False)

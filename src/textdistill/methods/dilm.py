@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from tqdm.auto import tqdm
 
-from ..cache import key_of
+from ..cache import build_lock, key_of
 from ..data import Task
 from ..distributed import agree, barrier, is_main, sum_across, world
 from ..errors import DataError
@@ -143,7 +142,7 @@ class DiLM(Distiller):
             return Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device), {"lm_loss": []}
         folder = cache_dir() / "generators" / self.stage1_key(task)
         # Under torchrun every rank trains (together) or none does, as rank 0 finds the cache; rank 0 writes it.
-        with FileLock(str(folder) + ".lock") if is_main() else nullcontext():
+        with build_lock(folder) if is_main() else nullcontext():
             if not agree((folder / META).exists()):
                 gen = Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device)
                 history = lm_fine_tune(gen, task, c.lm_steps, c.lm_batch, c.lm_lr)
@@ -213,7 +212,7 @@ class DiLM(Distiller):
         stage2 = {k: v for k, v in c.to_dict().items()
                   if k not in ("pool_factor", "guidance", "filter_labels", "save_generator")}
         folder = cache_dir() / "dilm" / key_of(self.stage1_key(task), stage2, learner.name, seed)
-        with FileLock(str(folder) + ".lock") if is_main() else nullcontext():  # ranks read it together
+        with build_lock(folder) if is_main() else nullcontext():  # ranks read it together
             return self._gradient_matching(gen, task, learner, seed, folder)
 
     def _gradient_matching(self, gen: Generator, task: Task, learner: Learner, seed: int, folder: Path) -> list[float]:

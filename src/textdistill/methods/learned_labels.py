@@ -2,8 +2,9 @@
 
 Sucholutsky & Schonlau 2019 (learnable soft labels), Bohdal et al. 2020 ("Flexible Dataset Distillation:
 Learn Labels Instead of Images"). The inputs stay real sentences, so the set is text that any learner can
-train on; only the labels are learned, by unrolling a learner's training on the fixed texts (bptt's
-machinery) and lowering the trained learner's loss on real batches.
+train on; only the labels (and, with ``learn: weights|both``, a weight per text, as in Ren et al. 2018's
+example reweighting) are learned, by unrolling a learner's training on the fixed texts (bptt's machinery) and
+lowering the trained learner's loss on real batches.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class LearnedLabelsConfig(MethodConfig):
         "help": "more learners (comma-separated) trained on the labels beside the main one, their real losses "
                 "summed: labels learned against several architectures at once (needs inner_recipe learner)"})
     outer_steps: int = field(default=100, metadata={"ge": 1, "help": "outer steps (one fresh learner each)"})
-    outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the label logits"})
+    outer_lr: float = field(default=0.05, metadata={"gt": 0, "help": "Adam learning rate of the label logits "
+                                                                      "and log-weights"})
     init_lr: float = field(default=0.1, metadata={"gt": 0, "help": "initial inner SGD step size (learned)"})
     lr_lr: float = field(default=0.01, metadata={"gt": 0, "help": "Adam learning rate of the (softplus) step sizes"})
     confidence: float = field(default=3.0, metadata={"ge": 0, "help": "initial logit of each text's real class"})

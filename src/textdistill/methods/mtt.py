@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..cache import atomic_write, key_of
+from ..cache import atomic_write, build_lock, key_of
 from ..data import Task
 from ..distributed import barrier, world
 from ..errors import ConfigError
@@ -75,8 +74,7 @@ def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True, 
     for i, path in enumerate(tqdm(paths, desc="mtt experts", leave=False, disable=not progress)):
         if i % ranks != rank:
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):  # parallel runs share experts instead of training them twice
+        with build_lock(path):  # parallel runs share experts instead of training them twice
             if not path.exists():
                 train_expert(task, learner, real, real_y, recipe, cfg, i, path, progress, device)
     barrier()

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from filelock import FileLock
 
-from ..cache import key_of
+from ..cache import build_lock, key_of
 from ..data import Task
 from ..errors import ConfigError
 from .base import MethodConfig
@@ -48,8 +47,7 @@ def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] 
     recipe = learner.full_data_recipe(len(train_labels))
     model = learner.build(task.num_classes, TEACHER_SEED)
     path = cache_dir() / "teachers" / f"{key_of(task.fingerprint, learner.describe(), recipe.to_dict(), TEACHER_SEED)}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # parallel runs (bench --workers) share one teacher, trained once
+    with build_lock(path):  # parallel runs share one teacher, trained once
         if path.exists():
             params = load_file(str(path))
         else:
