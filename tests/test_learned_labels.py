@@ -106,7 +106,7 @@ def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn, tmp_p
         assert exported["weight"] == pytest.approx(w.tolist())
 
 
-def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path):
+def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path, capsys):
     ds = get_method("learned-labels", outer_steps=2, inner_steps=2, real_batch=16, init_learner="minilm-frozen").distill(
         small, 2, get_learner("textcnn-glove"), seed=0)
     # learned with TextCNN on the texts k-means picks in MiniLM's space: labels of other learners share them
@@ -134,6 +134,12 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
     rows = both.labels / both.label_weights[:, None]  # soft distributions, each scaled by its text's weight
     assert torch.allclose(both.label_weights.mean(), torch.tensor(1.0)) and (rows.max(-1).values < 1 - 1e-3).all()
     assert both.log["learned"] == "both" and len(both.log["weights"]) == 4
+    from textdistill.cli import main
+
+    both.save(tmp_path / "both")
+    assert main(["show", str(tmp_path / "both")]) == 0  # the weights are shown beside the labels
+    out = capsys.readouterr().out
+    assert "example weights from" in out and f" x{float(both.label_weights[0]):.2f}] " in out
 
 
 def test_teacher_labels_are_the_teachers_softmax_at_the_temperature(small):

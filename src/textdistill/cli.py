@@ -216,8 +216,12 @@ def cmd_show(args: argparse.Namespace) -> None:
     from .distilled import DistilledDataset
 
     ds = DistilledDataset.load(args.dir)
+    weights = ds.label_weights
+    soft = ", soft labels" if ds.labels.dtype.is_floating_point else ""
+    if weights is not None:
+        soft += f" with example weights from {float(weights.min()):.2f} to {float(weights.max()):.2f} (shown as xW)"
     print(f"{args.dir}: {ds.kind} set, {len(ds)} examples, method {ds.method}, task {ds.task.get('name')}, "
-          f"seed {ds.seed}{', soft labels' if ds.labels.dtype.is_floating_point else ''}")
+          f"seed {ds.seed}{soft}")
     if "dp" in ds.log:
         dp = ds.log["dp"]
         print(f"differentially private: ({dp['epsilon']:.2f}, {dp['delta']:g})-DP over {dp['steps']} releases "
@@ -230,10 +234,11 @@ def cmd_show(args: argparse.Namespace) -> None:
     from .page import set_examples, write_set_page
 
     words, _ = set_examples(ds)
-    for y, text in list(zip(ds.hard_labels.tolist(), words))[: args.limit]:
+    for i, (y, text) in enumerate(list(zip(ds.hard_labels.tolist(), words))[: args.limit]):
         if args.width and text and len(text) > args.width:  # a news article would fill the screen
             text = text[: args.width - 1].rstrip() + "…"
-        print(f"[{ds.label_names[y]}] {text or f'<{ds.kind} vector>'}")
+        weight = "" if weights is None else f" x{float(weights[i]):.2f}"
+        print(f"[{ds.label_names[y]}{weight}] {text or f'<{ds.kind} vector>'}")
     if args.html:
         print(f"page: {write_set_page(ds, _load_artifact_task(ds, args), args.html)}")
 
