@@ -160,6 +160,19 @@ def test_teacher_labels_are_the_teachers_softmax_at_the_temperature(small):
         get_method("kmeans", soft_labels="maybe")
 
 
+def test_an_ensemble_teacher_averages_its_members_distributions(small):
+    learner = get_learner("minilm-frozen")
+    soft = get_method("kmeans", soft_labels="teacher", teacher="minilm-frozen, textcnn-glove", temperature=2.0).distill(
+        small, 2, learner, seed=0)
+    members = [(teacher_logits(small, name, soft.texts, None) / 2.0).softmax(-1)
+               for name in ("minilm-frozen", "textcnn-glove")]
+    assert not torch.allclose(members[0], members[1], atol=0.02)  # two views, so the mean is not either one
+    assert torch.allclose(soft.labels, (members[0] + members[1]) / 2, atol=1e-6)
+    assert set(soft.log["teacher"]["members_agree_with_labels"]) == {"minilm-frozen", "textcnn-glove"}
+    with pytest.raises(Exception, match="empty learner name"):
+        get_method("kmeans", soft_labels="teacher", teacher="minilm-frozen,")
+
+
 def test_a_teacher_in_training_elsewhere_is_waited_for_and_loaded(small, tmp_path, monkeypatch):
     """bench --workers: a second process asking for a teacher that the first is training waits for its lock,
     then loads the cached one instead of training another."""

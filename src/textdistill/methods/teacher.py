@@ -23,13 +23,21 @@ class TeacherLabelsConfig(MethodConfig):
     """The label options of a method that writes text."""
 
     soft_labels: str = field(default="none", metadata={"help": "none (the real labels) or teacher (its distributions)"})
-    teacher: str = field(default="minilm-frozen", metadata={"help": "the teacher learner, trained on the full split"})
+    teacher: str = field(default="minilm-frozen", metadata={
+        "help": "the teacher learner, trained on the full split; several, comma-separated (an ensemble), average "
+                "their distributions"})
     temperature: float = field(default=1.0, metadata={"gt": 0, "help": "softmax temperature of the teacher labels"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.soft_labels not in ("none", "teacher"):
             raise ConfigError(f"soft_labels must be none or teacher, not {self.soft_labels!r}")
+        if not all(self.teachers):
+            raise ConfigError(f"teacher: an empty learner name in {self.teacher!r} (a comma too many?)")
+
+    @property
+    def teachers(self) -> list[str]:
+        return [name.strip() for name in self.teacher.split(",")]
 
 
 def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] | None) -> torch.Tensor:
@@ -63,7 +71,14 @@ def relabel(config: TeacherLabelsConfig, task: Task, texts: list[str], pairs: li
     """The labels a text set keeps (its real ones, or the teacher's distributions) and what to log about them."""
     if config.soft_labels == "none":
         return labels, {}
-    probs = (teacher_logits(task, config.teacher, texts, pairs) / config.temperature).softmax(-1)
-    agree = float((probs.argmax(-1) == labels).float().mean()) if labels.dim() == 1 else None
-    return probs, {"teacher": {"learner": config.teacher, "temperature": config.temperature,
-                               "agrees_with_labels": agree, "mean_top_probability": float(probs.max(-1).values.mean())}}
+    each = [(teacher_logits(task, name, texts, pairs) / config.temperature).softmax(-1) for name in config.teachers]
+    probs = torch.stack(each).mean(0)  # an ensemble averages probabilities (a mixture), not logits
+
+    def agree(p: torch.Tensor) -> float | None:
+        return float((p.argmax(-1) == labels).float().mean()) if labels.dim() == 1 else None
+
+    log = {"learner": config.teacher, "temperature": config.temperature, "agrees_with_labels": agree(probs),
+           "mean_top_probability": float(probs.max(-1).values.mean())}
+    if len(each) > 1:
+        log["members_agree_with_labels"] = {name: agree(p) for name, p in zip(config.teachers, each)}
+    return probs, {"teacher": log}
