@@ -174,7 +174,15 @@ def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, c
     def accuracies(results):
         return sorted((r["method"], str(r["dpc"]), [run["accuracy"] for run in r["runs"]]) for r in results["records"])
 
-    assert accuracies(collect(suite, out)) == accuracies(serial)
+    parallel = collect(suite, out)
+    assert accuracies(parallel) == accuracies(serial)
+    # the whole run's cost: each cell's computing, and the wall time it took as a share of 2 workers
+    cost, alone = parallel["cost"], serial["cost"]
+    assert cost["cells"] == alone["cells"] == len(plan(suite)) and (cost["workers"], alone["workers"]) == (2, 1)
+    assert cost["wall_seconds"] == pytest.approx(cost["compute_seconds"] / 2, abs=0.1)
+    assert alone["wall_seconds"] == alone["compute_seconds"] and cost["peak_rss_mib"] > 100
+    write_report(out)
+    assert "up to 2 cells at once" in (out / "report.md").read_text()
     run_suite(suite, out)
     assert f"{len(plan(suite))} finished, 0 to run" in capsys.readouterr().err  # under the serial run's keys
     for bad in ({"workers": 0}, {"workers": 2, "ray": "local"}):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .cache import atomic_write, key_of
 from .config import check_device
 from .errors import ArtifactError, ConfigError
-from .report import FULL_SET_RECIPE
+from .report import FULL_SET_RECIPE, duration
 
 
 @dataclass
@@ -554,11 +554,6 @@ def cell_seconds(doc: dict) -> float:
     return max(work, float(doc.get("seconds", 0.0)))
 
 
-def duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{seconds:.0f} s" if seconds < 60 else f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
 class CostModel:
     """Seconds a cell should take, from the suite's finished cells: its distillation plus its evaluation runs.
 
@@ -663,15 +658,23 @@ def read_cell(path: Path, then: str) -> dict | None:
 def collect(suite: Suite, out: str | Path) -> dict:
     """``results.json``: the suite, the environment, and every finished cell's records in plan order."""
     out = Path(out)
-    records, missing, envs = [], [], []
+    records, missing, envs, docs = [], [], [], []
     for cell in plan(suite):
         doc = read_cell(out / "cells" / f"{cell.key(suite)}.json", "it counts as missing")
         if doc is None:
             missing.append(cell.describe(suite))
             continue
+        docs.append(doc)
         records += [{**r, "device": doc.get("device", "cpu")} for r in doc["records"]]
         if doc["environment"] not in envs:
             envs.append(doc["environment"])
-    results = {"suite": suite.to_dict(), "environments": envs, "records": records, "missing": missing}
+    peaks = [step["peak_rss_mib"] for doc in docs for r in doc["records"] for step in (r.get("steps") or {}).values()
+             if isinstance(step, dict) and "peak_rss_mib" in step]
+    cost = {"cells": len(docs), "compute_seconds": round(sum(cell_seconds(doc) for doc in docs), 1),
+            # cells run beside others (--workers) took a share of the wall time, as the estimate counts them
+            "wall_seconds": round(sum(cell_seconds(doc) / doc.get("workers", 1) for doc in docs), 1),
+            "workers": max((doc.get("workers", 1) for doc in docs), default=1),
+            "peak_rss_mib": max(peaks, default=None)}
+    results = {"suite": suite.to_dict(), "environments": envs, "records": records, "missing": missing, "cost": cost}
     atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(results, indent=1)))
     return results

@@ -16,6 +16,11 @@ FULL_SET_RECIPE = "full, set recipe"  # the method of full-data runs trained wit
 # ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", relative path, caption), ("links", [(text, href)]).
 
 
+def duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{seconds:.0f} s" if seconds < 60 else f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def load_results(path: str | Path) -> dict:
     path = Path(path)
     path = path / "results.json" if path.is_dir() else path
@@ -134,6 +139,8 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
         blocks.append(("p", f"Produced by `{command}`."))
     for env in results.get("environments", []):
         blocks.append(("p", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())))
+    if results.get("cost", {}).get("cells"):
+        blocks.append(("p", _cost_line(results["cost"])))
     if results.get("missing"):
         blocks.append(("p", f"**Incomplete**: {len(results['missing'])} cell(s) not run yet: "
                             + "; ".join(results["missing"][:10])))
@@ -186,6 +193,17 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
         blocks += _privacy(results["records"], task)
     blocks += _published(results, agg)
     return blocks
+
+
+def _cost_line(cost: dict) -> str:
+    workers = cost["workers"]
+    wall = (f", about {duration(cost['wall_seconds'])} of wall time with up to {workers} cells at once (`--workers "
+            f"{workers}`; a cell run beside others counts at its share)") if workers > 1 else ""
+    peak = cost["peak_rss_mib"]
+    memory = "" if peak is None else (f"; the largest peak memory of one step {peak:.0f} MiB (one process"
+                                      + (f": {workers} ran at once" if workers > 1 else "") + ")")
+    return (f"Cost of the {cost['cells']} finished cells: {duration(cost['compute_seconds'])} of computing (each "
+            f"cell's distillation and evaluation runs, as measured when they ran){wall}{memory}.")
 
 
 def _cross_architecture(agg: dict, task: str, learners: list[str], out: Path) -> list[tuple]:
