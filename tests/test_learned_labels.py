@@ -10,6 +10,7 @@ from textdistill.methods import get_method
 from textdistill.methods.learned_labels import label_meta_loss, weighted
 from textdistill.methods.teacher import teacher_logits
 from textdistill.distilled import DistilledDataset
+from textdistill.errors import ConfigError
 from textdistill.train import Recipe
 
 
@@ -168,9 +169,15 @@ def test_an_ensemble_teacher_averages_its_members_distributions(small):
                for name in ("minilm-frozen", "textcnn-glove")]
     assert not torch.allclose(members[0], members[1], atol=0.02)  # two views, so the mean is not either one
     assert torch.allclose(soft.labels, (members[0] + members[1]) / 2, atol=1e-6)
+    assert soft.log["teacher"]["learner"] == "minilm-frozen,textcnn-glove"  # one spelling, one set key
     assert set(soft.log["teacher"]["members_agree_with_labels"]) == {"minilm-frozen", "textcnn-glove"}
-    with pytest.raises(Exception, match="empty learner name"):
-        get_method("kmeans", soft_labels="teacher", teacher="minilm-frozen,")
+    single = get_method("kmeans", soft_labels="teacher", teacher="minilm-frozen").distill(small, 2, learner, seed=0)
+    assert "members_agree_with_labels" not in single.log["teacher"]
+    for bad in ("minilm-frozen,", "minilm-frozen, ,textcnn-glove", "minilm-frozen,minilm-frozen"):
+        with pytest.raises(ConfigError, match="empty or a repeated"):
+            get_method("kmeans", soft_labels="teacher", teacher=bad)
+    with pytest.raises(ConfigError, match="unknown learner 'textcnn-glvoe'"):
+        get_method("kmeans", soft_labels="teacher", teacher="minilm-frozen,textcnn-glvoe")
 
 
 def test_a_teacher_in_training_elsewhere_is_waited_for_and_loaded(small, tmp_path, monkeypatch):

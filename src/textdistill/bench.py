@@ -554,6 +554,25 @@ def cell_seconds(doc: dict) -> float:
     return max(work, float(doc.get("seconds", 0.0)))
 
 
+def share(doc: dict) -> float:
+    """The share of the wall time a cell's seconds stand for: a cell run beside others (``--workers``) took a
+    worker's seconds, the cores shared."""
+    return 1 / doc.get("workers", 1)
+
+
+def suite_cost(docs: list[dict]) -> dict:
+    """What the finished cells cost together: computing (``cell_seconds``, also for runs served by the cache),
+    the wall time they took (their own seconds, each at its share; shards and Ray tasks elsewhere count whole),
+    and the largest peak memory of one step."""
+    steps = [step for doc in docs for r in doc["records"] for step in (r.get("steps") or {}).values()
+             if isinstance(step, dict)]
+    peak = {key: max((step[key] for step in steps if step.get(key) is not None), default=None)
+            for key in ("peak_rss_mib", "peak_cuda_mib")}
+    return {"cells": len(docs), "compute_seconds": round(sum(map(cell_seconds, docs)), 1),
+            "wall_seconds": round(sum(float(doc.get("seconds", 0.0)) * share(doc) for doc in docs), 1),
+            "workers": max((doc.get("workers", 1) for doc in docs), default=1), **peak}
+
+
 class CostModel:
     """Seconds a cell should take, from the suite's finished cells: its distillation plus its evaluation runs.
 
@@ -576,17 +595,17 @@ class CostModel:
 
     def add(self, cell: "Cell", suite: Suite, doc: dict) -> None:
         task = suite.tasks[cell.task]["name"]
-        share = 1 / doc.get("workers", 1)  # a cell run beside others took a worker's seconds, a share of the wall
+        part = share(doc)
         if cell.entry is None:
-            self.full.setdefault(task, []).append(cell_seconds(doc) * share)
+            self.full.setdefault(task, []).append(cell_seconds(doc) * part)
             return
         label, count = suite.methods[cell.entry].label, {}
-        self.sets.append(cell_seconds(doc) * share)
-        self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc) * share)
+        self.sets.append(cell_seconds(doc) * part)
+        self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc) * part)
         for r in doc["records"]:
             kind = r.get("kind", "text")
             runs = self.runs.setdefault((task, cell.dpc, kind), [])
-            runs += [run.get("seconds", 0.0) * share for run in r.get("runs", [])]
+            runs += [run.get("seconds", 0.0) * part for run in r.get("runs", [])]
             count[kind] = count.get(kind, 0) + len(r.get("runs", []))
         self.count[label] = count
 
@@ -668,13 +687,7 @@ def collect(suite: Suite, out: str | Path) -> dict:
         records += [{**r, "device": doc.get("device", "cpu")} for r in doc["records"]]
         if doc["environment"] not in envs:
             envs.append(doc["environment"])
-    peaks = [step["peak_rss_mib"] for doc in docs for r in doc["records"] for step in (r.get("steps") or {}).values()
-             if isinstance(step, dict) and "peak_rss_mib" in step]
-    cost = {"cells": len(docs), "compute_seconds": round(sum(cell_seconds(doc) for doc in docs), 1),
-            # cells run beside others (--workers) took a share of the wall time, as the estimate counts them
-            "wall_seconds": round(sum(cell_seconds(doc) / doc.get("workers", 1) for doc in docs), 1),
-            "workers": max((doc.get("workers", 1) for doc in docs), default=1),
-            "peak_rss_mib": max(peaks, default=None)}
-    results = {"suite": suite.to_dict(), "environments": envs, "records": records, "missing": missing, "cost": cost}
+    results = {"suite": suite.to_dict(), "environments": envs, "records": records, "missing": missing,
+               "cost": suite_cost(docs)}
     atomic_write(out / "results.json", lambda p: p.write_text(json.dumps(results, indent=1)))
     return results

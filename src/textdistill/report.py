@@ -196,14 +196,19 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
 
 
 def _cost_line(cost: dict) -> str:
-    workers = cost["workers"]
-    wall = (f", about {duration(cost['wall_seconds'])} of wall time with up to {workers} cells at once (`--workers "
-            f"{workers}`; a cell run beside others counts at its share)") if workers > 1 else ""
-    peak = cost["peak_rss_mib"]
-    memory = "" if peak is None else (f"; the largest peak memory of one step {peak:.0f} MiB (one process"
-                                      + (f": {workers} ran at once" if workers > 1 else "") + ")")
-    return (f"Cost of the {cost['cells']} finished cells: {duration(cost['compute_seconds'])} of computing (each "
-            f"cell's distillation and evaluation runs, as measured when they ran){wall}{memory}.")
+    workers = cost.get("workers", 1)
+    line = (f"Cost of the {cost['cells']} finished cells: {duration(cost.get('compute_seconds', 0.0))} of computing "
+            "(each cell's distillation and evaluation runs, as measured when they ran)")
+    if cost.get("wall_seconds") is not None:
+        at_once = (f" with up to {workers} cells at once (`--workers {workers}`; a cell run beside others counts at "
+                   "its share)") if workers > 1 else ""
+        line += f", {duration(cost['wall_seconds'])} of the cells' wall time{at_once}"
+    if cost.get("peak_rss_mib") is not None:
+        line += (f"; peak memory {cost['peak_rss_mib']:.0f} MiB, the largest any step measured"
+                 + (f" (per process; {workers} processes ran at once)" if workers > 1 else ""))
+    if cost.get("peak_cuda_mib"):
+        line += f", GPU {cost['peak_cuda_mib']:.0f} MiB"
+    return line + "."
 
 
 def _cross_architecture(agg: dict, task: str, learners: list[str], out: Path) -> list[tuple]:

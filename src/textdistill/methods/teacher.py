@@ -13,6 +13,7 @@ import torch
 from ..cache import build_lock, key_of
 from ..data import Task
 from ..errors import ConfigError
+from ..learners import get_learner
 from .base import MethodConfig
 
 TEACHER_SEED = 2**33  # apart from distillation seeds (0, 1, ...) and evaluation seeds (2**32 + m)
@@ -32,11 +33,15 @@ class TeacherLabelsConfig(MethodConfig):
         super().__post_init__()
         if self.soft_labels not in ("none", "teacher"):
             raise ConfigError(f"soft_labels must be none or teacher, not {self.soft_labels!r}")
-        if not all(self.teachers):
-            raise ConfigError(f"teacher: an empty learner name in {self.teacher!r} (a comma too many?)")
+        names = self.teacher_names()
+        if not all(names) or len(set(names)) < len(names):
+            raise ConfigError(f"teacher: {self.teacher!r} has an empty or a repeated learner name")
+        if self.soft_labels == "teacher":
+            for name in names:
+                get_learner(name)  # a misspelt member fails here, not after the others have trained
+        self.teacher = ",".join(names)  # one spelling, one set key
 
-    @property
-    def teachers(self) -> list[str]:
+    def teacher_names(self) -> list[str]:
         return [name.strip() for name in self.teacher.split(",")]
 
 
@@ -46,7 +51,6 @@ def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] 
     from safetensors.torch import load_file, save_file
 
     from ..cache import atomic_write
-    from ..learners import get_learner
     from ..resources import cache_dir
     from ..train import predict_logits, train
 
@@ -71,7 +75,7 @@ def relabel(config: TeacherLabelsConfig, task: Task, texts: list[str], pairs: li
     """The labels a text set keeps (its real ones, or the teacher's distributions) and what to log about them."""
     if config.soft_labels == "none":
         return labels, {}
-    each = [(teacher_logits(task, name, texts, pairs) / config.temperature).softmax(-1) for name in config.teachers]
+    each = [(teacher_logits(task, name, texts, pairs) / config.temperature).softmax(-1) for name in config.teacher_names()]
     probs = torch.stack(each).mean(0)  # an ensemble averages probabilities (a mixture), not logits
 
     def agree(p: torch.Tensor) -> float | None:
@@ -80,5 +84,5 @@ def relabel(config: TeacherLabelsConfig, task: Task, texts: list[str], pairs: li
     log = {"learner": config.teacher, "temperature": config.temperature, "agrees_with_labels": agree(probs),
            "mean_top_probability": float(probs.max(-1).values.mean())}
     if len(each) > 1:
-        log["members_agree_with_labels"] = {name: agree(p) for name, p in zip(config.teachers, each)}
+        log["members_agree_with_labels"] = {name: agree(p) for name, p in zip(config.teacher_names(), each)}
     return probs, {"teacher": log}
