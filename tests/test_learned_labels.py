@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from textdistill.data import get_task
 from textdistill.learners import FeatureLearner, get_learner
 from textdistill.methods import get_method
-from textdistill.methods.learned_labels import label_meta_loss, weighted
+from textdistill.methods.learned_labels import label_meta_loss, lookahead_gradient, weighted
+from textdistill.train import loss_fn
 from textdistill.methods.teacher import teacher_logits
 from textdistill.distilled import DistilledDataset
 from textdistill.errors import ConfigError
@@ -59,6 +60,28 @@ def test_label_hypergradient_passes_gradcheck_through_unrolled_steps(schedule):
         assert g.abs().max() > 1e-4
 
 
+def test_the_lookahead_gradient_is_the_one_step_hypergradient():
+    """inner_recipe online's probe against autograd through one preconditioned step: d L_real(theta - lr * P * g(y))
+    / d y, per unit learning rate (the probe reads grad L_real before the step: equal as lr -> 0)."""
+    gen = torch.Generator().manual_seed(0)
+    learner, lr = TinyFeatures(), 1e-7
+    model = learner.build(2, 0)
+    params = dict(model.named_parameters())
+    inputs = {"features": torch.randn(5, 4, generator=gen, dtype=torch.float64)}
+    real = {"features": torch.randn(12, 4, generator=gen, dtype=torch.float64)}
+    real_y = torch.randint(0, 2, (12,), generator=gen)
+    labels = torch.rand(5, 2, generator=gen, dtype=torch.float64).requires_grad_(True)
+    precondition = {k: torch.rand(v.shape, generator=gen, dtype=torch.float64) + 0.5 for k, v in params.items()}
+    grads = torch.autograd.grad(loss_fn(learner.forward(model, params, inputs), labels), list(params.values()),
+                                create_graph=True)
+    stepped = {k: p - lr * precondition[k] * g for (k, p), g in zip(params.items(), grads)}
+    after = F.cross_entropy(learner.forward(model, stepped, real), real_y)
+    (expected,) = torch.autograd.grad(after, labels)
+    got, loss = lookahead_gradient(learner, model, params, inputs, precondition, real, real_y)
+    assert torch.allclose(got, expected / lr, rtol=1e-4, atol=1e-6) and expected.abs().max() > 1e-9
+    assert loss == pytest.approx(F.cross_entropy(learner.forward(model, params, real), real_y).item())
+
+
 @pytest.fixture(scope="module")
 def small():
     return get_task("mr").subset(train_per_class=40, test_size=40, seed=0)
@@ -67,14 +90,15 @@ def small():
 # SGD steps; the probe's whole recipe; its recipe back-propagated through the last 100 of its 300 steps only;
 # per-text weights on the real labels instead of labels
 @pytest.mark.parametrize("inner,truncate,learn", [("sgd", 0, "labels"), ("learner", 0, "labels"),
-                                                  ("learner", 100, "labels"), ("learner", 0, "weights")])
+                                                  ("learner", 100, "labels"), ("learner", 0, "weights"),
+                                                  ("online", 0, "labels")])
 def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn, tmp_path):
     learner = get_learner("minilm-frozen")
     # 4 outer steps of 300 steps suffice for labels; weights move the probe's 300 AdamW steps less (20 smaller)
     weights = learn == "weights"
     options = {"outer_steps": 15 if inner == "sgd" else 20 if weights else 4, "inner_steps": 5, "init_lr": 5.0,
                "real_batch": 80, "outer_lr": 0.1 if weights else 0.2, "inner_recipe": inner, "truncate": truncate,
-               "learn": learn}
+               "learn": learn, "probe_every": 30}
     ds = get_method("learned-labels", **options).distill(small, 2, learner, seed=0)
     start = get_method("kmeans").distill(small, 2, learner, seed=0)
     assert ds.texts == start.texts  # the texts are the coreset's, untouched
@@ -82,8 +106,9 @@ def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn, tmp_p
     real, real_y = learner.encode(texts, pairs), torch.tensor(labels)
     inputs = start.inputs_for(learner)
     # the probe's own 300-step AdamW recipe, unrolled whole, or the SGD step sizes learned beside the labels
-    lrs = learner.default_recipe if inner == "learner" else torch.tensor(ds.log["step_sizes"])
-    assert ("inner_recipes" in ds.log) == (inner == "learner")
+    by_recipe = inner in ("learner", "online")
+    lrs = learner.default_recipe if by_recipe else torch.tensor(ds.log["step_sizes"])
+    assert ("inner_recipes" in ds.log) == by_recipe
 
     def real_loss(labels):  # same fresh learner, same steps: only the labels differ
         return label_meta_loss(learner, learner.build(2, 123), inputs, labels, lrs, real, real_y, 0).detach().item()
