@@ -148,6 +148,8 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
         get_method("learned-labels", also_learners="minilm-frozen")
     with pytest.raises(Exception, match="learn must be one of labels, weights, both"):
         get_method("learned-labels", learn="texts")
+    with pytest.raises(ConfigError, match="truncate does not apply to inner_recipe online"):
+        get_method("learned-labels", inner_recipe="online", truncate=4)
     assert ds.kind == "text" and ds.labels.dtype == torch.float32 and ds.labels.shape == (4, 2)
     assert torch.allclose(ds.labels.sum(-1), torch.ones(4))
     ds.save(tmp_path / "set")

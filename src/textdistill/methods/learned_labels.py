@@ -4,7 +4,8 @@ Sucholutsky & Schonlau 2019 (learnable soft labels), Bohdal et al. 2020 ("Flexib
 Learn Labels Instead of Images"). The inputs stay real sentences, so the set is text that any learner can
 train on; only the labels (and, with ``learn: weights|both``, a weight per text, as in Ren et al. 2018's
 example reweighting) are learned, by unrolling a learner's training on the fixed texts (bptt's machinery) and
-lowering the trained learner's loss on real batches.
+lowering the trained learner's loss on real batches, or, too costly to unroll, along the learner's own
+training runs from one-step look-ahead hypergradients (``inner_recipe: online``).
 """
 
 from __future__ import annotations
