@@ -82,6 +82,35 @@ def test_the_lookahead_gradient_is_the_one_step_hypergradient():
     assert loss == pytest.approx(F.cross_entropy(learner.forward(model, params, real), real_y).item())
 
 
+def test_the_lookahead_probe_is_exact_on_minilm_in_float32(small):
+    """The forward-mode probe on fine-tuned MiniLM (float32, eager attention) against float64 central
+    differences, with preconditioner entries 1e8 times the others (a fresh AdamW moment gives 1 / eps): the
+    central differences of the first version, sized by the largest entry, lost the probe in rounding there."""
+    learner = get_learner("minilm").for_task(small)
+    texts, _, y = small.columns("train")
+    model = learner.build(2, 0)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    inputs, real, real_y = learner.encode(texts[:4]), learner.encode(texts[4:20]), torch.tensor(y[4:20])
+    words = model.get_input_embeddings().weight
+    precondition = {k: torch.ones_like(v) for k, v in params.items()}
+    (name,) = [k for k, v in model.named_parameters() if v is words]
+    precondition[name][inputs["input_ids"].unique()] = 1e8  # rows the texts read: large, as fresh AdamW moments give
+    got, _ = lookahead_gradient(learner, model, params, inputs, precondition, real, real_y)
+
+    model64 = learner.build(2, 0).double().eval()
+    p64 = {k: v.detach().double().requires_grad_(True) for k, v in params.items()}
+    loss = F.cross_entropy(learner.forward(model64, p64, real), real_y)
+    direction = {k: precondition[k].double() * g for k, g in zip(p64, torch.autograd.grad(loss, list(p64.values())))}
+    h = 1e-9
+    with torch.no_grad():
+        def log_probs(sign):
+            return F.log_softmax(learner.forward(model64, {k: v + sign * h * direction[k] for k, v in p64.items()},
+                                                 inputs), -1)
+
+        expected = (log_probs(1) - log_probs(-1)) / (2 * h) / 4
+    assert torch.allclose(got.double(), expected, rtol=1e-3, atol=1e-6 * float(expected.abs().max()))
+
+
 @pytest.fixture(scope="module")
 def small():
     return get_task("mr").subset(train_per_class=40, test_size=40, seed=0)
