@@ -137,7 +137,8 @@ def lookahead_gradient(learner: Learner, model: torch.nn.Module, params: Params,
 
 def online_label_gradient(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
                           labels: torch.Tensor, real: dict[str, torch.Tensor], real_y: torch.Tensor,
-                          rng: np.random.Generator, real_size: int, every: int, seed: int) -> tuple[torch.Tensor, float]:
+                          rng: np.random.Generator, real_size: int, every: int,
+                          seed: int) -> tuple[torch.Tensor, float]:
     """One training run of the learner's recipe on (inputs, labels), in segments of ``every`` steps (its AdamW
     moments and step count carried on; each segment draws its own dropout and batch order), with a look-ahead
     probe after each: the sum of the probes, each weighted by the learning rates of the steps it stands for (a

@@ -75,7 +75,8 @@ def relabel(config: TeacherLabelsConfig, task: Task, texts: list[str], pairs: li
     """The labels a text set keeps (its real ones, or the teacher's distributions) and what to log about them."""
     if config.soft_labels == "none":
         return labels, {}
-    each = [(teacher_logits(task, name, texts, pairs) / config.temperature).softmax(-1) for name in config.teacher_names()]
+    each = [(teacher_logits(task, name, texts, pairs) / config.temperature).softmax(-1)
+            for name in config.teacher_names()]
     probs = torch.stack(each).mean(0)  # an ensemble averages probabilities (a mixture), not logits
 
     def agree(p: torch.Tensor) -> float | None:
