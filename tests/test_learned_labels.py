@@ -8,11 +8,10 @@ from textdistill.data import get_task
 from textdistill.learners import FeatureLearner, get_learner
 from textdistill.methods import get_method
 from textdistill.methods.learned_labels import label_meta_loss, lookahead_gradient, weighted
-from textdistill.train import loss_fn
 from textdistill.methods.teacher import teacher_logits
 from textdistill.distilled import DistilledDataset
 from textdistill.errors import ConfigError
-from textdistill.train import Recipe
+from textdistill.train import Recipe, loss_fn
 
 
 class TinyFeatures(FeatureLearner):

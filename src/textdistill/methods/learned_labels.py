@@ -200,25 +200,22 @@ class LearnedLabels(Distiller):
         for step in bar:
             opt.zero_grad()
             labels = labels_now()
-            if cfg.inner_recipe == "online":
+            if cfg.inner_recipe == "online":  # a hypergradient summed along a run: no graph to back-propagate
                 (_, inputs, real), = views
                 grad, loss = online_label_gradient(learner, fresh_model(learner, task, seed, step), inputs,
                                                    labels.detach(), real, real_y, rng, cfg.real_batch,
                                                    cfg.probe_every, seed=step)
                 check_finite(self.name, loss, step)
                 labels.backward(grad)
-                opt.step()
-                history.append(loss)
-                bar.set_postfix(loss=f"{loss:.3f}")
-                continue
-            idx = real_batch(rng, len(real_y), cfg.real_batch)
-            loss_t = sum(label_meta_loss(each, fresh_model(each, task, seed, step), inputs, labels,
-                                         each.default_recipe if by_recipe else F.softplus(raw_lrs),
-                                         batch_of(real, idx), real_y[idx], seed=step, truncate=cfg.truncate)
-                         for each, inputs, real in views)
-            loss = loss_t.item()
-            check_finite(self.name, loss, step)
-            loss_t.backward()
+            else:
+                idx = real_batch(rng, len(real_y), cfg.real_batch)
+                loss_t = sum(label_meta_loss(each, fresh_model(each, task, seed, step), inputs, labels,
+                                             each.default_recipe if by_recipe else F.softplus(raw_lrs),
+                                             batch_of(real, idx), real_y[idx], seed=step, truncate=cfg.truncate)
+                             for each, inputs, real in views)
+                loss = loss_t.item()
+                check_finite(self.name, loss, step)
+                loss_t.backward()
             opt.step()
             history.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}")
