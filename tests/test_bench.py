@@ -272,6 +272,22 @@ def test_report_renders_tables_plots_and_published_numbers(results_dir):
     assert page.read_text().count("data:image/png;base64,") == 3
 
 
+def test_report_links_the_pages_of_finished_cells_that_this_machine_has(tmp_path):
+    """sets/ is local: a set distilled for a cell not finished yet is not linked, nor a finished cell's set
+    that another machine distilled."""
+    results = fake_results()
+    for r in results["records"]:
+        r["artifact"] = f"sets/mr-{r['method']}-{r['dpc']}-s0"
+    out = tmp_path / "out"
+    for name in ("mr-kmeans-10-s0", "mr-dilm-10-s0"):  # dilm: distilled, its cell not finished
+        (out / "sets" / name).mkdir(parents=True)
+        (out / "sets" / name / "page.html").write_text("<html></html>")
+    (out / "results.json").write_text(json.dumps(results))
+    text = write_report(out)[0].read_text()
+    assert "- [mr-kmeans-10-s0](sets/mr-kmeans-10-s0/page.html)" in text
+    assert "mr-dilm-10-s0" not in text and "mr-random-1-s0" not in text
+
+
 def test_compare_two_result_directories(tmp_path, results_dir, capsys):
     other = tmp_path / "b"
     other.mkdir()

@@ -14,7 +14,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -75,8 +75,6 @@ class Suite:
                        full_seeds: int | None = None, dpc: list[int] | None = None) -> "Suite":
         """The same sets (still distilled with this suite's learner) evaluated with other learners or seeds, or
         at other budgets (a cell's key does not depend on the others, so finished cells are kept)."""
-        from dataclasses import replace
-
         for what, n in (("seeds", seeds), ("full_seeds", full_seeds), *(("dpc", d) for d in dpc or [])):
             if n is not None and n < 1:
                 raise ConfigError(f"{what} must be at least 1, got {n}")
@@ -649,9 +647,9 @@ class CostModel:
         return statistics.median([s for v in self.runs.values() for s in v] or [0.0])
 
     def describe(self, cells: list["Cell"], suite: Suite) -> str:
-        seconds, unmeasured = self.estimate(cells, suite)
         if not cells:
             return "nothing to run"
+        seconds, unmeasured = self.estimate(cells, suite)
         if not (self.full or self.distill):
             return "no cell finished yet: an estimate follows the first one"
         guess = (f" ({unmeasured} of them with a guessed distillation: their method has no finished cell yet)"

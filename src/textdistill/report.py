@@ -80,12 +80,17 @@ def _ordered(values) -> list:
     return list(dict.fromkeys(values))
 
 
-def _plot_curves(path: Path, title: str, dpcs: list[int], series: dict[str, dict], full: dict | None) -> None:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_curves(path: Path, title: str, dpcs: list[int], series: dict[str, dict], full: dict | None) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, cells in series.items():
         xs = [d for d in dpcs if d in cells]
@@ -107,11 +112,9 @@ def _plot_curves(path: Path, title: str, dpcs: list[int], series: dict[str, dict
 
 
 def _plot_heatmap(path: Path, title: str, rows: list[str], cols: list[str], values: list[list[float | None]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = _pyplot()
 
     grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(cols), 1 + 0.45 * len(rows)))
@@ -173,13 +176,9 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                         text += f" ({100 * c['mean'] / full_ok['mean']:.0f}%)"
                     row.append(text)
                 rows.append(row)
-            if full:
-                rows.append([f"full data ({full['size']})", _pm(full) + f" ({full['runs']} runs)"]
-                            + [""] * (len(dpcs) - 1))
-            short = cells.get((task, learner, FULL_SET_RECIPE, None))
-            if short:
-                rows.append([f"full data, small-set recipe ({short['size']})", _pm(short) + f" ({short['runs']} runs)"]
-                            + [""] * (len(dpcs) - 1))
+            for method, name in (("full", "full data"), (FULL_SET_RECIPE, "full data, small-set recipe")):
+                if c := cells.get((task, learner, method, None)):
+                    rows.append([f"{name} ({c['size']})", _pm(c) + f" ({c['runs']} runs)"] + [""] * (len(dpcs) - 1))
             blocks.append(("h3", f"{task}, learner {learner}"))
             blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
             if dpcs:
@@ -217,11 +216,10 @@ def _cross_architecture(agg: dict, task: str, learners: list[str], out: Path) ->
     dpc = max(k[3] for k in agg if k[0] == task and k[3] is not None)
     methods = _ordered(k[2] for k in agg if k[0] == task and k[3] == dpc)
     methods = [m for m in methods if sum((task, l, m, dpc) in agg for l in learners) > 1] + ["full"]
-    values = [[agg[(task, l, m, None if m == "full" else dpc)]["mean"]
-               if (task, l, m, None if m == "full" else dpc) in agg else None for l in learners] for m in methods]
+    keys = [[(task, l, m, None if m == "full" else dpc) for l in learners] for m in methods]
+    values = [[agg[k]["mean"] if k in agg else None for k in ks] for ks in keys]
     plot = Path("plots") / f"{task}-cross-architecture.png".replace("/", "_")  # a name never leaves plots/
     _plot_heatmap(out / plot, f"{task}: text sets at {dpc}/class across learners", methods, learners, values)
-    keys = [[(task, l, m, None if m == "full" else dpc) for l in learners] for m in methods]
     rows = [[m] + ["failed" if v is None and k in agg else "-" if v is None else f"{v:.1f}" for v, k in zip(vs, ks)]
             for m, vs, ks in zip(methods, values, keys)]
     return [("h3", f"{task}: cross-architecture ({dpc} per class; sets that any learner can read)"),
@@ -330,10 +328,14 @@ def write_report(out: str | Path, command: str | None = None) -> tuple[Path, Pat
     out = Path(out)
     results = load_results(out)
     blocks = report_blocks(results, out, command)
-    pages = sorted((out / "sets").glob("*/page.html"))
-    if pages:  # each saved set's page (bench writes one beside the set)
+    # the page bench writes beside each set of a finished cell, where this machine has it (sets/ is a local
+    # folder: a suite resumed on another machine has only the sets distilled there)
+    pages = [out / a / "page.html" for a in _ordered(r["artifact"] for r in results["records"] if r.get("artifact"))]
+    pages = [p for p in pages if p.exists()]
+    if pages:
         blocks += [("h2", "The distilled sets"), ("p", "Each set's examples, their nearest real training sentences "
-                   "and a map of the task:"), ("links", [(p.parent.name, str(p.relative_to(out))) for p in pages])]
+                   "and a map of the task (pages in this machine's sets/ folder):"),
+                   ("links", [(p.parent.name, str(p.relative_to(out))) for p in pages])]
     (out / "report.md").write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, out))
     return out / "report.md", out / "report.html"
