@@ -288,6 +288,19 @@ def test_report_links_the_pages_of_finished_cells_that_this_machine_has(tmp_path
     assert "mr-dilm-10-s0" not in text and "mr-random-1-s0" not in text
 
 
+def test_a_partial_report_keeps_the_budgets_not_finished_and_counts_what_is_missing(tmp_path):
+    results = fake_results()
+    results["records"] = [r for r in results["records"] if r["dpc"] != 10]
+    results["suite"]["dpc"] = [1, 10]
+    results["missing"] = [f"mr cell {i}" for i in range(12)]
+    out = tmp_path / "partial"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    text = write_report(out)[0].read_text()
+    assert "| method | 1/class | 10/class |" in text and "| kmeans | 62.0 ± 0.8 (+5.0, 83%) | - |" in text
+    assert "12 cell(s) not run yet: mr cell 0;" in text and "mr cell 9; and 2 more" in text
+
+
 def test_compare_two_result_directories(tmp_path, results_dir, capsys):
     other = tmp_path / "b"
     other.mkdir()

@@ -144,9 +144,9 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
         blocks.append(("p", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())))
     if results.get("cost", {}).get("cells"):
         blocks.append(("p", _cost_line(results["cost"])))
-    if results.get("missing"):
-        blocks.append(("p", f"**Incomplete**: {len(results['missing'])} cell(s) not run yet: "
-                            + "; ".join(results["missing"][:10])))
+    if missing := results.get("missing"):
+        more = f"; and {len(missing) - 10} more" if len(missing) > 10 else ""
+        blocks.append(("p", f"**Incomplete**: {len(missing)} cell(s) not run yet: " + "; ".join(missing[:10]) + more))
     blocks.append(("p", "Cells: test accuracy % (mean ± standard deviation over all runs, distilled sets x learner "
                         "seeds; the population standard deviation, numpy's std with ddof=0), then the gain over "
                         "random at the same budget in points and the fraction of full-data accuracy. A cell whose "
@@ -158,7 +158,8 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
         learners = _ordered(k[1] for k in agg if k[0] == task)
         for learner in learners:
             cells = {k: v for k, v in agg.items() if k[0] == task and k[1] == learner}
-            dpcs = sorted({k[3] for k in cells if k[3] is not None})
+            # the suite's budgets, so that a budget with no finished cell yet shows as "-", not as nothing
+            dpcs = sorted({*suite.get("dpc", []), *(k[3] for k in cells if k[3] is not None)})
             methods = _ordered(k[2] for k in cells if k[3] is not None)
             full = cells.get((task, learner, "full", None))
             full_ok = _finished(full)
