@@ -185,6 +185,12 @@ def test_the_suites_cost_sums_computing_and_shares_the_wall_time():
                                 "up to 2 cells at once (`--workers 2`; a cell run beside others counts at its share); "
                                 "peak memory 1200 MiB, the largest any step measured (per process; 2 processes ran "
                                 "at once).")
+    # herding ignores its seed: a second set's cell gets the first's runs from the cache, counted once
+    herding = [doc(40.0, 40.0), doc(12.0, 40.0)]
+    for d in herding:
+        d["records"][0].update(learner="minilm", train_set={"fingerprint": "same"}, recipe={"steps": 200})
+        d["records"][0]["runs"][0]["learner_seed"] = 7
+    assert suite_cost(herding)["compute_seconds"] == 50.0 + 12.0
     alone = _cost_line(suite_cost([doc(5.0, 3.0)]))
     assert "at once" not in alone and "peak memory" not in alone
 

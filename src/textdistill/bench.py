@@ -545,10 +545,21 @@ def distill_seconds(doc: dict) -> float:
     return sum(json.loads(step).get("seconds", 0.0) for step in steps)
 
 
-def cell_seconds(doc: dict) -> float:
+def cell_seconds(doc: dict, counted: set | None = None) -> float:
     """What a cell costs to compute: its distillation and every evaluation run, as measured when they ran (a cell
-    whose runs come from the cache finishes in seconds but costs what they cost); at least its wall time."""
-    work = distill_seconds(doc) + sum(run.get("seconds", 0.0) for r in doc["records"] for run in r.get("runs", []))
+    whose runs come from the cache finishes in seconds but costs what they cost); at least its wall time.
+    ``counted``: the runs other cells of a suite have already counted (a seed-free method's sets share their
+    cached runs), skipped and added to."""
+    work = distill_seconds(doc)
+    for r in doc["records"]:
+        for run in r.get("runs", []):
+            # the evaluation cache's key, less the task: the set, the learner, its recipe and seed
+            key = (r.get("learner"), r["train_set"]["fingerprint"], json.dumps(r.get("recipe"), sort_keys=True),
+                   run["learner_seed"]) if "learner_seed" in run and "train_set" in r else None
+            if key is None or counted is None or key not in counted:
+                work += run.get("seconds", 0.0)
+            if key is not None and counted is not None:
+                counted.add(key)
     return max(work, float(doc.get("seconds", 0.0)))
 
 
@@ -559,14 +570,15 @@ def share(doc: dict) -> float:
 
 
 def suite_cost(docs: list[dict]) -> dict:
-    """What the finished cells cost together: computing (``cell_seconds``, also for runs served by the cache),
-    the wall time they took (their own seconds, each at its share; shards and Ray tasks elsewhere count whole),
-    and the largest peak memory of one step."""
+    """What the finished cells cost together: computing (``cell_seconds``, runs served by the cache too, each run
+    once), the wall time they took (their own seconds, each at its share; shards and Ray tasks elsewhere count
+    whole), and the largest peak memory of one step."""
     steps = [step for doc in docs for r in doc["records"] for step in (r.get("steps") or {}).values()
              if isinstance(step, dict)]
     peak = {key: max((step[key] for step in steps if step.get(key) is not None), default=None)
             for key in ("peak_rss_mib", "peak_cuda_mib")}
-    return {"cells": len(docs), "compute_seconds": round(sum(map(cell_seconds, docs)), 1),
+    counted: set = set()
+    return {"cells": len(docs), "compute_seconds": round(sum(cell_seconds(doc, counted) for doc in docs), 1),
             "wall_seconds": round(sum(float(doc.get("seconds", 0.0)) * share(doc) for doc in docs), 1),
             "workers": max((doc.get("workers", 1) for doc in docs), default=1), **peak}
 
