@@ -68,8 +68,11 @@ def environment() -> dict:
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
            "cpu_threads": torch.get_num_threads()}
     try:
-        env["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                          if line.startswith("model name"))
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        env["cpu"] = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+        # what sets this CPU's speed (and bf16's) apart from another with the same generic model name
+        flags = next(line.split(":", 1)[1].split() for line in info if line.startswith("flags"))
+        env["cpu_features"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     except (OSError, StopIteration):
         pass
     if torch.cuda.is_available():
