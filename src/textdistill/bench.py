@@ -554,12 +554,13 @@ def cell_seconds(doc: dict, counted: set | None = None) -> float:
     for r in doc["records"]:
         for run in r.get("runs", []):
             # the evaluation cache's key, less the task: the set, the learner, its recipe and seed
-            key = (r.get("learner"), r["train_set"]["fingerprint"], json.dumps(r.get("recipe"), sort_keys=True),
-                   run["learner_seed"]) if "learner_seed" in run and "train_set" in r else None
-            if key is None or counted is None or key not in counted:
-                work += run.get("seconds", 0.0)
-            if key is not None and counted is not None:
+            key = (r.get("learner"), (r.get("train_set") or {}).get("fingerprint"),
+                   json.dumps(r.get("recipe"), sort_keys=True), run.get("learner_seed"))
+            if counted is not None and key[1] is not None and key[3] is not None:  # else: no key, always counted
+                if key in counted:
+                    continue
                 counted.add(key)
+            work += run.get("seconds", 0.0)
     return max(work, float(doc.get("seconds", 0.0)))
 
 
