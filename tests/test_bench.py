@@ -270,7 +270,7 @@ def test_report_renders_tables_plots_and_published_numbers(results_dir):
     md, page = write_report(results_dir, command="textdistill bench x.yaml --out a")
     text = md.read_text()
     assert "| kmeans | 62.0 ± 0.8 (+5.0, 83%) | 71.0 ± 0.8 (+5.0, 95%) |" in text
-    assert "| full data (3000) | 75.0 ± 0.0 (1 runs) |" in text
+    assert "| full data (3000) | 75.0 (1 run) |" in text
     assert "| mr | kmeans | 10 | 71.0 ± 0.8 | 70.0 | a paper |" in text
     assert "cross-architecture" in text and "`textdistill bench x.yaml --out a`" in text
     plots = sorted(p.name for p in (results_dir / "plots").glob("*.png"))

@@ -68,7 +68,8 @@ def _pm(cell: dict | None) -> str:
     distinct = cell.get("distinct", cell["sets"])
     if distinct < cell["sets"]:
         failed += f" (over {distinct} distinct set{'s' if distinct > 1 else ''} of {cell['sets']})"
-    return f"{cell['mean']:.1f} ± {cell['std']:.1f}{failed}"
+    spread = f" ± {cell['std']:.1f}" if cell["runs"] > 1 else ""  # one run has no spread to show
+    return f"{cell['mean']:.1f}{spread}{failed}"
 
 
 def _finished(cell: dict | None) -> dict | None:
@@ -179,7 +180,7 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                 rows.append(row)
             for method, name in (("full", "full data"), (FULL_SET_RECIPE, "full data, small-set recipe")):
                 if c := cells.get((task, learner, method, None)):
-                    rows.append([f"{name} ({c['size']})", _pm(c) + f" ({c['runs']} runs)"] + [""] * (len(dpcs) - 1))
+                    rows.append([f"{name} ({c['size']})", _pm(c) + f" ({c['runs']} run{'s' * (c['runs'] != 1)})"] + [""] * (len(dpcs) - 1))
             blocks.append(("h3", f"{task}, learner {learner}"))
             blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
             if dpcs:
