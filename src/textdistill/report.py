@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -92,10 +93,21 @@ def _pyplot():
 
 def _plot_curves(path: Path, title: str, dpcs: list[int], series: dict[str, dict], full: dict | None) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    # one colour per method, shared by its decoded text (dash-dot, hollow): 12 curves stay tellable apart
+    palette = itertools.cycle(c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c != "#7f7f7f")
+    colours = {}
     for method, cells in series.items():
         xs = [d for d in dpcs if d in cells]
-        style = {"color": "gray", "linestyle": "--"} if method == "random" else {}
+        base = method.removesuffix("+text")
+        if method == "random":
+            style = {"color": "gray", "linestyle": "--"}
+        else:
+            if base not in colours:
+                colours[base] = next(palette)
+            style = {"color": colours[base]}
+            if base != method:
+                style |= {"linestyle": "-.", "markerfacecolor": "none"}
         ax.errorbar(xs, [cells[d]["mean"] for d in xs], yerr=[cells[d]["std"] for d in xs], marker="o",
                     capsize=3, label=method, **style)
     if full:
@@ -105,7 +117,7 @@ def _plot_curves(path: Path, title: str, dpcs: list[int], series: dict[str, dict
     ax.set_xlabel("examples per class")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the curves, not over them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
