@@ -198,7 +198,8 @@ def test_the_suites_cost_sums_computing_and_shares_the_wall_time():
 def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, capsys):
     suite, out = tiny_smoke(methods=["herding"]), tmp_path / "out"
     assert not run_suite(suite, out, workers=2)["missing"]
-    assert "cells queued or running" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cells queued or running" in err and err.rstrip().endswith("every cell finished]")
     serial = run_suite(suite, tmp_path / "serial", progress=False)  # served by the cache the workers filled
 
     def accuracies(results):

@@ -386,6 +386,9 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     remaining = list(todo)  # parallel runs finish cells out of order
 
     def status() -> None:  # what runs next (all that is left, in parallel) and the estimate of the rest
+        if not remaining:  # not the last estimate, frozen on the finished bar
+            bar.set_postfix_str("every cell finished")
+            return
         left = costs.estimate(remaining, suite)[0]
         now = f"{len(remaining)} cells queued or running" if ray or workers > 1 else remaining[0].describe(suite)
         bar.set_postfix_str(now + (f"; about {duration(left)} left" if left else ""))
@@ -396,8 +399,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     for cell, records, seconds in run(suite, out, device, todo, distill_only):
         remaining.remove(cell)
         finish(cell, records, seconds)
-        if remaining:
-            status()
+        status()
     bar.close()
     return collect(suite, out)
 

@@ -192,7 +192,8 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                 rows.append(row)
             for method, name in (("full", "full data"), (FULL_SET_RECIPE, "full data, small-set recipe")):
                 if c := cells.get((task, learner, method, None)):
-                    rows.append([f"{name} ({c['size']})", _pm(c) + f" ({c['runs']} run{'s' * (c['runs'] != 1)})"] + [""] * (len(dpcs) - 1))
+                    runs = f" ({c['runs']} run{'s' * (c['runs'] != 1)})"
+                    rows.append([f"{name} ({c['size']})", _pm(c) + runs] + [""] * (len(dpcs) - 1))
             blocks.append(("h3", f"{task}, learner {learner}"))
             blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
             if dpcs:
