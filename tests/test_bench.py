@@ -397,6 +397,7 @@ def test_cli_bench_and_report(tmp_path, cache, capsys):
     assert main(["bench", str(suite), "--out", str(tmp_path / "o3"), "--seeds", "0"]) == 2
     for bad in ("0", "1,x"):
         assert main(["bench", str(suite), "--out", str(tmp_path / "o3"), "--dpc", bad]) == 2
+    assert main(["bench", str(suite), "--out", str(tmp_path / "o3"), "--tasks", "bbc"]) == 2
     assert not (tmp_path / "o3").exists()
 
 
@@ -409,6 +410,19 @@ def test_a_budget_override_keeps_the_keys_of_the_cells_it_keeps():
     narrow = suite.evaluated_with(dpc=[10, 10])
     assert [c.dpc for c in plan(narrow)] == [None, 10, 10]
     assert {c.key(narrow) for c in plan(narrow)} < {c.key(suite) for c in plan(suite)}
+
+
+def test_a_task_override_keeps_the_keys_of_the_cells_it_keeps():
+    """bench --tasks runs some of a suite's tasks under the suite's own cell keys (a run spread over task subsets
+    fills one folder); a task the suite lacks is named in the error."""
+    slices = [{"name": "mr", "subset": SLICE}, {"name": "mr:validation", "subset": SLICE}]
+    suite = parse_suite({"name": "k", "tasks": slices, "learners": ["minilm-frozen"], "methods": ["random"],
+                         "dpc": [1], "seeds": 1})
+    narrow = suite.evaluated_with(tasks=["mr:validation"])
+    assert narrow.tasks == slices[1:]
+    assert {c.key(narrow) for c in plan(narrow)} < {c.key(suite) for c in plan(suite)}
+    with pytest.raises(ConfigError, match=r"\['sst2'\] are not in suite k \(its tasks: mr, mr:validation\)"):
+        suite.evaluated_with(tasks=["mr", "sst2"])
 
 
 def test_cell_keys_follow_the_task_content(tmp_path):

@@ -72,13 +72,20 @@ class Suite:
         return entry.learner or self.distill_learner or self.learners[0]
 
     def evaluated_with(self, learners: list[str] | None = None, seeds: int | None = None,
-                       full_seeds: int | None = None, dpc: list[int] | None = None) -> "Suite":
+                       full_seeds: int | None = None, dpc: list[int] | None = None,
+                       tasks: list[str] | None = None) -> "Suite":
         """The same sets (still distilled with this suite's learner) evaluated with other learners or seeds, or
-        at other budgets (a cell's key does not depend on the others, so finished cells are kept)."""
+        at other budgets, or on some of its tasks (named; a cell's key does not depend on the other budgets or
+        tasks, so finished cells are kept)."""
         for what, n in (("seeds", seeds), ("full_seeds", full_seeds), *(("dpc", d) for d in dpc or [])):
             if n is not None and n < 1:
                 raise ConfigError(f"{what} must be at least 1, got {n}")
-        return replace(self, learners=list(learners or self.learners),
+        names = [t["name"] for t in self.tasks]
+        if set(tasks or []) - set(names):
+            raise ConfigError(f"tasks {sorted(set(tasks) - set(names))} are not in suite {self.name} (its tasks: "
+                              f"{', '.join(names)})")
+        return replace(self, tasks=[t for t in self.tasks if not tasks or t["name"] in tasks],
+                       learners=list(learners or self.learners),
                        distill_learner=self.distill_learner or self.learners[0], seeds=seeds or self.seeds,
                        full_seeds=full_seeds or self.full_seeds, dpc=list(dict.fromkeys(dpc or self.dpc)))
 

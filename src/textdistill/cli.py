@@ -323,9 +323,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .report import write_report
 
     suite = load_suite(args.suite)
-    if args.learners or args.seeds is not None or args.full_seeds is not None or args.dpc:
+    if args.learners or args.seeds is not None or args.full_seeds is not None or args.dpc or args.tasks:
         suite = suite.evaluated_with(args.learners and args.learners.split(","), args.seeds, args.full_seeds,
-                                     args.dpc and _int_list("--dpc", args.dpc))
+                                     args.dpc and _int_list("--dpc", args.dpc), args.tasks and args.tasks.split(","))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: data-parallel distillations, no cells
         if not args.distill_only or args.ray or args.report_only or args.workers > 1:
             raise ConfigError("bench under torchrun distils the suite's sets data-parallel: give --distill-only "
@@ -342,7 +342,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.distill_only:
         print(f"sets saved under {args.out}/sets; run again without --distill-only to evaluate them")
         return
-    given = {"--learners": args.learners, "--seeds": args.seeds, "--full-seeds": args.full_seeds, "--dpc": args.dpc}
+    given = {"--learners": args.learners, "--seeds": args.seeds, "--full-seeds": args.full_seeds, "--dpc": args.dpc,
+             "--tasks": args.tasks}
     overrides = "".join(f" {flag} {value}" for flag, value in given.items() if value is not None)
     md, page = write_report(args.out, command=f"textdistill bench {args.suite} --out {args.out}{overrides}")
     print(f"report: {md} and {page}")
@@ -459,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, help="learner seeds per distilled set instead of the suite's")
     s.add_argument("--full-seeds", type=int, help="learner seeds on the full data instead of the suite's")
     s.add_argument("--dpc", help="examples per class (comma-separated, e.g. 10) instead of the suite's budgets")
+    s.add_argument("--tasks", help="run only these of the suite's tasks (comma-separated names, e.g. mr,sst2)")
     s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the cells as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS "
                         "(pip install 'textdistill[ray]')")
