@@ -81,9 +81,8 @@ class Suite:
             if n is not None and n < 1:
                 raise ConfigError(f"{what} must be at least 1, got {n}")
         names = [t["name"] for t in self.tasks]
-        if set(tasks or []) - set(names):
-            raise ConfigError(f"tasks {sorted(set(tasks) - set(names))} are not in suite {self.name} (its tasks: "
-                              f"{', '.join(names)})")
+        if unknown := sorted(set(tasks or []) - set(names)):
+            raise ConfigError(f"tasks {unknown} are not in suite {self.name} (its tasks: {', '.join(names)})")
         return replace(self, tasks=[t for t in self.tasks if not tasks or t["name"] in tasks],
                        learners=list(learners or self.learners),
                        distill_learner=self.distill_learner or self.learners[0], seeds=seeds or self.seeds,
