@@ -72,7 +72,8 @@ def test_loss_attack_scores_are_minus_the_losses_of_learners_trained_on_the_set(
     import torch
 
     from textdistill.audit import loss_scores
-    from textdistill.evaluation import EVAL_SEEDS, resolve_recipe
+    from textdistill.evaluation import resolve_recipe
+    from textdistill.seeds import EVAL_SEEDS
     from textdistill.train import predict_logits, train
 
     ds = get_method("random").distill(validation_task, 5, get_learner("minilm-frozen"), seed=0)

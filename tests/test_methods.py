@@ -146,21 +146,62 @@ def test_evaluate_full_data_and_cross_architecture(mr_small):
     assert results[0].runs[0]["seed"] == 0 and results[0].runs[1]["seed"] == 1
 
 
-def test_evaluation_learner_seeds_never_coincide_with_distillation_seeds(mr_small, monkeypatch):
-    """Every learner seed goes through torch.manual_seed (build and train): the seeds that two distilled sets
-    (set seeds 0 and 1) used for their own learners and the evaluation learners' seeds are disjoint."""
-    seen = []
-    real_seed = torch.manual_seed
-    monkeypatch.setattr(torch, "manual_seed", lambda s: seen.append(int(s)) or real_seed(s))
-    sets = [(get_method(method, **CONFORMANCE[method][1]).distill(mr_small, 2, get_learner(name), seed=s), name)
-            for method, name in (("dm", "minilm-frozen"), ("dc", "textcnn-glove")) for s in (0, 1)]
-    distilling = set(seen)
-    assert {0, 1, 2, 1_000_003} <= distilling  # the sets' own learners
-    seen.clear()
+def _record_builds(monkeypatch, names):
+    """Wrap ``build`` of these learners' classes: every model built is recorded as (learner, seed, weights)."""
+    built = []
+    for name in names:
+        cls = type(get_learner(name))
+        real = cls.build
+
+        def build(self, num_labels, seed, real=real, name=name):
+            model = real(self, num_labels, seed)
+            weights = torch.cat([p.detach().flatten() for p in model.state_dict().values()])
+            built.append((name, seed, weights))
+            return model
+
+        monkeypatch.setattr(cls, "build", build)
+    return built
+
+
+def test_evaluation_learners_never_draw_what_a_distillation_learner_drew(mr_small, monkeypatch):
+    """The weights every evaluation learner starts from differ from those of every learner that distillation
+    built (methods' own learners at set seeds 0 and 1, the teacher of teacher labels), and so do the streams of
+    their training runs: torch keeps 32 bits of a seed, so equal integers are not the only way to share a stream."""
+    from textdistill import train as train_module
+    from textdistill.seeds import MAX_SET_SEED, TEACHER_SEED
+
+    trained = []
+    real_train = train_module.train
+    monkeypatch.setattr("textdistill.evaluation.train", lambda *a, seed, **k: trained.append(seed) or real_train(*a, seed=seed, **k))
+    names = ("minilm-frozen", "textcnn-glove")
+    built = _record_builds(monkeypatch, names)
+    with monkeypatch.context() as m:
+        for module in ("dm", "dc"):
+            m.setattr(f"textdistill.methods.{module}.train",
+                      lambda *a, seed, **k: trained.append(seed) or real_train(*a, seed=seed, **k), raising=False)
+        sets = [(get_method(method, **CONFORMANCE[method][1]).distill(mr_small, 2, get_learner(name), seed=s), name)
+                for method, name in (("dm", "minilm-frozen"), ("dc", "textcnn-glove")) for s in (0, 1)]
+    get_learner("minilm-frozen").build(2, TEACHER_SEED)
+    distilling, distill_trained = list(built), list(trained)
+    built.clear(), trained.clear()
     for ds, name in sets:
         (r,) = evaluate(mr_small, ds, [name], seeds=5, cache=False, progress=False, recipe={"steps": 2})
         assert [x["seed"] for x in r.runs] == [0, 1, 2, 3, 4]  # reported as before
-    assert seen and not set(seen) & distilling
+    assert len(built) == 20 and len(trained) == 20 and len(distilling) > 4 and distill_trained
+    for name, seed, weights in built:
+        same = [s for n, s, w in distilling if n == name and torch.equal(w, weights)]
+        assert not same, f"evaluation seed {seed} of {name} starts where distillation seed {same[0]} started"
+
+    def draws(seed):
+        return torch.randint(2**62, (4,), generator=torch.Generator().manual_seed(seed))
+
+    assert not any(torch.equal(draws(a), draws(b)) for a in trained for b in distill_trained)
+    # why ranges below 2**32: a seed 2**32 apart draws the same stream, so such a seed is refused
+    assert torch.equal(draws(2**32 + 5), draws(5))
+    with pytest.raises(ConfigError, match="2\\*\\*32"):
+        get_learner("minilm-frozen").build(2, 2**32 + 5)
+    with pytest.raises(ConfigError, match="set seed"):
+        get_method("random").distill(mr_small, 2, get_learner("minilm-frozen"), seed=MAX_SET_SEED)
 
 
 def test_minilm_trains_on_a_text_set(mr_small, check_accuracy):

@@ -244,6 +244,7 @@ def test_a_diverging_evaluation_run_is_recorded_as_failed_and_the_rest_go_on(mr_
     from textdistill import evaluation as evaluate_module
     from textdistill.errors import TrainingDiverged
     from textdistill.evaluation import evaluate
+    from textdistill.seeds import eval_seed
 
     # A learning rate that overflows the head's weights: every run diverges, and evaluate still returns.
     (r,) = evaluate(mr_small, None, ["minilm-frozen"], seeds=2, recipe={"lr": 1e38, "steps": 5}, cache=False,
@@ -255,7 +256,7 @@ def test_a_diverging_evaluation_run_is_recorded_as_failed_and_the_rest_go_on(mr_
     real = evaluate_module.train
 
     def diverges_for_seed_1(*args, seed, **kwargs):
-        if seed == evaluate_module.EVAL_SEEDS + 1:
+        if seed == eval_seed(1):
             raise TrainingDiverged("training loss became nan at step 0")
         return real(*args, seed=seed, **kwargs)
 

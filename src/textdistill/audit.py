@@ -84,7 +84,8 @@ def loss_scores(ds: DistilledDataset, task: Task, learner_name: str, seeds: int,
     import torch
     import torch.nn.functional as F
 
-    from .evaluation import EVAL_SEEDS, resolve_recipe
+    from .evaluation import resolve_recipe
+    from .seeds import eval_seed
     from .methods.attention_labels import set_loss
     from .learners import get_learner
     from .train import predict_logits, train
@@ -94,8 +95,8 @@ def loss_scores(ds: DistilledDataset, task: Task, learner_name: str, seeds: int,
     candidates, y = learner.encode(texts, pairs), torch.tensor(labels)
     total = torch.zeros(len(labels))
     for seed in range(seeds):
-        model = learner.build(task.num_classes, EVAL_SEEDS + seed)
-        params = train(learner, model, inputs, ds.labels, recipe, seed=EVAL_SEEDS + seed,
+        model = learner.build(task.num_classes, eval_seed(seed))
+        params = train(learner, model, inputs, ds.labels, recipe, seed=eval_seed(seed),
                        lrs=ds.lrs if ds.kind != "text" else None, loss=set_loss(ds, recipe), progress=False)
         total -= F.cross_entropy(predict_logits(learner, model, params, candidates), y, reduction="none")
     return (total / seeds).numpy()

@@ -17,7 +17,7 @@ from filelock import FileLock
 from .version import __version__
 from .resources import cache_dir
 
-SCHEMA = 1  # bump when what a cached value means changes without its inputs changing
+SCHEMA = 2  # bump when what a cached value means changes without its inputs changing
 
 
 def key_of(*parts: Any) -> str:

@@ -16,13 +16,10 @@ from .errors import ArtifactError, ConfigError, TrainingDiverged
 from .learners import Learner, get_learner
 from .distilled import DistilledDataset
 from .recipe import Recipe
+from .seeds import eval_seed
 from .train import predict, train
 from .methods.attention_labels import set_loss
 
-# Evaluation learner m is seeded EVAL_SEEDS + m (the report still calls it seed m), so that no "fresh" learner
-# shares a seed with a learner a method trained while distilling: methods seed theirs below 2**31 (set seed x
-# 1_000_003 + step for set seeds below 2,000, fixed small seeds, or draws from rng.integers(2**31)).
-EVAL_SEEDS = 2**32
 
 
 @dataclass
@@ -113,22 +110,27 @@ def evaluate(
                 if test_inputs is None:
                     test_inputs = learner.encode(test_texts, test_pairs)
                 t0 = time.time()
-                model = learner.build(task.num_classes, EVAL_SEEDS + seed)
+                model = learner.build(task.num_classes, eval_seed(seed))
+                losses: list[float] = []
                 try:
-                    params = train(learner, model, inputs, labels_t, rec, seed=EVAL_SEEDS + seed, lrs=lrs,
+                    params = train(learner, model, inputs, labels_t, rec, seed=eval_seed(seed), lrs=lrs,
                                    loss=set_loss(source, rec), device=device,
-                                   progress=progress and len(labels_t) > 256)
+                                   progress=progress and len(labels_t) > 256, losses=losses)
                 except TrainingDiverged as e:  # one diverged learner is a result to report, not a reason to stop
-                    return {"seed": seed, "learner_seed": EVAL_SEEDS + seed, "accuracy": None, "failed": str(e),
+                    return {"seed": seed, "learner_seed": eval_seed(seed), "accuracy": None, "failed": str(e),
                             "seconds": round(time.time() - t0, 2), "device": str(device)}
                 preds = predict(learner, model, params, test_inputs, device=device, precision=rec.precision)
-                return {"seed": seed, "learner_seed": EVAL_SEEDS + seed,
+                # the mean training loss over the last epoch's steps: whether a full-data run had converged is
+                # part of its number
+                epoch = max(1, -(-len(labels_t) // min(rec.batch_size or 64, len(labels_t))))
+                return {"seed": seed, "learner_seed": eval_seed(seed),
                         "accuracy": float((preds == y_test).float().mean()),
+                        "last_epoch_loss": round(float(np.mean(losses[-epoch:])), 5),
                         "seconds": round(time.time() - t0, 2), "device": str(device)}
 
             # The learner seed is in the key: runs cached under the old seeds 0..M-1 are not reused.
             key = key_of(task.fingerprint, learner.describe(), rec.to_dict(), train_set, lrs is not None,
-                         EVAL_SEEDS + seed)
+                         eval_seed(seed))
             runs.append(cached_json("evals", key, run) if cache else run())
         accs = np.array([r["accuracy"] for r in runs if r["accuracy"] is not None])
         mean, std = (float(accs.mean()), float(accs.std())) if len(accs) else (None, None)

@@ -7,6 +7,7 @@ import torch
 from torch.func import functional_call
 
 from ..recipe import Recipe
+from ..seeds import check_seed
 from ..train import Params
 from .base import FeatureLearner, Learner, register_learner
 from .transformer import TransformerLearner
@@ -33,7 +34,7 @@ class FrozenEncoderLearner(FeatureLearner):
 
         dim = AutoConfig.from_pretrained(self.encoder.path).hidden_size
         with torch.random.fork_rng():
-            torch.manual_seed(seed)
+            torch.manual_seed(check_seed(seed, "build"))
             return torch.nn.Linear(dim, num_labels)
 
     def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:

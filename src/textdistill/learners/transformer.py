@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from ..errors import ResourceMissing
 from ..resources import model_revision, resolve_model
 from ..recipe import Recipe
+from ..seeds import check_seed
 from ..train import Params
 from .base import AttentionLearner, Learner, register_learner
 from .packed import PackedBert, packable
@@ -35,6 +37,7 @@ class TransformerLearner(AttentionLearner):
         self.name = model_id
         self.max_length = max_length
         self._templates: dict[int, tuple[torch.nn.Module, list[str]]] = {}
+        self._under_sdpa: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models inside first_order
 
     @property
     def default_recipe(self) -> Recipe:
@@ -80,7 +83,7 @@ class TransformerLearner(AttentionLearner):
         template, new = self._pretrained(num_labels)
         model = copy.deepcopy(template)
         std = getattr(model.config, "initializer_range", 0.02)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(check_seed(seed, "build"))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name in new:
@@ -100,7 +103,7 @@ class TransformerLearner(AttentionLearner):
                 attentions: bool = False):
         """Logits, or (logits, attention probabilities per layer) with ``attentions=True``. Under SDPA
         (``first_order``) a BERT-like model runs on real tokens only (``packed``: the same maths and dropout draws)."""
-        if not attentions and model.config._attn_implementation == "sdpa" and packable(model, inputs):
+        if not attentions and model in self._under_sdpa and packable(model, inputs):
             return functional_call(PackedBert(model), {f"model.{k}": v for k, v in params.items()}, args=(),
                                    kwargs=inputs)
         out = functional_call(model, params, args=(), kwargs={**inputs, "output_attentions": attentions})
@@ -110,12 +113,16 @@ class TransformerLearner(AttentionLearner):
     def first_order(self, model: torch.nn.Module) -> Iterator[None]:
         """SDPA attention (same maths and dropout draws as eager). Models are built with eager attention, which
         unrolled methods need: SDPA's CPU kernels have no double backward and return no attention probabilities."""
-        before = model.config._attn_implementation
-        model.config._attn_implementation = "sdpa"
+        if model in self._under_sdpa:  # nested: the outer context restores eager
+            yield
+            return
+        model.set_attn_implementation("sdpa")
+        self._under_sdpa.add(model)
         try:
             yield
         finally:
-            model.config._attn_implementation = before
+            self._under_sdpa.discard(model)
+            model.set_attn_implementation("eager")
 
     def head(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.classifier  # BERT-like heads read the pooled first token; RoBERTa-like read every position

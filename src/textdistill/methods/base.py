@@ -13,6 +13,7 @@ from ..data import Task
 from ..errors import ConfigError, DataError, TextDistillError
 from ..learners import Learner
 from ..distilled import DistilledDataset
+from ..seeds import check_set_seed
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,7 @@ class Distiller:
         check_device(device)
         if device != "cpu" and not self.uses_device:
             raise ConfigError(f"method {self.name!r} runs on the CPU only (device {device!r})")
+        check_set_seed(seed)
         self.device = device
         learner = learner.for_task(task)
         ds = self.run(task, dpc, learner, seed=seed)
@@ -98,7 +100,7 @@ def class_indices(labels: list[int] | np.ndarray, classes: tuple[str, ...], dpc:
 
 def fresh_model(learner: Learner, task: Task, seed: int, step: int, device: str = "cpu") -> "torch.nn.Module":
     """The fresh learner a method's outer step works with, seeded from (set seed, step): every step sees a new
-    initialisation, and a set seed never shares one with another (nor with evaluation's seeds)."""
+    initialisation, and a set seed never shares one with another (nor with evaluation's seeds: ``seeds``)."""
     return learner.build(task.num_classes, seed=seed * 1_000_003 + step).to(device)
 
 

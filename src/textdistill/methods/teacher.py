@@ -14,9 +14,9 @@ from ..cache import build_lock, key_of
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import get_learner
+from ..seeds import TEACHER_SEED
 from .base import MethodConfig
 
-TEACHER_SEED = 2**33  # apart from distillation seeds (0, 1, ...) and evaluation seeds (2**32 + m)
 
 
 @dataclass
