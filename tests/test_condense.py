@@ -5,6 +5,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,13 +13,15 @@ from textdistill.data import get_task
 from textdistill.errors import ConfigError
 from textdistill.learners import get_learner
 from textdistill.methods import get_method
-from textdistill.methods.condense import head_gradient, parse_generation
+from textdistill.methods.condense import echoes, head_gradient, mean_head_gradient, parse_generation
 
 
 class FakeLM:
-    """Deterministic candidates: pieces of the prompt's own examples, plus one empty and one off-topic text."""
+    """Deterministic candidates: echoes of the prompt's own examples (a copy in other case and spacing, one with its
+    last word changed, two joined), an empty answer, and two new texts (an off-topic one and a review)."""
 
     name = "fake"
+    NEW = ["the weather report for tuesday", "an uneven picture that still finds moments of real grace"]
 
     def __init__(self):
         self.prompts = []
@@ -26,7 +29,9 @@ class FakeLM:
     def generate(self, prompt, n, max_new_tokens=40, seed=0, **kw):
         self.prompts.append(prompt)
         examples = [line[2:] for line in prompt.splitlines() if line.startswith("- ")]
-        return ([examples[0], " ".join(examples[:2]), "", "the weather report for tuesday"] * n)[:n]
+        echoes = ["  " + examples[0].upper().replace(" ", "   "), examples[1].rsplit(" ", 1)[0] + " indeed",
+                  " ".join(examples[:2])]
+        return ((echoes + [""] + self.NEW) * n)[:n]
 
 
 @pytest.fixture
@@ -44,27 +49,82 @@ def fake_lm(monkeypatch, tmp_path):
     return lm
 
 
-def test_condense_keeps_the_best_aligned_generation_per_cluster(fake_lm):
+def alignment(model, x, y, classes):
+    """Cosine between the mean cross-entropy gradient of a linear head (weight and bias) on the rows ``x`` of class
+    ``y`` and that on one row, worked out in closed form in float64: (softmax(Wx + b) - onehot(y)) [x, 1]."""
+    w, b = model.weight.detach().double().numpy(), model.bias.detach().double().numpy()
+
+    def gradient(rows):
+        logits = rows @ w.T + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        residual = p / p.sum(1, keepdims=True) - np.eye(classes)[y]
+        return np.concatenate([(residual.T @ rows).ravel(), residual.sum(0)]) / len(rows)
+
+    target = gradient(x[:-1])
+    one = gradient(x[-1:])
+    return float(one @ target / np.linalg.norm(one) / np.linalg.norm(target))
+
+
+def test_condense_drops_echoes_and_keeps_the_best_aligned_new_text(fake_lm, tmp_path, capsys):
     task = get_task("mr").subset(train_per_class=20, test_size=10, seed=0)
     learner = get_learner("minilm-frozen")
-    ds = get_method("condense", candidates=4).distill(task, 2, learner, seed=0)
+    ds = get_method("condense", candidates=6).distill(task, 2, learner, seed=0)
     assert ds.kind == "text" and ds.hard_labels.tolist() == [0, 0, 1, 1] and len(fake_lm.prompts) == 4
     clusters = ds.log["clusters"]
-    assert [c["prompt"] for c in clusters] == fake_lm.prompts and all(len(c["generations"]) == 3 for c in clusters)
-    assert all(c["skipped"] == 1 and c["raw"][2] == "" for c in clusters) and ds.log["skipped_generations"] == 4
+    assert [c["prompt"] for c in clusters] == fake_lm.prompts
+    # the three echoes of each prompt are dropped and counted, the empty answer skipped: the two new texts stay
+    assert all(c["generations"] == FakeLM.NEW and c["echoes"] == 3 and c["skipped"] == 1 for c in clusters)
+    assert ds.log["echo_generations"] == 12 and ds.log["skipped_generations"] == 4
+    assert "dropped 12 as echoes" in capsys.readouterr().out
+    ds.save(tmp_path / "set")
+    assert json.loads((tmp_path / "set" / "manifest.json").read_text())["log"]["echo_generations"] == 12
     texts, _, _ = task.columns("train")
-    model = learner.build(task.num_classes, 0).eval()
-    for text, c in zip(ds.texts, clusters):  # the scores and the choice, recomputed directly
+    model = learner.build(task.num_classes, 0)
+    for text, c in zip(ds.texts, clusters):  # the scores and the choice, worked out independently
         y = task.spec.classes.index(c["class"])
-        prompt_rows = [line[2:] for line in c["prompt"].splitlines() if line.startswith("- ")]
-        assert prompt_rows and set(prompt_rows) <= {texts[i] for i in c["rows"]}
-        target = head_gradient(learner, model, learner.encode([texts[i] for i in c["rows"]]),
-                               torch.full((len(c["rows"]),), y))
-        scores = [float(torch.nn.functional.cosine_similarity(
-            head_gradient(learner, model, learner.encode([g]), torch.tensor([y])), target, dim=0))
-            for g in c["generations"]]
-        assert c["scores"] == pytest.approx(scores, abs=1e-4)
-        assert text == c["generations"][max(range(len(scores)), key=scores.__getitem__)]
+        members = [texts[i] for i in c["rows"]]
+        scores = [alignment(model, learner.sentence_vectors(members + [g]).astype(np.float64), y, task.num_classes)
+                  for g in FakeLM.NEW]
+        assert c["scores"] == pytest.approx(scores, abs=1e-4) and abs(scores[0] - scores[1]) > 1e-2
+        assert text == FakeLM.NEW[int(np.argmax(scores))] and c["chosen"] == int(np.argmax(scores))
+    assert {c["chosen"] for c in clusters} != {0}  # not merely the first candidate
+
+
+def test_echoes_are_copies_and_near_copies_of_the_prompts_examples():
+    members = [("a gorgeous , witty , seductive movie about love and loss .", None), ("ugh", None)]
+    assert echoes(("A gorgeous, witty,   seductive movie about love and loss.", None), members, 0.8)
+    assert echoes(("a gorgeous , witty , seductive movie about love and money", None), members, 0.8)
+    assert echoes(("witty , seductive movie about love", None), members, 0.8)  # a piece of one
+    assert not echoes(("a witty film about money and the people who chase it", None), members, 0.8)
+    assert not echoes(("ugh , what a waste of two good actors", None), members, 0.8)  # a one-word member
+    pair = [("is it raining today", "it rains today")]
+    assert echoes(("Is it  raining today", "it rains today"), pair, 0.8)
+    assert not echoes(("is the sun out", "the sun shines brightly now"), pair, 0.8)
+
+
+def test_a_clusters_gradient_is_taken_in_chunks_equal_to_one_forward(fake_lm, monkeypatch):
+    """The mean gradient over a cluster, chunk by chunk (token inputs, each chunk trimmed to its own longest
+    text), equals the one-forward gradient; condense scores a cluster of 20 in forwards of at most the chunk."""
+    task = get_task("mr").subset(train_per_class=20, test_size=10, seed=0)
+    texts, _, labels = task.columns("train")
+    learner = get_learner("textcnn-glove")
+    model = learner.build(2, 0).eval()
+    inputs, y = learner.encode(texts[:30]), torch.tensor(labels[:30])
+    whole = head_gradient(learner, model, inputs, y)
+    torch.testing.assert_close(mean_head_gradient(learner, model, inputs, y, chunk=7), whole, rtol=1e-5, atol=1e-7)
+
+    learner = get_learner("minilm-frozen")
+    method = get_method("condense", candidates=6)
+    one = method.distill(task, 1, learner, seed=0)
+    fake_lm.prompts.clear()
+    rows, real_forward = [], learner.forward
+    monkeypatch.setattr("textdistill.methods.condense.GRADIENT_CHUNK", 8)
+    monkeypatch.setattr(learner, "forward", lambda *a: (rows.append(len(a[2]["features"])), real_forward(*a))[1])
+    chunked = method.distill(task, 1, learner, seed=0)
+    assert [len(c["rows"]) for c in chunked.log["clusters"]] == [20, 20] and max(rows) == 8
+    for c, d in zip(chunked.log["clusters"], one.log["clusters"]):
+        assert c["scores"] == pytest.approx(d["scores"], abs=2e-4)
+    assert chunked.texts == one.texts
 
 
 def test_unusable_generations_are_recognised():
@@ -78,7 +138,7 @@ def test_unusable_generations_are_recognised():
 
 def test_a_killed_run_resumes_from_cached_generations(fake_lm):
     task = get_task("mr").subset(train_per_class=20, test_size=10, seed=0)
-    learner, method = get_learner("minilm-frozen"), get_method("condense", candidates=4)
+    learner, method = get_learner("minilm-frozen"), get_method("condense", candidates=6)
     real_generate = fake_lm.generate
 
     def killed_after_two(prompt, *a, **kw):

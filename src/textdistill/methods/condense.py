@@ -7,7 +7,9 @@ scored by how well the loss gradient it gives a learner (its head, freshly initi
 with the mean gradient of the cluster's real members, and the best candidate stands for the cluster. This
 is our reading of the paper's reward matching, not its exact rule (see docs/results.md). Every prompt and
 generation is kept in the set's log; a generation that is empty or malformed (too short, an echo of the
-instructions, a pair without both texts) is skipped and counted, never written. Prompts live in
+instructions, a pair without both texts) is skipped and counted, never written, and so is one that echoes a
+real example of its prompt (the same text, or ``echo_overlap`` of its words or the example's): the alignment
+score favours the cluster's centre, which is where the prompt's examples sit. Prompts live in
 ``prompts/condense-{single,pair}.txt``; generations are cached by prompt, so a killed run resumes.
 """
 
@@ -22,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..audit import words
 from ..data import Task
+from ..data.task import text_key
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..train import batch_of
@@ -30,6 +34,7 @@ from .base import Distiller, MethodConfig, register_method
 from .learned_set import real_inputs
 
 MIN_WORDS = 3  # shorter answers are refusals or fragments ("Sure!", "Positive.")
+GRADIENT_CHUNK = 256  # real examples per forward of a cluster's gradient: a whole large cluster runs out of memory
 # small instruct LMs often talk about the task instead of doing it ("Here's a revised version:"); such a line
 # is not an example of the class
 META = re.compile(r"\b(condens\w*|revised|rephras\w*|label+ed|here is|here's|original (text|sentence)s?|"
@@ -62,6 +67,21 @@ def parse_generation(raw: str, label: str, pair: bool) -> tuple[str, str | None]
     return parts[0], parts[1] if pair else None
 
 
+def echoes(candidate: tuple[str, str | None], members: list[tuple[str, str | None]], threshold: float) -> bool:
+    """Whether a candidate repeats one of the prompt's real examples: the same text (case and whitespace aside),
+    or at least ``threshold`` of the distinct words of the shorter of the two found in the other (a copy, a piece
+    of one, one with a few words added or two joined)."""
+    key, mine = text_key(*candidate), set(words(" ".join(p for p in candidate if p)))
+    for member in members:
+        theirs = set(words(" ".join(p for p in member if p)))
+        # a member of a word or two would make every candidate using those words an echo: then only the
+        # candidate's share counts
+        shorter = min(len(mine), len(theirs)) if len(theirs) >= MIN_WORDS else len(mine)
+        if text_key(*member) == key or (shorter and len(mine & theirs) / shorter >= threshold):
+            return True
+    return False
+
+
 @dataclass
 class CondenseConfig(MethodConfig):
     llm: str = field(default="smollm2-135m", metadata={"help": "local or hub causal LM, or openai:URL/MODEL"})
@@ -69,6 +89,10 @@ class CondenseConfig(MethodConfig):
     candidates: int = field(default=8, metadata={"ge": 1, "help": "generations per cluster"})
     max_new_tokens: int = field(default=64, metadata={"ge": 4, "help": "tokens per generation"})
     kind: str = field(default="sentences", metadata={"help": "what the examples are, in the prompt (plural)"})
+    echo_overlap: float = field(default=0.8, metadata={
+        "gt": 0, "le": 1, "help": "drop a generation sharing this fraction of the distinct words of the shorter "
+                                  "text with one of its prompt's real examples (a copy or near-copy; an exact "
+                                  "copy, case and whitespace aside, always)"})
 
 
 def head_gradient(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -80,6 +104,19 @@ def head_gradient(learner: Learner, model: torch.nn.Module, inputs: dict[str, to
     params.update(dict(model.named_buffers()))
     loss = F.cross_entropy(learner.forward(model, params, inputs), labels)
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, [params[k] for k in names])])
+
+
+def mean_head_gradient(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                       labels: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """``head_gradient`` of many rows, ``chunk`` (default ``GRADIENT_CHUNK``) rows per forward: the chunks' mean
+    gradients weighted by their sizes, which is the mean gradient of all rows."""
+    n, total, chunk = len(labels), None, chunk or GRADIENT_CHUNK
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(start + chunk, n))
+        part = head_gradient(learner, model, batch_of(inputs, idx), labels[idx]) * (len(idx) / n)
+        total = part if total is None else total + part
+    assert total is not None, "no rows"
+    return total
 
 
 @register_method
@@ -106,23 +143,28 @@ class Condense(Distiller):
         model = learner.build(task.num_classes, seed).eval()
         rng = np.random.default_rng(seed)
         out_texts, out_pairs, out_labels, log = [], [], [], []
+        echoed = 0
         for c, idx in enumerate(per_class):
             label = task.spec.classes[c]
             km = KMeans(n_clusters=dpc, n_init=3, random_state=int(rng.integers(2**31))).fit(vectors[idx])
-            for k in tqdm(range(dpc), desc=f"condense {label}", leave=False):
+            bar = tqdm(range(dpc), desc=f"condense {label}", leave=False)
+            for k in bar:
                 rows = idx[km.labels_ == k]
                 near = rows[np.argsort(np.linalg.norm(vectors[rows] - km.cluster_centers_[k], axis=1))[: cfg.members]]
                 prompt = template.format(kind=cfg.kind, kind_one=cfg.kind.rstrip("s"), label=label, examples="\n".join(
                     show_example(texts[i], pairs[i] if is_pair else None) for i in near))
                 raw = cached_generate(lm, prompt, cfg.candidates, cfg.max_new_tokens, seed * 1_000_003 + c * 1_009 + k)
-                parsed = [parse_generation(r, label, is_pair) for r in raw]
-                cands = [p for p in parsed if p is not None]
+                parsed = [p for p in (parse_generation(r, label, is_pair) for r in raw) if p is not None]
+                members = [(texts[i], pairs[i] if is_pair else None) for i in near]
+                cands = [p for p in parsed if not echoes(p, members, cfg.echo_overlap)]
                 entry = {"class": label, "rows": rows.tolist(), "prompt": prompt, "raw": raw,
-                         "skipped": len(raw) - len(cands)}
-                if not cands:  # nothing usable written: the cluster's central real example stands for it
+                         "skipped": len(raw) - len(parsed), "echoes": len(parsed) - len(cands)}
+                echoed += entry["echoes"]
+                bar.set_postfix(echoes_dropped=echoed)
+                if not cands:  # nothing usable and new written: the cluster's central real example stands for it
                     cands, entry["fallback"] = [(texts[near[0]], pairs[near[0]] if is_pair else None)], True
-                target = head_gradient(learner, model, batch_of(real, torch.from_numpy(rows)),
-                                       torch.full((len(rows),), c))
+                target = mean_head_gradient(learner, model, batch_of(real, torch.from_numpy(rows)),
+                                            torch.full((len(rows),), c))
                 # all of a cluster's candidates encoded at once, scored one by one
                 proposed = learner.encode([a for a, _ in cands], [b for _, b in cands] if is_pair else None)
                 scores = [float(F.cosine_similarity(head_gradient(learner, model, batch_of(proposed, torch.tensor([j])),
@@ -136,10 +178,11 @@ class Condense(Distiller):
                             "scores": [round(s, 4) for s in scores], "chosen": best})
         skipped = sum(e["skipped"] for e in log)
         fallbacks = sum(e.get("fallback", False) for e in log)
-        if skipped:
-            tqdm.write(f"condense: skipped {skipped} of {sum(len(e['raw']) for e in log)} generations as empty or "
-                       f"malformed; {fallbacks} clusters kept their central real example")
+        if skipped or echoed:
+            tqdm.write(f"condense: of {sum(len(e['raw']) for e in log)} generations, skipped {skipped} as empty or "
+                       f"malformed and dropped {echoed} as echoes of their prompt's real examples; {fallbacks} "
+                       "clusters kept their central real example")
         return self._artifact(task, seed, kind="text", texts=out_texts, text_pairs=out_pairs if is_pair else None,
                               labels=torch.tensor(out_labels),
                               log={"llm": getattr(lm, "name", cfg.llm), "skipped_generations": skipped,
-                                   "fallback_clusters": fallbacks, "clusters": log})
+                                   "echo_generations": echoed, "fallback_clusters": fallbacks, "clusters": log})
