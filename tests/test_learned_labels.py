@@ -163,8 +163,9 @@ def test_learned_labels_lower_the_real_loss(small, inner, truncate, learn, tmp_p
 
 
 def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tmp_path, capsys):
-    ds = get_method("learned-labels", outer_steps=2, inner_steps=2, real_batch=16, init_learner="minilm-frozen").distill(
-        small, 2, get_learner("textcnn-glove"), seed=0)
+    # two SGD steps: TextCNN's own 300-step recipe unrolled would cost half a minute an outer step
+    ds = get_method("learned-labels", outer_steps=2, inner_recipe="sgd", inner_steps=2, real_batch=16,
+                    init_learner="minilm-frozen").distill(small, 2, get_learner("textcnn-glove"), seed=0)
     # learned with TextCNN on the texts k-means picks in MiniLM's space: labels of other learners share them
     assert ds.texts == get_method("kmeans").distill(small, 2, get_learner("minilm-frozen"), seed=0).texts
     assert ds.log["learned_with"] == "textcnn-glove" and ds.log["picked_with"] == "minilm-frozen"
@@ -173,9 +174,9 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
     with pytest.raises(Exception, match="unknown learner"):
         get_method("learned-labels", inner_recipe="learner", also_learners="minilm-frozen,no-such-learner")
     with pytest.raises(Exception, match=r"truncate \(3\) must be at most inner_steps \(2\)"):
-        get_method("learned-labels", inner_steps=2, truncate=3)
+        get_method("learned-labels", inner_recipe="sgd", inner_steps=2, truncate=3)
     with pytest.raises(Exception, match="needs inner_recipe learner"):
-        get_method("learned-labels", also_learners="minilm-frozen")
+        get_method("learned-labels", inner_recipe="sgd", also_learners="minilm-frozen")
     with pytest.raises(Exception, match="learn must be one of labels, weights, both"):
         get_method("learned-labels", learn="texts")
     with pytest.raises(ConfigError, match="truncate does not apply to inner_recipe online"):
@@ -187,7 +188,7 @@ def test_learned_labels_set_is_text_with_float_labels_that_round_trips(small, tm
     assert back.fingerprint() == ds.fingerprint() and torch.equal(back.labels, ds.labels)
     assert "input_ids" in back.inputs_for(get_learner("minilm"))  # text: another learner trains on it
     assert ds.label_weights is None and "weight" not in ds.to_dataset().column_names
-    both = get_method("learned-labels", outer_steps=2, inner_steps=2, real_batch=16, learn="both",
+    both = get_method("learned-labels", outer_steps=2, inner_recipe="sgd", inner_steps=2, real_batch=16, learn="both",
                       init_learner="minilm-frozen").distill(small, 2, get_learner("textcnn-glove"), seed=0)
     rows = both.labels / both.label_weights[:, None]  # soft distributions, each scaled by its text's weight
     assert torch.allclose(both.label_weights.mean(), torch.tensor(1.0)) and (rows.max(-1).values < 1 - 1e-3).all()
@@ -287,3 +288,27 @@ def test_labels_learned_against_two_learners_at_once(small, monkeypatch):
     assert both.log["learned_with"] == "textcnn-glove+minilm-frozen" and both.texts == alone.texts
     assert set(both.log["inner_recipes"]) == {"textcnn-glove", "minilm-frozen"}
     assert not torch.allclose(both.labels, alone.labels, atol=1e-3)
+
+
+def test_by_default_labels_are_learned_through_the_recipe_evaluation_trains_the_set_with(small, monkeypatch):
+    """With no inner_recipe given, every outer step trains the learner (differentiably, from the labels being
+    learned) with the very recipe that evaluation resolves for the finished set, not SGD steps that no
+    evaluation takes."""
+    from textdistill.evaluation import resolve_recipe
+    from textdistill.methods import learned_labels as module
+
+    learner = get_learner("minilm-frozen")
+    # a short recipe of its own (300 unrolled steps per outer step are not needed to follow it)
+    monkeypatch.setattr(type(learner), "default_recipe",
+                        property(lambda self: Recipe(steps=6, lr=1e-2, warmup=0.2, schedule="cosine", batch_size=3)))
+    seen, real_train = [], module.train
+
+    def spy(learner, model, inputs, labels, recipe, **kwargs):  # what each outer step trains with
+        seen.append((recipe.to_dict(), labels.requires_grad, kwargs.get("differentiable")))
+        return real_train(learner, model, inputs, labels, recipe, **kwargs)
+
+    monkeypatch.setattr(module, "train", spy)
+    ds = get_method("learned-labels", outer_steps=3, real_batch=16).distill(small, 2, learner, seed=0)
+    evaluated = resolve_recipe(learner, ds, None).to_dict()
+    assert evaluated["steps"] == 6 and evaluated["batch_size"] == 3
+    assert seen == [(evaluated, True, True)] * 3

@@ -4,8 +4,9 @@ Sucholutsky & Schonlau 2019 (learnable soft labels), Bohdal et al. 2020 ("Flexib
 Learn Labels Instead of Images"). The inputs stay real sentences, so the set is text that any learner can
 train on; only the labels (and, with ``learn: weights|both``, a weight per text, as in Ren et al. 2018's
 example reweighting) are learned, by unrolling a learner's training on the fixed texts (bptt's machinery) and
-lowering the trained learner's loss on real batches, or, too costly to unroll, along the learner's own
-training runs from one-step look-ahead hypergradients (``inner_recipe: online``).
+lowering the trained learner's loss on real batches. What is unrolled is by default the recipe evaluation
+trains the set with (``inner_recipe: learner``); where that is too costly to unroll, the labels follow the
+learner's own training runs by one-step look-ahead hypergradients (``inner_recipe: online``).
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ class LearnedLabelsConfig(MethodConfig):
         "help": "what is learned: labels (a class distribution per text), weights (one per text, mean 1, on the "
                 "real hard labels) or both; a weight scales its text's label row, which every learner's soft "
                 "cross-entropy reads as that text's weight"})
-    inner_recipe: str = field(default="sgd", metadata={
-        "help": "what is unrolled: sgd (inner_steps SGD steps at learned step sizes, bptt's inner loop), learner "
-                "(the learner's own evaluation recipe, whole: its optimizer, schedule and steps) or online (no "
-                "unroll: each outer step trains the learner's recipe once and sums one-step look-ahead "
-                "hypergradients along it, every probe_every steps; cheap enough for fine-tuned MiniLM on a CPU)"})
+    # the default is what evaluation trains the set with: labels fitted to any other training fit a run that
+    # never happens
+    inner_recipe: str = field(default="learner", metadata={
+        "help": "what is unrolled: learner (the learner's own evaluation recipe, whole: its optimizer, schedule and "
+                "steps), sgd (inner_steps SGD steps at learned step sizes, bptt's inner loop; no evaluation trains "
+                "so) or online (no unroll: each outer step trains the learner's recipe once and sums one-step "
+                "look-ahead hypergradients along it, every probe_every steps; cheap enough for fine-tuned MiniLM "
+                "on a CPU)"})
     probe_every: int = field(default=10, metadata={"ge": 1, "help": "online: training steps between look-ahead "
                                                                     "probes (each stands for that many steps)"})
     inner_steps: int = field(default=10, metadata={"ge": 1, "help": "sgd: unrolled SGD steps per outer step"})
