@@ -134,3 +134,24 @@ def test_packed_bert_forward_is_the_padded_one_with_the_same_dropout_draws(mr_sm
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
     left = {k: v.flip(1) for k, v in singles.items()}  # left padding: the pooler's first token may be padding
     assert not packable(model, left) and not packable(model, learner.encode(["same length", "same length"]))
+
+
+def test_a_bilstm_sentence_reads_the_same_whatever_it_is_batched_with():
+    """The backward LSTM starts at a sentence's last real token, not at the padding that a longer neighbour adds:
+    its logits alone equal its logits beside a sentence five times longer (eval mode: no dropout), and so do its
+    gradients, which the learned methods differentiate."""
+    learner = get_learner("bilstm-glove")
+    model = learner.build(2, seed=0).eval()
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    short = "a warm , funny film"
+    alone = learner.forward(model, params, learner.encode([short]))
+    batch = learner.encode(["the plot wanders for two hours through scenes that go nowhere , and " * 2, short])
+    assert batch["attention_mask"][1].sum() * 5 < batch["attention_mask"].shape[1]  # mostly padding
+    beside = learner.forward(model, params, batch)
+    torch.testing.assert_close(beside[1:], alone, rtol=1e-5, atol=1e-6)
+    # the same through inputs_embeds, as the token-space methods feed it, with the gradient to the embeddings
+    embeds = learner.input_embeddings(model, params, batch["input_ids"]).requires_grad_(True)
+    logits = learner.forward(model, params, {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]})
+    torch.testing.assert_close(logits, beside)
+    (grad,) = torch.autograd.grad(logits[1].sum(), embeds)
+    assert grad[1, batch["attention_mask"][1].sum():].abs().max() == 0  # padding does not reach the logits

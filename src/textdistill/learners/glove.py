@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from ..resources import glove_vectors, model_revision
 from ..recipe import Recipe
+from ..seeds import check_seed
 from ..train import Params
 from .base import Learner, TokenLearner, register_learner
 
@@ -56,7 +57,12 @@ class GloveEncoder(nn.Module):
                 pooled.append(c.masked_fill(mask == 0, -1e4).max(1).values)
             z = torch.cat(pooled, -1)
         else:
-            h, _ = self.lstm(x)
+            # packed: the backward direction starts at each sentence's last real token, so a sentence reads the
+            # same whatever it is batched with (padded, it would first run through its neighbours' padding)
+            lengths = attention_mask.sum(1).clamp_min(1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            h, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                                    total_length=x.shape[1])
             z = (h * mask).sum(1) / mask.sum(1).clamp_min(1)
         return self.head(self.dropout(z))
 
@@ -83,7 +89,7 @@ class GloveLearner(TokenLearner):
 
     def build(self, num_labels: int, seed: int) -> torch.nn.Module:
         with torch.random.fork_rng():
-            torch.manual_seed(seed)
+            torch.manual_seed(check_seed(seed, "build"))
             return GloveEncoder(num_labels, self.kind)
 
     def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
