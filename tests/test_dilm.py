@@ -257,3 +257,60 @@ def test_a_pair_task_through_dilm_gives_pairs(tiny_generator, tmp_path):
     assert all(isinstance(b, str) for b in ds.text_pairs)
     assert Counter(ds.labels.tolist()) == {0: 2, 1: 2}
     assert ds.inputs_for(get_learner("minilm"))["token_type_ids"].max() == 1  # encoded as pairs
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    """A randomly initialised two-layer GPT-2 with MiniLM's tokenizer and heavy dropout (GPT-2 trains with
+    dropout; the Llama generators have none)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from textdistill.resources import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64,
+                        resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_stage1_with_dropout_is_reproducible_from_its_seed(tiny_gpt2, mr_small):
+    """Two stage-1 runs with the same seed give the same weights whatever the process's random state before
+    them (its dropout draws come from the seed), and leave that state as they found it; another seed gives other
+    weights."""
+    def stage1(global_seed, seed=0):
+        gen = Generator.pretrained(tiny_gpt2, ["negative", "positive"], 12)
+        torch.manual_seed(global_seed)  # whatever ran before in this process
+        before = torch.get_rng_state()
+        lm_fine_tune(gen, mr_small, steps=3, batch=4, lr=1e-2, seed=seed, progress=False)
+        assert torch.equal(torch.get_rng_state(), before)
+        return gen.model.state_dict()
+
+    first, second, other = stage1(1), stage1(2), stage1(1, seed=1)
+    for k, a in first.items():
+        assert torch.equal(a, second[k]), k
+    assert any(not torch.equal(a, other[k]) for k, a in first.items())
+
+
+def test_stage1_ranks_draw_dropout_from_their_own_streams_of_the_seed(tiny_generator, mr_small, monkeypatch):
+    """Under torchrun rank 0 draws what one process draws, another rank its own stream (the same every run):
+    the draws the generator's forward would make, recorded at each step."""
+    gen = Generator.pretrained(tiny_generator, ["negative", "positive"], 12)
+    real_losses = gen.losses
+
+    def draws(rank, size, global_seed):
+        seen = []
+        monkeypatch.setattr(gen, "losses", lambda batch: (seen.append(torch.rand(4)), real_losses(batch))[1])
+        monkeypatch.setattr(dilm_module, "world", lambda: (rank, size))
+        torch.manual_seed(global_seed)
+        lm_fine_tune(gen, mr_small, steps=2, batch=4, lr=1e-3, seed=0, progress=False)
+        return torch.stack(seen)
+
+    one = draws(0, 1, global_seed=1)
+    assert torch.equal(draws(0, 2, global_seed=2), one)
+    other = draws(1, 2, global_seed=3)
+    assert torch.equal(draws(1, 2, global_seed=4), other) and not torch.equal(other, one)

@@ -112,7 +112,7 @@ def check_tasks(data_dir: str | None) -> None:
 
 
 def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
-    from .distributed import init_from_env, is_main, world
+    from .distributed import init_from_env, is_main, work_per_rank, world
     from .learners import get_learner
     from .measure import Meter
     from .methods import METHODS, get_method
@@ -146,11 +146,11 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     init_from_env(args.device)  # under torchrun: one rank of a data-parallel run
     with Meter() as meter:
         ds = distiller.distill(task, args.dpc, learner, seed=args.seed, device=args.device)
+    if world()[1] > 1:  # the real rows (or experts) each rank took: the record that the work was split
+        ds.log["data_parallel_work"] = work_per_rank()
     if not is_main():
         return  # rank 0 writes the set
     ds.log["distill_step"] = meter.result()
-    if world()[1] > 1:
-        ds.log["data_parallel_ranks"] = world()[1]
     path = ds.save(args.out, overwrite=args.overwrite)
     print(f"distilled {task.name} with {args.method}: {len(ds)} examples ({args.dpc} per class) in "
           f"{meter.summary()} -> {path}")

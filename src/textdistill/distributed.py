@@ -36,10 +36,34 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def shard(idx: torch.Tensor) -> torch.Tensor:
-    """This rank's rows of a real batch: every N-th from its rank."""
+_taken = [0]  # real rows and units of work this process took since the last ``work_per_rank``
+
+
+def shard(idx):
+    """This rank's rows of a real batch (a tensor or a list of indices): every N-th from its rank."""
     rank, size = world()
-    return idx[rank::size]
+    mine = idx[rank::size]
+    _taken[0] += len(mine)
+    return mine
+
+
+def deal(n: int) -> list[int]:
+    """This rank's share of ``n`` independent units of work (0..n-1): every N-th from its rank."""
+    rank, size = world()
+    mine = list(range(rank, n, size))
+    _taken[0] += len(mine)
+    return mine
+
+
+def work_per_rank() -> list[int]:
+    """What each rank took (rows and units) since the last call, in rank order: a run's record that the work was
+    split. Every rank must call it (a collective)."""
+    taken, _taken[0] = _taken[0], 0
+    if world()[1] == 1:
+        return [taken]
+    parts: list = [None] * world()[1]
+    dist.all_gather_object(parts, taken)
+    return parts
 
 
 def gather_rows(x: torch.Tensor) -> torch.Tensor:

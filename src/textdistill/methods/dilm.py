@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..cache import build_lock, key_of
 from ..data import Task
-from ..distributed import agree, barrier, is_main, sum_across, world
+from ..distributed import agree, barrier, is_main, shard, sum_across, world
 from ..errors import DataError
 from ..learners import Learner
 from ..lm.checkpoint import load_checkpoint, save_checkpoint
@@ -93,7 +93,18 @@ def lm_fine_tune(gen: Generator, task: Task, steps: int, batch: int, lr: float, 
                  progress: bool = True) -> list[float]:
     """Stage 1: next-token training on the task's training texts, each led by its class token; the loss curve.
     Under torchrun each rank computes its rows of every batch and the gradients are summed, so every rank takes
-    the single-process step."""
+    the same step. Dropout (GPT-2 has it) draws from ``seed``, not from the process's random state, which is left
+    as it was; under torchrun rank 0 draws as one process does and every other rank from its own stream of the
+    seed (one shared stream would give the rows of different ranks the same masks)."""
+    device, rank = gen.model.device, world()[0]
+    # fork the generator's own device only: forking every visible GPU is slow and warns
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+        return _lm_fine_tune(gen, task, steps, batch, lr, seed, progress)
+
+
+def _lm_fine_tune(gen: Generator, task: Task, steps: int, batch: int, lr: float, seed: int,
+                  progress: bool) -> list[float]:
     texts, pairs, labels = task.columns("train")
     params = [p for p in gen.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -102,7 +113,7 @@ def lm_fine_tune(gen: Generator, task: Task, steps: int, batch: int, lr: float, 
     history: list[float] = []
     for step in tqdm(range(steps), desc="dilm stage 1 (LM)", leave=False, disable=not progress or not is_main()):
         idx = [int(order[(step * batch + i) % len(order)]) for i in range(batch)]
-        mine = idx[world()[0]::world()[1]]
+        mine = shard(idx)
         opt.zero_grad()
         loss = torch.zeros((), device=gen.model.device)
         if mine:  # a rank with no rows (more ranks than rows) adds zeros

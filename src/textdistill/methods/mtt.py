@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..cache import atomic_write, build_lock, key_of
 from ..data import Task
-from ..distributed import barrier, world
+from ..distributed import barrier, deal
 from ..errors import ConfigError
 from ..learners import Learner
 from ..resources import cache_dir
@@ -70,9 +70,9 @@ def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True, 
     root = Path(cfg.buffer_dir) if cfg.buffer_dir else cache_dir() / "trajectories"
     folder = root / f"{task.name}-{learner.name.replace('/', '_')}-{key}"
     paths = [folder / f"expert-{i}.safetensors" for i in range(cfg.experts)]
-    rank, ranks = world()  # under torchrun each rank trains every N-th expert (the buffer folder must be shared)
+    mine = set(deal(len(paths)))  # under torchrun each rank trains every N-th expert (the buffer folder must be shared)
     for i, path in enumerate(tqdm(paths, desc="mtt experts", leave=False, disable=not progress)):
-        if i % ranks != rank:
+        if i not in mine:
             continue
         with build_lock(path):  # parallel runs share experts instead of training them twice
             if not path.exists():
