@@ -179,7 +179,8 @@ def _load_artifact_task(ds, args: argparse.Namespace):
                                        and all(v is None or isinstance(v, int) for v in subset.values())):
             raise ConfigError(f"{args.dir}/manifest.json: task.origin.subset is malformed; pass --task")
         task = get_task(name, data_dir=args.data_dir, subset=subset)
-    if task.fingerprint != ds.task.get("fingerprint"):
+    # a DP set records no fingerprint of its training data (it would be a membership oracle)
+    if "fingerprint" in ds.task and task.fingerprint != ds.task["fingerprint"]:
         print(f"warning: task {task.name} has fingerprint {task.fingerprint}, the set was distilled from "
               f"{ds.task.get('fingerprint')}", file=sys.stderr)
     return task
@@ -216,6 +217,9 @@ def cmd_show(args: argparse.Namespace) -> None:
     from .distilled import DistilledDataset
 
     ds = DistilledDataset.load(args.dir)
+    if args.html and "dp" in ds.log:
+        raise ConfigError(f"show --html: {args.dir} is differentially private, and its page would show the nearest "
+                          "real training sentences and a map of the training data, outside the mechanism")
     weights = ds.label_weights
     soft = ", soft labels" if ds.labels.dtype.is_floating_point else ""
     if weights is not None:

@@ -32,9 +32,11 @@ class Task:
     data: DatasetDict = field(repr=False)
     origin: dict = field(default_factory=dict)  # the get_task arguments that load it again
 
-    def describe(self) -> dict:
-        """What an artifact records about its source task."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "spec": self.spec.to_dict(), "origin": self.origin}
+    def describe(self, private: bool = False) -> dict:
+        """What an artifact records about its source task. A ``private`` (differentially private) set records no
+        fingerprint: a hash of the training data would let anyone holding a candidate dataset test it exactly."""
+        fingerprint = {} if private else {"fingerprint": self.fingerprint}
+        return {"name": self.name, **fingerprint, "spec": self.spec.to_dict(), "origin": self.origin}
 
     @property
     def name(self) -> str:

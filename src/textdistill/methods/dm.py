@@ -5,7 +5,11 @@ that of a real batch, under a freshly initialised learner each step (for pretrai
 stays pretrained, so the space is fixed); optionally the MMD with a Gaussian kernel. With minilm-frozen the
 representation is the frozen sentence vector itself: this is the first stage of LM-embedding-space
 distillation (Tao et al. 2024). The labels play no part in the objective: soft labels come from a teacher
-(the learner trained on the full data with its own recipe).
+(the learner trained on the whole training split with its full-data recipe, as the full-data baseline is).
+
+Differential privacy (``dp_epsilon``, kernel mean): each class's real mean is released by the Gaussian mechanism
+(per-example clipped representations, Poisson-sampled at a public rate, noised from a secure source); the set
+starts from noise and reads the private data through nothing else.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..distributed import gather_rows, shard
-from ..privacy import DPOptions, noisy_mean
+from ..privacy import DPOptions, SecureRandom, noisy_mean, publishable
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..train import batch_of, train
@@ -68,9 +72,10 @@ def distribution_distance(syn: torch.Tensor, real: torch.Tensor, kernel: str, ba
 
 def teacher_labels(learner: Learner, task: Task, real: dict[str, torch.Tensor], real_y: torch.Tensor,
                    inputs: dict[str, torch.Tensor], device: str, seed: int) -> torch.Tensor:
-    """Soft labels for synthetic inputs: the softmax of the learner trained on the full training split."""
+    """Soft labels for synthetic inputs: the softmax of the learner trained on the whole training split with its
+    full-data recipe (epochs over the split, not the few hundred steps of a small set's recipe)."""
     model = learner.build(task.num_classes, seed)
-    params = train(learner, model, real, real_y, learner.default_recipe, seed=seed, device=device)
+    params = train(learner, model, real, real_y, learner.full_data_recipe(len(real_y)), seed=seed, device=device)
     model.eval()
     with torch.no_grad():
         return learner.forward(model, params, {k: v.to(device) for k, v in inputs.items()}).softmax(-1).cpu()
@@ -88,8 +93,8 @@ class DM(Distiller):
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, labels="hard", device=self.device)
         real, real_y, per_class = real_inputs(task, learner)
         opt = torch.optim.Adam([syn.x], lr=cfg.outer_lr)
-        dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
-        noise = torch.Generator().manual_seed(int(rng.integers(2**31))) if dp else None
+        dp = self.dp_plan(task) if cfg.dp_epsilon else None
+        secure = SecureRandom() if dp else None  # the mechanism's draws: never from the set's seed
         history = []
         bar = tqdm(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
         for it in bar:
@@ -97,8 +102,8 @@ class DM(Distiller):
             params = fresh_parameters(model)
             loss = 0.0
             for c, rows in enumerate(per_class):
-                if dp:  # Poisson sampling, as the accountant assumes
-                    idx = torch.from_numpy(rows[rng.random(len(rows)) < dp["sampling_rate"]])
+                if dp:  # Poisson sampling at the public rate, as the accountant assumes
+                    idx = torch.from_numpy(secure.sample(rows, dp["sampling_rate"]))
                 else:
                     idx = real_batch(rng, rows, cfg.real_batch)
                 with torch.no_grad():  # each rank embeds its shard of the batch (all of it in one process)
@@ -109,8 +114,7 @@ class DM(Distiller):
                 syn_emb = learner.embed(model, params, syn.inputs(syn.rows_of(c)))
                 if dp:
                     rows_emb = syn_emb.new_zeros((0, syn_emb.shape[-1])) if real_emb is None else real_emb
-                    target = noisy_mean(rows_emb, cfg.dp_clip, dp["noise_multiplier"], dp["sampling_rate"] * len(rows),
-                                        noise)
+                    target = noisy_mean(rows_emb, cfg.dp_clip, dp["noise_multiplier"], dp["expected_batch"], secure)
                     loss = loss + ((syn_emb.mean(0) - target) ** 2).sum()
                 else:
                     loss = loss + distribution_distance(syn_emb, real_emb, cfg.kernel, cfg.bandwidth)
@@ -120,12 +124,11 @@ class DM(Distiller):
         labels = None
         if cfg.labels == "soft":
             labels = teacher_labels(learner, task, real, real_y, syn.inputs(detach=True), self.device, seed)
-        log = {"matching_loss": thin(history)}
-        if dp:
-            log["dp"] = dp
-        return syn.artifact(self, task, seed, labels=labels, log=log)
+        ds = syn.artifact(self, task, seed, labels=labels, log={"matching_loss": thin(history)})
+        return publishable(ds, task, dp) if dp else ds
 
-    def dp_plan(self, per_class: list) -> dict:
+    def dp_plan(self, task: Task) -> dict:
+        """The mechanism and its accounting, from public sizes only (the task's size and classes)."""
         cfg = self.config
-        return cfg.dp_plan("Gaussian on clipped per-class sums of representations", cfg.real_batch,
-                           [len(rows) for rows in per_class], cfg.iterations)
+        return cfg.dp_plan("Gaussian on clipped per-class sums of representations", cfg.real_batch, task.num_classes,
+                           len(task.train), cfg.iterations)

@@ -58,7 +58,12 @@ class EmbedInvertConfig(MethodConfig):
             raise ConfigError(f"space must be one of {', '.join(SPACES)}, not {self.space!r}")
         if self.inverter not in INVERTERS:
             raise ConfigError(f"inverter must be one of {', '.join(INVERTERS)}, not {self.inverter!r}")
-        self.space_method()  # bad pass-through options fail now, not after the distillation
+        space = self.space_method()  # bad pass-through options fail now, not after the distillation
+        if getattr(space.config, "dp_epsilon", 0):
+            raise ConfigError(f"embed-invert: space_options sets dp_epsilon for {self.space}, but only the vectors "
+                              "would be private: writing them as text reads the private training sentences "
+                              "outside the mechanism (the nearest real sentences, the search's prompts, the "
+                              "inverter's training data, the label probe); use dm or dc with dp_epsilon directly")
 
     def inverter_settings(self) -> "InverterSettings":
         from ..lm.inverter import InverterSettings
