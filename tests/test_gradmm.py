@@ -8,7 +8,6 @@ from textdistill.learners import get_learner
 from textdistill.methods import get_method
 from textdistill.methods.dc import class_gradients, gradient_distance
 from textdistill.methods.gradmm import admm, matched_names, projection
-from textdistill.privacy import epsilon, noise_multiplier
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +76,62 @@ def test_admm_converges_on_a_convex_toy_problem():
     assert history[-1]["primal_residual"] < history[0]["primal_residual"]
 
 
-def test_dp_noise_matches_the_accountant_and_real_init_is_refused():
+def test_adaptive_rho_moves_rho_and_weighs_the_residuals_by_the_penalty_it_applies():
+    """Residual balancing with adaptive rho: rho changes during the run, the run still reaches the solution, and
+    rho counts only through the penalty: the same problem laid out as 3x as many one-dimensional positions with
+    rho x 3 (the same penalty, rho / positions) runs identically. The dual residual must carry the same
+    rho / positions as the penalty for that to hold."""
+    a = torch.randn(2, 16, 3, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for shape, rho in (((2, 16, 3), 1.0), ((2, 48, 1), 3.0)):
+        target = a.reshape(shape)
+        z, history = admm(lambda x, it: ((x - target) ** 2).sum(), lambda v: v.clamp(min=0), lambda z: z,
+                          torch.zeros_like(target), torch.zeros_like(target), torch.ones(shape[:2]), iterations=30,
+                          embed_steps=10, lr=0.05, rho=rho, adaptive_rho=True)
+        runs.append(([h["rho"] / rho for h in history], z.reshape(a.shape), history))
+    (rhos, z, history), (other_rhos, other_z, other) = runs
+    assert len(set(rhos)) > 2  # rho moved, more than once
+    assert rhos == other_rhos and torch.allclose(z, other_z)
+    duals = [h["dual_residual"] for h in other]
+    assert [h["dual_residual"] for h in history] == pytest.approx(duals, rel=1e-4, abs=1e-7)
+    torch.testing.assert_close(z, a.clamp(min=0), atol=1e-2, rtol=0)
+
+
+def test_dp_releases_are_the_planned_mechanism_on_the_matched_tensors_with_fresh_noise(tiny_decoder, mr_small,
+                                                                                       monkeypatch):
+    """Every iteration releases one noisy gradient per class: clipped per example over the matched tensors (not
+    the token table the synthetic embeddings never reach), at the plan's noise and expected batch. Two DP runs
+    with one seed release different noise; plain runs with one seed write the same text."""
+    import textdistill.methods.dc as dc
+
     with pytest.raises(ConfigError, match="init real copies private examples"):
         get_method("gradmm", dp_epsilon=8)
-    method = get_method("gradmm", dp_epsilon=4, dp_delta=1e-5, init="noise", iterations=20, real_batch=30)
-    plan = method.dp_plan([range(300), range(200)])  # the larger rate counts: 30 / 200
-    assert plan["sampling_rate"] == pytest.approx(0.15) and plan["steps"] == 20
-    assert plan["noise_multiplier"] == pytest.approx(noise_multiplier(4, 1e-5, 0.15, 20))
-    assert plan["epsilon"] == pytest.approx(epsilon(plan["noise_multiplier"], 1e-5, 0.15, 20)) and plan["epsilon"] <= 4
-    assert epsilon(plan["noise_multiplier"] * 0.99, 1e-5, 0.15, 20) > 4 * 0.995  # the smallest sigma, not any
+    model = tiny_decoder.for_task(mr_small).build(2, seed=0)
+    table = model.get_input_embeddings().weight
+    matched = sum(v.numel() for v in model.parameters() if v.requires_grad and v is not table)
+    releases = []
+    mechanism = dc.noisy_mean
+
+    def record(rows, clip, sigma, expected, source):
+        out = mechanism(rows, clip, sigma, expected, source)
+        releases.append((rows.shape[1], clip, sigma, expected, out))
+        return out
+
+    monkeypatch.setattr(dc, "noisy_mean", record)
+    options = {"init": "noise", "iterations": 2, "embed_steps": 1, "length": 4, "real_batch": 3, "match": "all"}
+    runs = []
+    for _ in range(2):
+        releases.clear()
+        ds = get_method("gradmm", dp_epsilon=8, **options).distill(mr_small, 1, tiny_decoder, seed=0)
+        plan = ds.log["dp"]
+        assert plan["sampling_rate"] == 2 * 3 / 24 and plan["expected_batch"] == pytest.approx(3) and plan["steps"] == 2
+        planned = (matched, plan["clip"], plan["noise_multiplier"], plan["expected_batch"])
+        assert [r[:4] for r in releases] == [planned] * 4  # 2 iterations x 2 classes
+        runs.append(torch.cat([r[4] for r in releases]))
+        assert "fingerprint" not in ds.task and ds.source_indices is None
+    assert not torch.allclose(runs[0], runs[1])
+    plain = [get_method("gradmm", **options).distill(mr_small, 1, tiny_decoder, seed=0) for _ in range(2)]
+    assert plain[0].texts == plain[1].texts and plain[0].log["admm"] == plain[1].log["admm"]
 
 
 def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tmp_path, capsys):
@@ -94,6 +140,7 @@ def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tm
     ds = get_method("gradmm", dp_epsilon=8, init="noise", iterations=2, embed_steps=1, length=6,
                     real_batch=4).distill(mr_small, 2, tiny_decoder, seed=0)
     assert ds.kind == "text" and len(ds.texts) == 4 and all(ds.texts) and ds.log["dp"]["epsilon"] <= 8
+    assert ds.log["admm"]["rho"][1] != ds.log["admm"]["rho"][0]  # adaptive rho (the default) moves it
     ds.save(tmp_path / "set")
     main(["show", str(tmp_path / "set")])
     assert f"({ds.log['dp']['epsilon']:.2f}, 1e-05)-DP over 2 releases" in capsys.readouterr().out

@@ -3,18 +3,22 @@ onto real token sequences by ADMM, with the LM's own likelihood keeping the text
 
 Per class the synthetic examples are three variables: continuous embeddings E, token ids Z and a scaled dual U.
 Each iteration (``admm``):
-  (a) ``embed_steps`` Adam steps on E lower  match(E) + rho/2 ||E - emb(Z) + U||^2, where match is the distance
+  (a) ``embed_steps`` Adam steps on E lower  match(E) + rho/(2P) ||E - emb(Z) + U||^2, where match is the distance
       between the learner's loss gradient on the synthetic examples and on a real batch of their class (a fresh
       seeded head each iteration, the pretrained body, the parameters chosen by ``match``);
   (b) Z = the projection of E + U onto tokens: left to right, among the LM's top-k next tokens and the k tokens
       nearest the target, the one that maximises  log p_LM(z | Z[:t]) - distance_weight * ||(E + U)_t - emb(z)||^2;
   (c) U += E - emb(Z), and rho adapts by residual balancing (Boyd et al. 2011, section 3.4.1).
+P is the number of counted positions: averaged over them, the penalty keeps its size beside the O(1) matching
+term whatever the set's size. The ADMM penalty parameter is then rho / P, and the dual residual that residual
+balancing weighs against the primal one is scaled by it.
 The set is Z decoded: plain text that any learner trains on. Synthetic rows are left-padded, so the head reads
 the last position (rotary positions make the left offset harmless).
 
-Differential privacy (``dp_epsilon``): the real gradients are per-example clipped, summed with Gaussian noise
-(Poisson-sampled batches, one release per iteration, accounted by dp-accounting's RDP accountant); the
-synthetic text starts from noise and reads the private data through nothing else.
+Differential privacy (``dp_epsilon``): the real gradients of the matched tensors are per-example clipped, summed
+with Gaussian noise (batches Poisson-sampled at a public rate, one release per iteration, accounted by
+dp-accounting's RDP accountant; sampling and noise from a secure source, not the seed); the synthetic text
+starts from noise and reads the private data through nothing else.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from tqdm.auto import tqdm
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
-from ..privacy import DPOptions
+from ..privacy import DPOptions, SecureRandom, publishable
 from ..distilled import DistilledDataset
 from .base import Distiller, MethodConfig, check_finite, class_indices, fresh_model, register_method, thin
-from .dc import class_gradients, class_real_gradient, gradient_distance
+from .dc import class_gradients, class_real_gradient, gradient_distance, reached
 from .learned_set import real_inputs
 
 
@@ -120,6 +124,7 @@ def admm(objective: Callable[[torch.Tensor, int], torch.Tensor], project: Callab
     x = x.detach().clone().requires_grad_(True)
     u, rho0 = torch.zeros_like(x), rho
     m = mask.unsqueeze(-1).to(x.dtype)
+    positions = float(mask.sum())  # the penalty averages over them: its ADMM parameter is rho / positions
     opt = torch.optim.Adam([x], lr=lr)
     history = []
     for it in range(iterations):
@@ -128,7 +133,7 @@ def admm(objective: Callable[[torch.Tensor, int], torch.Tensor], project: Callab
             f = objective(x, it)
             value = f.item()
             check_finite("gradmm", value, it)
-            loss = f + rho / 2 * (((x - target + u) * m) ** 2).sum() / m.sum()
+            loss = f + rho / 2 * (((x - target + u) * m) ** 2).sum() / positions
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -136,7 +141,7 @@ def admm(objective: Callable[[torch.Tensor, int], torch.Tensor], project: Callab
         fixed = embed(z).detach()
         u = u + (x.detach() - fixed) * m
         primal = float((((x.detach() - fixed) * m) ** 2).sum().sqrt())
-        dual = rho * float((((fixed - embed(z_prev).detach()) * m) ** 2).sum().sqrt())
+        dual = rho / positions * float((((fixed - embed(z_prev).detach()) * m) ** 2).sum().sqrt())
         history.append({"objective": value, "primal_residual": primal, "dual_residual": dual, "rho": rho,
                         "tokens_changed": int(((z != z_prev).reshape(*mask.shape, -1).any(-1) & mask.bool()).sum())})
         if adaptive_rho and primal > 10 * dual and rho < 1e3 * rho0:
@@ -186,8 +191,8 @@ class Gradmm(Distiller):
             noise = torch.randn(z.shape + (table.shape[1],), generator=torch.Generator().manual_seed(seed))
             z = project(noise.to(self.device) * table.std())
         real, real_y, _ = real_inputs(task, learner)
-        dp = self.dp_plan(per_class) if cfg.dp_epsilon else None
-        noise_gen = torch.Generator().manual_seed(int(rng.integers(2**31))) if dp else None
+        dp = self.dp_plan(task) if cfg.dp_epsilon else None
+        secure = SecureRandom() if dp else None  # the mechanism's draws: never from the set's seed
         state: dict = {}
 
         def objective(x: torch.Tensor, it: int) -> torch.Tensor:
@@ -197,8 +202,11 @@ class Gradmm(Distiller):
                 # only the matched tensors are leaves that take gradients: the rest of the body stays constant
                 params = {**dict(model.named_buffers()), **{k: v.detach() for k, v in model.named_parameters()}}
                 params.update({k: params[k].clone().requires_grad_(True) for k in names})
+                # not the token table: the synthetic side reads embeddings
+                names = reached(learner, model, params, names, {"inputs_embeds": x.detach(), "attention_mask": mask},
+                                hard)
                 g_real = [class_real_gradient(learner, model, params, names, real, real_y, rows, cfg.real_batch, dp,
-                                              noise_gen, rng, self.device)
+                                              secure, rng, self.device)
                           for rows in per_class]
                 state.update(it=it, model=model, names=names, params=params, g_real=g_real)
             total = x.new_zeros(())
@@ -225,10 +233,9 @@ class Gradmm(Distiller):
         out = [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True).strip() for row, m in zip(z, mask)]
         log = {"admm": {k: [h[k] for h in history] for k in history[0]} if history else {},
                "matching_loss": thin([h["objective"] for h in history])}
-        if dp:
-            log["dp"] = dp
-        return self._artifact(task, seed, kind="text", texts=out, labels=hard.cpu(), log=log,
-                              **({"source_indices": source} if source else {}))
+        ds = self._artifact(task, seed, kind="text", texts=out, labels=hard.cpu(), log=log,
+                            **({"source_indices": source} if source else {}))
+        return publishable(ds, task, dp) if dp else ds
 
     def start(self, task: Task, per_class: list[np.ndarray], dpc: int, learner: Learner, table: torch.Tensor,
               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int] | None]:
@@ -249,7 +256,8 @@ class Gradmm(Distiller):
             mask[r, cfg.length - len(row):] = 1
         return z.to(table.device), mask.to(table.device), picked.tolist()
 
-    def dp_plan(self, per_class: list) -> dict:
+    def dp_plan(self, task: Task) -> dict:
+        """The mechanism and its accounting, from public sizes only (the task's size and classes)."""
         cfg = self.config
-        return cfg.dp_plan("Gaussian on clipped per-example loss gradients", cfg.real_batch,
-                           [len(rows) for rows in per_class], cfg.iterations)
+        return cfg.dp_plan("Gaussian on clipped per-example loss gradients", cfg.real_batch, task.num_classes,
+                           len(task.train), cfg.iterations)
