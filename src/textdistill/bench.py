@@ -252,19 +252,25 @@ class Runner:
     def distilled(self, cell: Cell):
         """The cell's distilled set: loaded when a finished one is on disk, else distilled and saved."""
         from .distilled import DistilledDataset
-        from .distributed import agree, barrier, is_main, world
+        from .distributed import agree, barrier, is_main, work_per_rank, world
         from .measure import Meter
         from .methods import get_method
+
+        from .privacy import is_private
 
         entry, key = self.suite.methods[cell.entry], cell.set_key(self.suite)
         task = self.task(cell.task)
         path = self.out / "sets" / f"{task.name}-{entry.label}-{cell.dpc}-s{cell.set_seed}"
+        # The key holds the task's fingerprint, a membership oracle: a DP set's is kept beside the sets, not in one.
+        private_key = self.out / "private-set-keys" / path.name
 
         def finished() -> DistilledDataset | None:
             if (path / "manifest.json").exists():
                 try:
                     ds = DistilledDataset.load(path)
-                    return ds if ds.log.get("set_key") == key else None
+                    recorded = (private_key.read_text() if private_key.exists() else None) if is_private(ds) \
+                        else ds.log.get("set_key")
+                    return ds if recorded == key else None
                 except ArtifactError:
                     pass  # a damaged set is distilled again
             return None
@@ -277,20 +283,27 @@ class Runner:
         with Meter() as m:  # the suite's device for methods that use one; coresets select on the CPU
             ds = method.distill(task, cell.dpc, self.learner(self.suite.learner_of(entry)), seed=cell.set_seed,
                                 device=self.device if method.uses_device else "cpu")
-        ds.log.update(set_key=key, distill_step=m.result())
-        if world()[1] > 1:
-            ds.log["data_parallel_ranks"] = world()[1]
+        ds.log["distill_step"] = m.result()
+        if not is_private(ds):
+            ds.log["set_key"] = key
+        if world()[1] > 1:  # the real rows (or experts) each rank took: the record that the work was split
+            ds.log["data_parallel_work"] = work_per_rank()
         if not is_main():
             barrier()  # rank 0 writes the set
             return ds, path
+        if is_private(ds):
+            atomic_write(private_key, lambda p: p.write_text(key))
         ds.save(path, overwrite=True)
         barrier()
-        try:  # the set's page, linked from the report; a picture that fails must not cost the cell
-            from .page import write_set_page
+        # the set's page, linked from the report; none for a DP set: the page shows the nearest real training
+        # sentences and a map of the private data, outside the mechanism
+        if not is_private(ds):
+            try:  # a picture that fails must not cost the cell
+                from .page import write_set_page
 
-            write_set_page(ds, task, path / "page.html")
-        except Exception as e:  # noqa: BLE001
-            print(f"warning: no page for {path.name}: {type(e).__name__}: {e}", file=sys.stderr)
+                write_set_page(ds, task, path / "page.html")
+            except Exception as e:  # noqa: BLE001
+                print(f"warning: no page for {path.name}: {type(e).__name__}: {e}", file=sys.stderr)
         return ds, path
 
     def run_cell(self, cell: Cell) -> list[dict]:
@@ -528,7 +541,9 @@ def run_on_ray(address: str, cpus_per_cell: int):
             while pending:
                 (done,), _ = ray.wait(list(pending), num_returns=1)
                 pending.pop(done)
-                yield ray.get(done)
+                result = ray.get(done)
+                check_set_visible(suite, out, result[0])
+                yield result
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -536,6 +551,18 @@ def run_on_ray(address: str, cpus_per_cell: int):
                 ray.shutdown()
 
     return on_ray
+
+
+def check_set_visible(suite: Suite, out: Path, cell: Cell) -> None:
+    """A Ray worker saves its cell's set under OUT on its own node: the driver must see it there, or the
+    suite's sets would be scattered over the nodes' disks."""
+    if cell.entry is None:
+        return
+    name = f"*-{suite.methods[cell.entry].label}-{cell.dpc}-s{cell.set_seed}"
+    if not any((Path(out) / "sets").glob(name)):
+        raise ConfigError(f"bench --ray: a worker saved the set {name} under {out} on its own node, and this "
+                          "driver does not see it there: --out must be a folder that every Ray node shares "
+                          "(a network filesystem)")
 
 
 def ray_cell(suite: Suite, out: str, device: str, cell: Cell, distill_only: bool, threads: int):

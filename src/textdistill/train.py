@@ -186,7 +186,7 @@ def train(
             if not torch.isfinite(value):
                 raise TrainingDiverged(f"training loss became {value.item()} at step {step}: lower the learning rate")
             if losses is not None:
-                losses.append(float(value))
+                losses.append(float(value.detach()))
             graph = step >= graph_from
             raw = torch.autograd.grad(value, list(params.values()), create_graph=graph, allow_unused=True)
             lr = lrs[step] if lrs is not None else recipe.lr_at(step)
