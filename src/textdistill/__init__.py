@@ -6,14 +6,32 @@
     (r,) = td.evaluate(task, ds, learners=["minilm-frozen"], seeds=5)
 """
 
+from __future__ import annotations
+
+import importlib
+
 from .version import __version__
-from .api import distill, evaluate  # noqa: E402
-from .data import Task, TaskSpec, get_task, list_tasks  # noqa: E402
 from .errors import TextDistillError  # noqa: E402
-from .learners import Learner, get_learner, list_learners  # noqa: E402
-from .methods import Distiller, get_method, list_methods  # noqa: E402
-from .distilled import DistilledDataset  # noqa: E402
+
+# The API names load their modules (torch, transformers, every method) on first use, so that `textdistill
+# --version`, `--help` and `list` answer at once.
+_WHERE = {"distill": "api", "evaluate": "api", "Task": "data", "TaskSpec": "data", "get_task": "data",
+          "list_tasks": "data", "Learner": "learners", "get_learner": "learners", "list_learners": "learners",
+          "Distiller": "methods", "get_method": "methods", "list_methods": "methods",
+          "DistilledDataset": "distilled"}
 
 __all__ = ["DistilledDataset", "Distiller", "Learner", "Task", "TaskSpec", "TextDistillError", "__version__",
            "distill", "evaluate", "get_learner", "get_method", "get_task", "list_learners", "list_methods",
            "list_tasks"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # once: later lookups find it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -112,11 +112,15 @@ def audit(ds: DistilledDataset, task: Task, learner: str = "minilm-frozen", samp
     if ds.kind == "generator":
         raise ArtifactError("a generator set holds a model, not examples: audit a text set it wrote (dilm saves the "
                             "set and, with save_generator, the generator)")
+    ds.check_task(task)  # another task's classes would give a verdict about data the set never saw
     text_set = decode_to_text(ds) if ds.kind == "token-embeddings" else ds
     enc = get_learner(learner).for_task(task)
-    if ds.kind == "features" and get_learner(ds.bound_learner()).embedding_id != enc.embedding_id:
-        raise ConfigError(f"the set's vectors live in {ds.bound_learner()!r}'s space, not {learner!r}'s: audit it "
-                          f"with --learner {ds.bound_learner()}")
+    if ds.kind == "features":
+        bound = get_learner(ds.bound_learner())
+        if bound.embedding_id != enc.embedding_id:
+            raise ConfigError(f"the set's vectors live in {ds.bound_learner()!r}'s space, not {learner!r}'s: audit "
+                              f"it with --learner {ds.bound_learner()}")
+        ds.check_inputs(bound)
     train_t, train_p, train_y = task.columns("train")
     test_t, test_p, test_y = task.columns("test")
     rng = np.random.default_rng(seed)

@@ -21,8 +21,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from .cache import atomic_write, key_of
-from .config import check_device
-from .errors import ArtifactError, ConfigError
+from .config import check_device, to_bool
+from .errors import ArtifactError, ConfigError, kind_of
 from .report import FULL_SET_RECIPE, duration
 
 
@@ -96,15 +96,114 @@ def _check_keys(where: str, values: dict, cls) -> None:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
 
 
-def _entry(where: str, raw) -> Entry:
+def _expect(where: str, field: str, value, expected: str, ok: bool) -> None:
+    """One line naming the field, what it must be and what it was."""
+    if not ok:
+        raise ConfigError(f"{where}: {field} must be {expected}, got {kind_of(value)}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _listed(where: str, field: str, value, expected: str) -> list:
+    """A list field; one name alone stands for a list of it (``methods: kmeans``)."""
+    items = [value] if isinstance(value, str) else value
+    _expect(where, field, value, f"a list of {expected} (or one name)", isinstance(items, list))
+    return items
+
+
+def _optional_str(where: str, field: str, value) -> None:
+    _expect(where, field, value, "a string", value is None or isinstance(value, str))
+
+
+def _task_spec(where: str, field: str, raw) -> dict:
+    task = {"name": raw} if isinstance(raw, str) else raw
+    if not isinstance(task, dict) or "name" not in task or set(task) - {"name", "data_dir", "subset"}:
+        raise ConfigError(f"{where}: {field}: a task is a name or a mapping of name, data_dir, subset; got {raw!r}")
+    _expect(where, f"{field}.name", task["name"], "a string", isinstance(task["name"], str) and task["name"])
+    _optional_str(where, f"{field}.data_dir", task.get("data_dir"))
+    subset = task.get("subset")
+    if subset is not None:
+        keys = ("train_per_class", "test_size", "seed")
+        _expect(where, f"{field}.subset", subset, f"a mapping of {', '.join(keys)}",
+                isinstance(subset, dict) and set(subset) <= set(keys))
+        for key, value in subset.items():
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= (key != "seed"))
+            _expect(where, f"{field}.subset.{key}", value, "an integer" + (" >= 0" if key == "seed" else " >= 1"), ok)
+    _check_component(where, "task name", Path(task["name"]).stem)  # a file task is named by its file's stem
+    return task
+
+
+def _entry(where: str, field: str, raw) -> Entry:
+    from .methods import METHODS, get_method
+
     if isinstance(raw, str):
         raw = {"method": raw}
     if not isinstance(raw, dict) or "method" not in raw:
-        raise ConfigError(f"{where}: a method is a name or a mapping with 'method'")
-    _check_keys(where, raw, Entry)
-    entry = Entry(**{"label": raw["method"], **raw})
-    _check_component(where, "label", entry.label)
+        raise ConfigError(f"{where}: {field}: a method is a name or a mapping with 'method'; got {raw!r}")
+    _check_keys(f"{where}: {field}", raw, Entry)
+    _expect(where, f"{field}.method", raw["method"], "a string (a method name)", isinstance(raw["method"], str))
+    _expect(where, f"{field}.label", raw.get("label"), "a string", isinstance(raw.get("label", ""), str))
+    options = raw.get("options") or {}
+    _expect(where, f"{field}.options", raw.get("options"), "a mapping of option: value", isinstance(options, dict))
+    _optional_str(where, f"{field}.learner", raw.get("learner"))
+    entry = Entry(**{"label": raw["method"], **raw, "options": options,
+                     "decode": to_bool(raw.get("decode", False), f"{where}: {field}.decode")})
+    _check_component(f"{where}: {field}", "label", entry.label)
+    if entry.method not in METHODS:
+        raise ConfigError(f"{where}: {field}.method: unknown method {entry.method!r}; known: {', '.join(METHODS)}")
+    try:
+        get_method(entry.method, **entry.options)  # checks the options
+    except (ConfigError, TypeError, ValueError) as e:  # an option of the wrong type can fail a comparison
+        raise ConfigError(f"{where}: {field}.options: {e}") from None
     return entry
+
+
+def _published(where: str, field: str, raw) -> Published:
+    _expect(where, field, raw, "a mapping of task, method, dpc, accuracy, source (and learner)",
+            isinstance(raw, dict))
+    _check_keys(f"{where}: {field}", raw, Published)
+    if missing := [f.name for f in fields(Published) if f.name != "learner" and f.name not in raw]:
+        raise ConfigError(f"{where}: {field}: missing {', '.join(missing)}")
+    for key in ("task", "method", "source"):
+        _expect(where, f"{field}.{key}", raw[key], "a string", isinstance(raw[key], str))
+    _optional_str(where, f"{field}.learner", raw.get("learner"))
+    _expect(where, f"{field}.dpc", raw["dpc"], "a positive integer or 'full'",
+            _is_count(raw["dpc"]) or raw["dpc"] == "full")
+    accuracy = raw["accuracy"]
+    _expect(where, f"{field}.accuracy", accuracy, "a number",
+            isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool))
+    return Published(**raw)
+
+
+def _recipe(where: str, raw) -> dict:
+    """The suite's training recipe overrides: known fields, each of its type, values the Recipe accepts."""
+    from .recipe import Recipe
+
+    recipe = raw or {}
+    _expect(where, "recipe", raw, "a mapping of recipe field: value", isinstance(recipe, dict))
+    _check_keys(f"{where}: recipe", recipe, Recipe)
+    defaults = Recipe()
+    for key, value in recipe.items():
+        default = getattr(defaults, key)
+        if value is None or isinstance(default, bool):  # None: the learner's own; booleans: checked by the Recipe
+            continue
+        if key == "batch_size" or isinstance(default, int):
+            _expect(where, f"recipe.{key}", value, "an integer", isinstance(value, int) and not isinstance(value, bool))
+        elif isinstance(default, float):
+            _expect(where, f"recipe.{key}", value, "a number",
+                    isinstance(value, (int, float)) and not isinstance(value, bool))
+        elif isinstance(default, str):
+            _expect(where, f"recipe.{key}", value, "a string", isinstance(value, str))
+        elif isinstance(default, tuple):
+            _expect(where, f"recipe.{key}", value, "a list of numbers", isinstance(value, list)
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    try:
+        Recipe.from_dict({k: v for k, v in recipe.items() if v is not None})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: recipe: {e}") from None
+    return recipe
 
 
 def _check_component(where: str, what: str, value) -> None:
@@ -117,39 +216,39 @@ def _check_component(where: str, what: str, value) -> None:
 
 def parse_suite(raw: dict, where: str = "suite") -> Suite:
     """A Suite from a YAML mapping, with every name and option checked before anything runs."""
-    from .methods import METHODS, get_method
-
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
     _check_keys(where, raw, Suite)
     missing = [k for k in ("tasks", "learners", "methods", "dpc") if not raw.get(k)]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
-    tasks = [{"name": t} if isinstance(t, str) else t for t in raw["tasks"]]
-    for t in tasks:
-        if not isinstance(t, dict) or "name" not in t or set(t) - {"name", "data_dir", "subset"}:
-            raise ConfigError(f"{where}: a task is a name or a mapping of name, data_dir, subset; got {t!r}")
-        _check_component(where, "task name", Path(str(t["name"])).stem)  # a file task is named by its file's stem
-    entries = [_entry(f"{where}: methods[{i}]", m) for i, m in enumerate(raw["methods"])]
+    # every field's type here, so that a mistyped suite is one line naming the field, never a traceback
+    for key in ("name", "description", "distill_learner"):
+        _optional_str(where, key, raw.get(key))
+    tasks = [_task_spec(where, f"tasks[{i}]", t)
+             for i, t in enumerate(_listed(where, "tasks", raw["tasks"], "task names or mappings"))]
+    learners = _listed(where, "learners", raw["learners"], "learner names")
+    for i, name in enumerate(learners):
+        _expect(where, f"learners[{i}]", name, "a string (a learner name)", isinstance(name, str) and name)
+    entries = [_entry(where, f"methods[{i}]", m)
+               for i, m in enumerate(_listed(where, "methods", raw["methods"], "method names or mappings"))]
     if not any(e.method == "random" for e in entries):  # random is the floor every table is read against
         entries.insert(0, Entry("random", "random"))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: method labels must be unique, got {labels}")
-    for e in entries:
-        if e.method not in METHODS:
-            raise ConfigError(f"{where}: unknown method {e.method!r}; known: {', '.join(METHODS)}")
-        get_method(e.method, **e.options)  # checks the options
     dpc = raw["dpc"] if isinstance(raw["dpc"], list) else [raw["dpc"]]
-    if not all(isinstance(d, int) and d >= 1 for d in dpc):
-        raise ConfigError(f"{where}: dpc must be positive integers, got {dpc}")
-    published = []
-    for i, p in enumerate(raw.get("published") or []):
-        _check_keys(f"{where}: published[{i}]", p, Published)
-        published.append(Published(**p))
-    learners = raw["learners"] if isinstance(raw["learners"], list) else [raw["learners"]]
+    _expect(where, "dpc", raw["dpc"], "a positive integer or a list of positive integers", all(map(_is_count, dpc)))
+    for key in ("sets", "seeds", "full_seeds"):
+        if key in raw and not (key == "full_seeds" and raw[key] is None):
+            _expect(where, key, raw[key], "a positive integer", _is_count(raw[key]))
+    published = raw.get("published") or []
+    _expect(where, "published", raw.get("published"), "a list of mappings", isinstance(published, list))
+    published = [_published(where, f"published[{i}]", p) for i, p in enumerate(published)]
     return Suite(**{**raw, "tasks": tasks, "learners": learners, "methods": entries, "dpc": dpc,
-                    "published": published, "name": raw.get("name") or where})
+                    "published": published, "name": raw.get("name") or where,
+                    "description": raw.get("description") or "", "recipe": _recipe(where, raw.get("recipe")),
+                    "audit": to_bool(raw.get("audit", False), f"{where}: audit")})
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -367,6 +466,11 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     """
     if workers < 1 or (ray and workers > 1):
         raise ConfigError(f"workers must be at least 1 (got {workers}), and 1 with ray (its tasks are the workers)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers > cores:  # more processes than cores only share them, each slower (7 on 2 cores: 5x the time)
+        print(f"note: --workers {workers} is more than the {cores} cores this process may use; running {cores}",
+              file=sys.stderr)
+        workers = cores
     from .learners import get_learner
     from .measure import environment
 
@@ -374,8 +478,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     for name in {*suite.learners, *map(suite.learner_of, suite.methods)}:
         get_learner(name)  # an unknown learner fails here, not after hours of cells
     out = Path(out)
+    claim_out(out, suite)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "suite.json", lambda p: p.write_text(json.dumps(suite.to_dict(), indent=1)))
     index, count = shard
     mine = [c for i, c in enumerate(plan(suite)) if i % count == index]
     todo = [c for c in mine if read_cell(out / "cells" / f"{c.key(suite)}.json", "it is run again") is None]
@@ -468,7 +572,7 @@ def run_in_processes(workers: int):
         try:
             # a worker that dies (out of memory, say) breaks the pool with an error instead of a hang
             pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker,
-                                       (suite, str(out), device, threads))
+                                       (suite, str(out), device, threads, os.getpid()))
             futures = [pool.submit(_worker_cell, cell, distill_only) for cell in todo]
             for future in as_completed(futures):
                 if future.cancelled():
@@ -497,8 +601,32 @@ def run_in_processes(workers: int):
 _worker: "Runner | None" = None  # a pool process's runner: tasks and learners loaded once for all its cells
 
 
-def _start_worker(suite: Suite, out: str, device: str, threads: int) -> None:
+def _follow_parent(parent: int) -> None:
+    """End this worker when its driver ends, even by kill -9 (no cleanup of the driver's runs then), rather than
+    idle on with its models in memory: the kernel's parent-death signal on Linux, and a thread that watches the
+    parent's id (anywhere; also a parent that died before the signal was asked for)."""
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the watchdog alone
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
+def _start_worker(suite: Suite, out: str, device: str, threads: int, parent: int) -> None:
     global _worker
+    _follow_parent(parent)
     import torch
     import tqdm.std
 
@@ -705,6 +833,54 @@ class CostModel:
         return f"about {duration(seconds)} to go{guess}"
 
 
+def _owner(out: Path, suite: Suite) -> None:
+    """Refuse an OUT whose suite.json names another suite: two suites in one folder would share results.json and
+    the report, and each run would print that report as its own."""
+    path = out / "suite.json"
+    try:
+        owner = json.loads(path.read_text())["name"]
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{path}: unreadable ({type(e).__name__}), so whose results {out} holds is unknown; "
+                          "give another --out") from None
+    if owner != suite.name:
+        raise ConfigError(f"{out} holds suite {owner}'s results ({path}); give suite {suite.name} another --out")
+
+
+def claim_out(out: Path, suite: Suite) -> None:
+    """Write ``OUT/suite.json`` for ``suite``, refusing an OUT that holds another suite (``_owner``). The first
+    run creates the file in one step that fails if it exists, so two suites started at once into one new OUT
+    cannot both take it; the same suite (resumed, sharded, with overrides) writes its current form."""
+    import tempfile
+
+    from .cache import follow_umask
+
+    out.mkdir(parents=True, exist_ok=True)
+    path, text = out / "suite.json", json.dumps(suite.to_dict(), indent=1)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        follow_umask(Path(tmp))
+        try:
+            os.link(tmp, path)  # whole, and only if absent
+            return
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: an exclusive create, then the text
+            try:
+                with open(path, "x") as f:
+                    f.write(text)
+                return
+            except FileExistsError:
+                pass
+    finally:
+        os.unlink(tmp)
+    _owner(out, suite)
+    atomic_write(path, lambda p: p.write_text(text))
+
+
 def read_cell(path: Path, then: str) -> dict | None:
     """A finished cell, or None when absent; a damaged one (a killed copy, a full disk) is warned about, not fatal."""
     if not path.exists():
@@ -723,6 +899,7 @@ def read_cell(path: Path, then: str) -> dict | None:
 def collect(suite: Suite, out: str | Path) -> dict:
     """``results.json``: the suite, the environment, and every finished cell's records in plan order."""
     out = Path(out)
+    _owner(out, suite)  # --report-only would replace another suite's results
     records, missing, envs, docs = [], [], [], []
     for cell in plan(suite):
         doc = read_cell(out / "cells" / f"{cell.key(suite)}.json", "it counts as missing")

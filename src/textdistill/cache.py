@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -9,10 +10,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from filelock import FileLock
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and no waiting on jobs in `cache clear`
+    fcntl = None  # type: ignore[assignment]
 
 from .version import __version__
 from .resources import cache_dir
@@ -66,6 +72,29 @@ def temp_folder(near: Path, write: Callable[[Path], None]) -> Path:
     return tmp
 
 
+def check_file_output(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, a file that ``atomic_write`` could not write: a directory, a parent that is a file,
+    a folder this process may not create files in (tried with a temporary file: permissions, read-only mounts and
+    /proc alike). Missing folders are fine: atomic_write creates them."""
+    from .errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write in {folder} ({e.strerror})") from None
+    return path
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
@@ -73,10 +102,57 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         follow_umask(Path(tmp))
         write(Path(tmp))
+        follow_umask(Path(tmp))  # again: a writer that creates its own file (safetensors' save_file) makes it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _use_lock(kind: str) -> int | None:
+    """An open descriptor of the lock file of ``kind``'s entries, beside its folder (a clear deletes the folder);
+    None where there is no flock (Windows), and then a clear does not wait for anyone."""
+    if fcntl is None:
+        return None
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return os.open(root / f".{kind}.in-use", os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+
+
+@contextlib.contextmanager
+def in_use(*kinds: str) -> Iterator[None]:
+    """Held while a job relies on entries of ``kinds`` staying in place (from building one to reading it back):
+    ``clear_cache`` keeps a kind in use instead of deleting it under the job. Shared: jobs never wait for one
+    another, only for a clear that is deleting the kind."""
+    fds = []
+    try:
+        for kind in kinds:
+            fd = _use_lock(kind)
+            if fd is not None:
+                fds.append(fd)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _exclusive(kind: str) -> Iterator[bool]:
+    """Whether no job holds ``kind`` (then it is held exclusively, and jobs that start wait), without waiting."""
+    fd = _use_lock(kind)
+    if fd is None:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def build_lock(path: Path) -> FileLock:
@@ -88,20 +164,25 @@ def build_lock(path: Path) -> FileLock:
 
 def cached_array(kind: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
     path = cache_dir() / kind / f"{key}.npy"
-    if path.exists():
-        return np.load(path, allow_pickle=False)
-    value = np.ascontiguousarray(compute())
-    atomic_write(path, lambda p: np.save(p, value, allow_pickle=False))
-    return value
+    with in_use(kind):  # a clear meanwhile would pull the folder from under the write
+        if path.exists():
+            return np.load(path, allow_pickle=False)
+        value = np.ascontiguousarray(compute())
+        atomic_write(path, lambda p: np.save(p, value, allow_pickle=False))
+        return value
 
 
-def cached_json(kind: str, key: str, compute: Callable[[], Any]) -> Any:
+def cached_json(kind: str, key: str, compute: Callable[[], Any], keep: Callable[[Any], bool] | None = None) -> Any:
+    """``compute()``, kept on disk under ``key``; a value that ``keep`` refuses (a failed answer) is returned but
+    not written, so the next call computes it again."""
     path = cache_dir() / kind / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    value = compute()
-    atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=1)))
-    return value
+    with in_use(kind):  # a clear meanwhile would pull the folder from under the write
+        if path.exists():
+            return json.loads(path.read_text())
+        value = compute()
+        if keep is None or keep(value):
+            atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=1)))
+        return value
 
 
 # What lives under the cache folder, by kind. Computed results can always be made again; models and downloads
@@ -127,16 +208,22 @@ def cache_info() -> list[tuple[str, int, int]]:
     return out
 
 
-def clear_cache(kind: str | None = None) -> list[str]:
-    """Delete one kind, or every computed kind (models and downloads stay); returns what was deleted."""
-    import shutil
-
+def clear_cache(kind: str | None = None) -> tuple[list[str], list[str]]:
+    """Delete one kind, or every computed kind (models and downloads stay). A kind that a running job holds
+    (``in_use``) is kept, so the job finishes. Returns the kinds deleted and the kinds kept as in use."""
     from .errors import ConfigError
 
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"unknown cache kind {kind!r}; kinds: {', '.join(KINDS)}")
     kinds = [kind] if kind else [k for k in KINDS if k not in INPUTS]
-    gone = [k for k in kinds if (cache_dir() / k).is_dir()]
-    for k in gone:
-        shutil.rmtree(cache_dir() / k)
-    return gone
+    gone, busy = [], []
+    for k in kinds:
+        if not (cache_dir() / k).is_dir():
+            continue
+        with _exclusive(k) as free:
+            if free:
+                shutil.rmtree(cache_dir() / k)
+                gone.append(k)
+            else:
+                busy.append(k)
+    return gone, busy

@@ -50,7 +50,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         if args.check:
             check_tasks(args.data_dir)
     elif args.what == "learners":
-        from .learners import DESCRIPTIONS
+        from .catalog import LEARNERS as DESCRIPTIONS  # the registry's, without importing torch
 
         rows = {**DESCRIPTIONS, "<hf-id or path>": "any Hugging Face encoder (e.g. bert-base-uncased), fully fine-tuned"}
         width = max(map(len, rows)) + 2  # a long name never runs into its description
@@ -68,6 +68,10 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
+    from .cache import atomic_write, check_file_output
+
+    if args.json:
+        check_file_output(args.json, "--json")  # before the work, not after it
     from .audit import audit
     from .distilled import DistilledDataset
 
@@ -77,7 +81,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "verdict"}, indent=1))
     print(report["verdict"])
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(report, indent=1)))
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -85,8 +89,11 @@ def cmd_cache(args: argparse.Namespace) -> None:
     from .resources import cache_dir
 
     if args.action == "clear":
-        gone = clear_cache(args.kind)
+        gone, busy = clear_cache(args.kind)
         print(f"cleared {', '.join(gone) or 'nothing'} under {cache_dir()}")
+        if busy:
+            print(f"warning: kept {', '.join(busy)}: in use by a running job (deleting it would break the job); "
+                  "clear again when it has finished", file=sys.stderr)
         return
     print(f"cache: {cache_dir()} (set TEXTDISTILL_CACHE to move it)")
     for kind, entries, size in cache_info():
@@ -179,6 +186,7 @@ def _load_artifact_task(ds, args: argparse.Namespace):
                                        and all(v is None or isinstance(v, int) for v in subset.values())):
             raise ConfigError(f"{args.dir}/manifest.json: task.origin.subset is malformed; pass --task")
         task = get_task(name, data_dir=args.data_dir, subset=subset)
+    ds.check_task(task)  # other classes: every number would be about another task (audit: a false all-clear)
     # a DP set records no fingerprint of its training data (it would be a membership oracle)
     if "fingerprint" in ds.task and task.fingerprint != ds.task["fingerprint"]:
         print(f"warning: task {task.name} has fingerprint {task.fingerprint}, the set was distilled from "
@@ -187,6 +195,10 @@ def _load_artifact_task(ds, args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .cache import atomic_write, check_file_output
+
+    if args.json:
+        check_file_output(args.json, "--json")  # before the work, not after it
     from .evaluation import evaluate
     from .distilled import DistilledDataset
 
@@ -210,12 +222,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"{r.summary(digits=2)}  [{runs}]")
     if args.json:
         payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
-        Path(args.json).write_text(json.dumps(payload, indent=1))
+        atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=1)))
 
 
 def cmd_show(args: argparse.Namespace) -> None:
+    from .cache import check_file_output
     from .distilled import DistilledDataset
 
+    # a negative slice end would silently drop examples from the end
+    for flag, value in (("--limit", args.limit), ("--width", args.width)):
+        if value < 0:
+            raise ConfigError(f"show {flag} must be >= 0, got {value}")
+    if args.html:
+        check_file_output(args.html, "--html")  # before the task and the map, not after them
     ds = DistilledDataset.load(args.dir)
     if args.html and "dp" in ds.log:
         raise ConfigError(f"show --html: {args.dir} is differentially private, and its page would show the nearest "
@@ -251,6 +270,11 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from .decode import decode_to_text
     from .distilled import DistilledDataset, check_output
 
+    # resolved (links, ..): --overwrite would replace the learned set with its own decoding, or a folder holding it
+    source, out = Path(args.dir).resolve(), Path(args.out).resolve()
+    if source == out or source in out.parents or out in source.parents:
+        raise ConfigError(f"decode {args.dir} --out {args.out}: the output is, holds or lies inside the set it decodes "
+                          f"({source}); choose another --out")
     check_output(args.out, args.overwrite)
     text = decode_to_text(DistilledDataset.load(args.dir))
     text.save(args.out, overwrite=args.overwrite)
@@ -470,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(pip install 'textdistill[ray]')")
     s.add_argument("--cpus-per-cell", type=int, default=1, help="CPUs a Ray cell asks for (default 1)")
     s.add_argument("--workers", type=int, default=1, help="run the cells in this many processes on this machine, "
-                   "each with its share of the cores (default 1; 2 on 2 cores does 1.2-1.6x the work per hour)")
+                   "each with its share of the cores (default 1; at most the cores; 2 on 2 cores does 1.2-1.6x the "
+                   "work per hour)")
     s.add_argument("--distill-only", action="store_true",
                    help="save the distilled sets, evaluate nothing (evaluate later, e.g. on a GPU)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import MISSING, asdict, dataclass, fields
 
@@ -53,8 +54,9 @@ class Config:
             bounds = [(op, f.metadata[op]) for op in BOUNDS if op in f.metadata]
             if not bounds or value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{where} must be a number, got {value!r}")
+            # inf passes a lower bound and NaN fails every bound with a misleading message: neither means anything
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
             for op, limit in bounds:
                 if not BOUNDS[op][0](value, limit):
                     raise ConfigError(f"{where} must be {BOUNDS[op][1]} {limit}, got {value!r}")

@@ -17,6 +17,7 @@ def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
     learner = get_learner(ds.bound_learner())
     if not isinstance(learner, TokenLearner):
         raise ArtifactError(f"the set is bound to {learner.name!r}, which has no vocabulary to decode into")
+    ds.check_inputs(learner)
     mask = ds.tensors["attention_mask"].bool()
     tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], mask)
     types = ds.tensors.get("token_type_ids")

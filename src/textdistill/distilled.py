@@ -5,6 +5,7 @@ Loading reads JSON and safetensors only (never a pickle). Saving writes a temp d
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import hashlib
@@ -61,6 +62,7 @@ class DistilledDataset:
     log: dict = field(default_factory=dict)  # what the method measured on the way (e.g. its loss curve)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = field(default_factory=_version)
+    path: Path | None = field(default=None, repr=False, compare=False)  # the folder it was loaded from, for errors
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -96,7 +98,40 @@ class DistilledDataset:
         if bound != learner.name:
             raise ArtifactError(f"this {self.kind} set is bound to learner {bound!r} and cannot train {learner.name!r}; "
                                 "decode it to text first, or evaluate it with its own learner")
+        self.check_inputs(learner)
         return dict(self.tensors)
+
+    def check_inputs(self, learner: "Learner") -> None:
+        """The example tensors of a token-embedding or features set have the shapes ``learner`` reads: a crafted
+        or damaged set stops here, naming the file, the tensor and both widths, not deep inside a forward."""
+        if self.kind not in ("token-embeddings", "features"):
+            return
+        where = self.path / "tensors.safetensors" if self.path is not None else f"this {self.kind} set"
+        vectors, dims = ("features", 2) if self.kind == "features" else ("inputs_embeds", 3)
+        for name, want in ((vectors, dims), *((("attention_mask", 2),) if self.kind == "token-embeddings" else ())):
+            t = self.tensors.get(name)
+            if t is None or t.dim() != want:
+                got = "is missing" if t is None else f"has shape {list(t.shape)}"
+                raise ArtifactError(f"{where}: tensor examples.{name} {got}; a {self.kind} set needs {want} dimensions")
+        t = self.tensors[vectors]
+        if not t.dtype.is_floating_point:
+            raise ArtifactError(f"{where}: tensor examples.{vectors} holds {t.dtype}, expected floating-point vectors")
+        width = learner.input_width()
+        if width is not None and t.shape[-1] != width:
+            raise ArtifactError(f"{where}: tensor examples.{vectors} has width {t.shape[-1]}, but learner "
+                                f"{learner.name!r} reads vectors of width {width}")
+        for name in ("attention_mask", "token_type_ids"):
+            other = self.tensors.get(name)
+            if self.kind == "token-embeddings" and other is not None and other.shape != t.shape[:2]:
+                raise ArtifactError(f"{where}: tensor examples.{name} has shape {list(other.shape)}, but "
+                                    f"examples.inputs_embeds has {list(t.shape[:2])} positions")
+
+    def check_task(self, task) -> None:
+        """Refuse a task whose classes are not the set's: every number computed on it would be about another task."""
+        if list(self.label_names) != list(task.spec.classes):
+            where = f"{self.path}: " if self.path is not None else ""
+            raise ArtifactError(f"{where}the set has classes {list(self.label_names)} but task {task.name} has "
+                                f"{list(task.spec.classes)}: use the task it was distilled from")
 
     @property
     def label_weights(self) -> torch.Tensor | None:
@@ -151,8 +186,7 @@ class DistilledDataset:
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        check_output(path, overwrite)
-        return write_folder(path, self.write_files)
+        return write_folder(path, self.write_files, overwrite=overwrite)
 
     def write_files(self, folder: Path) -> None:
         """The three files of the set, into an existing folder."""
@@ -211,6 +245,7 @@ class DistilledDataset:
         texts, pairs = _text_column(files[2], rows, "text"), _text_column(files[2], rows, "text_pair")
         try:
             return cls(
+                path=path,
                 kind=m["kind"], labels=tensors["labels"], label_names=m["label_names"], texts=texts, text_pairs=pairs,
                 tensors={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("examples.")},
                 lrs=tensors.get("lrs"), attention_labels=tensors.get("attention_labels"), bound_to=m["bound_to"],
@@ -366,13 +401,62 @@ def _replaceable(folder: Path) -> bool:
     return False
 
 
-def write_folder(path: str | Path, write: Callable[[Path], None]) -> Path:
+def _renameat2() -> Callable | None:
+    """Linux's renameat2 from the C library, or None where there is none (other systems, old glibc)."""
+    import ctypes
+
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+def rename_exclusive(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` only if nothing is at ``dst`` (else FileExistsError), in one step: a plain rename
+    of a folder replaces an empty folder there, and a look before it leaves a gap for another writer."""
+    import ctypes
+
+    func = _renameat2()
+    if func is not None:
+        at_cwd, noreplace = -100, 1  # AT_FDCWD, RENAME_NOREPLACE
+        if func(at_cwd, os.fsencode(src), at_cwd, os.fsencode(dst), noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), str(dst))
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # else: no such call on this file system
+            raise OSError(err, os.strerror(err), str(dst))
+    os.mkdir(dst)  # the claim: exactly one mkdir of a path succeeds
+    try:
+        os.rename(src, dst)  # onto our own empty folder
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(dst)  # only if still empty
+        raise
+
+
+def write_folder(path: str | Path, write: Callable[[Path], None], overwrite: bool = True) -> Path:
     """Fill a temporary sibling folder with ``write``, then rename it to ``path``: no half-written folder.
 
-    Only an empty folder or a distilled set is replaced. It is renamed aside first and deleted after, so writers
-    racing on one path never fail and the path always holds a whole set (for an instant, none).
+    Without ``overwrite`` the rename fails if anything appeared at ``path`` meanwhile (two runs saving to one new
+    path: one wins, the other is told). With it, only an empty folder or a distilled set is replaced: it is
+    renamed aside first and deleted after, so writers racing on one path never fail and the path always holds a
+    whole set (for an instant, none).
     """
-    path = check_output(path, overwrite=True)
+    path = check_output(path, overwrite=overwrite)
+    if not overwrite:
+        tmp_new = temp_folder(path, write)
+        try:
+            rename_exclusive(tmp_new, path)
+        except FileExistsError:
+            raise ArtifactError(f"{path} appeared while the set was being written (another run saving there?) and "
+                                "is kept as it is; choose another --out or pass --overwrite to replace it") from None
+        finally:
+            shutil.rmtree(tmp_new, ignore_errors=True)  # after a rename there is nothing left to remove
+        return path
     tmp: Path | None = temp_folder(path, write)
     aside: list[Path] = []
     try:

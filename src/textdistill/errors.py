@@ -23,3 +23,14 @@ class ConfigError(TextDistillError):
 
 class TrainingDiverged(TextDistillError):
     """A training loss became NaN or infinite (evaluation records the run as failed and goes on)."""
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument of the wrong type: a TypeError, as Python's own, and a ConfigError, as every bad input here."""
+
+
+def kind_of(value) -> str:
+    """A value as an error message names it: its type and a short repr ("int 3", "str '2'")."""
+    import reprlib
+
+    return f"{type(value).__name__} {reprlib.repr(value)}"

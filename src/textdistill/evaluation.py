@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .cache import cached_json, key_of
 from .config import check_device
 from .data import Task
-from .errors import ArtifactError, ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .learners import Learner, get_learner
 from .distilled import DistilledDataset
 from .recipe import Recipe
@@ -80,9 +80,8 @@ def evaluate(
     check_device(device)
     # names or Learner objects, reading the task's max_length; an unknown name fails before any run
     learners = [(name if isinstance(name, Learner) else get_learner(name)).for_task(task) for name in learners]
-    if source is not None and list(source.label_names) != list(task.spec.classes):
-        raise ArtifactError(f"the set has classes {list(source.label_names)} but task {task.name} has "
-                            f"{list(task.spec.classes)}: evaluate it on the task it was distilled from")
+    if source is not None:
+        source.check_task(task)
     test_texts, test_pairs, test_labels = task.columns("test")
     y_test = torch.tensor(test_labels)
     if source is None:

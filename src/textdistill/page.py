@@ -25,7 +25,9 @@ def set_examples(ds: DistilledDataset) -> tuple[list[str], str]:
     if ds.kind == "token-embeddings":
         from .learners import get_learner
 
-        tokens = get_learner(ds.bound_learner()).nearest_tokens(ds.tensors["inputs_embeds"], ds.tensors["attention_mask"])
+        learner = get_learner(ds.bound_learner())
+        ds.check_inputs(learner)
+        tokens = learner.nearest_tokens(ds.tensors["inputs_embeds"], ds.tensors["attention_mask"])
         return [" ".join(t) for t in tokens], "nearest vocabulary tokens"
     return [""] * len(ds), "a learned sentence vector"
 
@@ -37,6 +39,8 @@ def _vectors(ds: DistilledDataset, space, words: list[str]) -> np.ndarray | None
     if ds.kind == "features":
         bound = (ds.bound_to or {}).get("id")
         same = bound is not None and get_learner(bound).embedding_id == space.embedding_id
+        if same:
+            ds.check_inputs(get_learner(bound))
         return ds.tensors["features"].float().numpy() if same else None
     return space.sentence_vectors(words, cache=False)
 

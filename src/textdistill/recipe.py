@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from .config import Config
@@ -28,16 +29,36 @@ class Recipe(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON gives a list
+        try:
+            self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON gives a list
+        except TypeError:
+            raise ConfigError(f"recipe needs betas to be two numbers in [0, 1), got {self.betas!r}") from None
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"recipe optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError(f"recipe schedule must be cosine, linear or constant, not {self.schedule!r}")
         if self.precision not in ("float32", "bf16"):
             raise ConfigError(f"recipe precision must be float32 or bf16, not {self.precision!r}")
-        small_batch = self.batch_size is not None and self.batch_size < 1
-        if self.steps < 1 or self.lr <= 0 or not 0 <= self.warmup <= 1 or small_batch:
-            raise ConfigError(f"recipe needs steps >= 1, lr > 0, 0 <= warmup <= 1 and batch_size >= 1, got {self}")
+        # NaN and inf pass a plain `lr <= 0` test and only show up as failed runs: check before any training
+        def number(name: str, ok, what: str, integer: bool = False) -> None:
+            value = getattr(self, name)
+            kind = numbers.Integral if integer else numbers.Real  # numpy's ints and floats too
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not ok(value):
+                flag = f" (--{name.replace('_', '-')})" if name in ("steps", "lr", "batch_size") else ""
+                raise ConfigError(f"recipe needs {what}{flag}, got {name} {value!r}")
+
+        number("steps", lambda v: v >= 1, "steps >= 1, an integer", integer=True)
+        if self.batch_size is not None:
+            number("batch_size", lambda v: v >= 1, "batch_size >= 1, an integer (or none: min(64, set size))",
+                   integer=True)
+        number("lr", lambda v: v > 0, "lr > 0, a finite number")
+        number("warmup", lambda v: 0 <= v <= 1, "0 <= warmup <= 1")
+        number("weight_decay", lambda v: v >= 0, "weight_decay >= 0, a finite number")
+        number("eps", lambda v: v > 0, "eps > 0, a finite number")
+        number("attention_weight", lambda v: v >= 0, "attention_weight >= 0, a finite number")
+        if len(self.betas) != 2 or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1
+                                           for b in self.betas):
+            raise ConfigError(f"recipe needs betas to be two numbers in [0, 1), got {list(self.betas)!r}")
 
     @classmethod
     def sgd(cls, steps: int, lr: float, batch_size: int) -> "Recipe":

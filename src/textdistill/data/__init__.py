@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DataError
+from ..errors import ArgumentTypeError, DataError, kind_of
 from . import builtin
 from .benchmarks import BENCHMARKS, load_benchmark
 from .files import FORMATS, load_file_task
@@ -55,6 +56,10 @@ def get_task(name: str, data_dir: str | Path | None = None, subset: dict | None 
 
     ``subset`` (``train_per_class``, ``test_size``, ``seed``) takes a smaller slice for quick runs.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"task must be a task name or a data file path, got {kind_of(name)}")
     if subset:
         return get_task(name, data_dir, **file_options).subset(**subset)
     if name.endswith(VALIDATION) and not Path(name).exists():

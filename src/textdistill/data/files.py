@@ -7,11 +7,12 @@ import io
 import json
 import math
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .task import Task, TaskSpec, build_task, stratified_split
+from .task import Task, TaskSpec, build_task, overlap, stratified_split
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -172,6 +173,18 @@ def label_names(values: list[str]) -> list[str]:
     return sorted(unique)
 
 
+def warn_similar_labels(path: Path, names: list[str]) -> None:
+    """Labels that differ only in case or spacing (`POS`, `pos`) are kept apart as written, but said: they are
+    usually one class spelt two ways."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(" ".join(name.casefold().split()), []).append(name)
+    similar = [" and ".join(map(repr, g)) for g in groups.values() if len(g) > 1]
+    if similar:
+        print(f"warning: {path}: labels {'; '.join(similar)} differ only in case or spacing and are read as "
+              f"different classes; spell each class one way if they are one", file=sys.stderr)
+
+
 def to_ids(path: Path, rows: list[Row], values: list[str], names: list[str]) -> list[int]:
     index = {name: i for i, name in enumerate(names)}
     ids = []
@@ -205,6 +218,7 @@ def load_file_task(
     pairs = column(train_path, rows, pair_col, text=True) if pair_col else None
     raw = label_column(train_path, rows, label_col)
     names = label_names(raw)
+    warn_similar_labels(train_path, names)
     labels = to_ids(train_path, rows, raw, names)
     spec = TaskSpec(name or train_path.stem, tuple(names), max_length=max_length, source=str(train_path),
                     pair=pair_col is not None)
@@ -234,4 +248,10 @@ def load_file_task(
         column(test_path, test_rows, pair_col, text=True) if pair_col else None,
         to_ids(test_path, test_rows, label_column(test_path, test_rows, label_col), names),
     )
-    return build_task(spec, (texts, pairs, labels), test)
+    task = build_task(spec, (texts, pairs, labels), test)
+    inside = overlap(task)["test_in_train"]
+    if inside:  # a test example seen in training scores what was memorised, not what was learned
+        print(f"warning: {test_path}: {inside} of {len(test[0])} test examples also appear in {train_path} (case and "
+              "whitespace ignored), so accuracy on them measures memory; drop them from one of the files",
+              file=sys.stderr)
+    return task

@@ -6,11 +6,14 @@ import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 from ..errors import DataError
+
+if TYPE_CHECKING:  # imported where used: `textdistill list tasks` should not load datasets (and pandas)
+    from datasets import Dataset, DatasetDict
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Task:
         """The task for choices (hyperparameters, variants): its test split is carved from this task's training
         split (stratified, as large as the test split but at most a fifth of train) and its train is the rest,
         so tuning never reads the test split. ``get_task("NAME:validation")`` loads it by name."""
+        from datasets import DatasetDict
+
         labels = list(self.train["label"])
         size = min(len(self.test), len(labels) // 5)
         train_idx, val_idx = stratified_split(labels, size, seed)
@@ -86,6 +91,8 @@ class Task:
 
     def subset(self, train_per_class: int | None = None, test_size: int | None = None, seed: int = 0) -> "Task":
         """A smaller task (for tests and quick runs): the first n shuffled examples of each class."""
+        from datasets import DatasetDict
+
         rng = np.random.default_rng(seed)
         data = {}
         for split, per_class, total in (("train", train_per_class, None), ("test", None, test_size)):
@@ -109,6 +116,8 @@ def build_task(
     test: tuple[list[str], list[str] | None, list[int]],
 ) -> Task:
     """Validate (text, text_pair, label) columns and wrap them as a Task."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
     features = {"text": Value("string")}
     if spec.pair:
         features["text_pair"] = Value("string")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..cache import cached_array, key_of
-from ..errors import ConfigError, ResourceMissing
+from ..errors import ArgumentTypeError, ConfigError, ResourceMissing, kind_of
 from ..resources import check_model
 from ..recipe import Recipe
 from ..train import Params
@@ -93,6 +93,11 @@ class Learner(ABC):
     def embedding_id(self) -> str:
         return self.name
 
+    def input_width(self) -> int | None:
+        """The width of the vectors a model-bound set feeds this learner (token embeddings or sentence vectors);
+        None where it has none to check."""
+        return None
+
     def with_max_length(self, max_length: int) -> "Learner":
         """This learner cutting texts at ``max_length`` tokens: a shallow copy that shares the loaded models."""
         if max_length == self.max_length:
@@ -131,6 +136,9 @@ class TokenLearner(Learner):
     def detokenize(self, tokens: list[str]) -> str:
         """Text from vocabulary tokens (special tokens dropped)."""
         return " ".join(t for t in tokens if not (t.startswith("[") and t.endswith("]")))
+
+    def input_width(self) -> int | None:
+        return int(self.vocabulary()[1].shape[1])
 
     def nearest_tokens(self, embeds: torch.Tensor, mask: torch.Tensor) -> list[list[str]]:
         """The vocabulary token nearest (cosine) to each position of a token-embedding set."""
@@ -188,6 +196,8 @@ def get_learner(name: str, max_length: int | None = None) -> Learner:
     """A registered learner, or any Hugging Face model id / local path as a fine-tuned transformer (a causal LM
     as a decoder classifier, anything else as an encoder); ``max_length`` (tokens) overrides its default of 64,
     as ``distill`` and ``evaluate`` do with the task's."""
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"learner must be a learner name (str), got {kind_of(name)}")
     if name not in _instances:
         from .transformer import learner_for
 

@@ -29,10 +29,13 @@ class FrozenEncoderLearner(FeatureLearner):
     def embedding_id(self) -> str:
         return self.encoder.embedding_id  # same vectors as the encoder's coreset space: one cache
 
-    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+    def input_width(self) -> int | None:
         from transformers import AutoConfig
 
-        dim = AutoConfig.from_pretrained(self.encoder.path).hidden_size
+        return int(AutoConfig.from_pretrained(self.encoder.path).hidden_size)  # the sentence vectors' width
+
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        dim = self.input_width()
         with torch.random.fork_rng():
             torch.manual_seed(check_seed(seed, "build"))
             return torch.nn.Linear(dim, num_labels)

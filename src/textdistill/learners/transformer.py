@@ -132,6 +132,9 @@ class TransformerLearner(AttentionLearner):
         name = next(k for k, v in model.named_parameters() if v is model.get_input_embeddings().weight)
         return torch.nn.functional.embedding(input_ids, params[name])
 
+    def input_width(self) -> int | None:
+        return int(self.build(2, 0).get_input_embeddings().weight.shape[1])  # without listing the vocabulary
+
     def vocabulary(self) -> tuple[list[str], torch.Tensor]:
         model = self.build(2, 0)
         ids = range(len(self.tokenizer))

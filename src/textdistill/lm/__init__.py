@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import lru_cache
 
@@ -112,15 +113,21 @@ class OpenAIChat:
             except (openai.APIError, ValueError, TypeError) as e:
                 error = e
                 if attempt < self.retries:
-                    time.sleep(self.backoff * 2**attempt)
+                    wait = self.backoff * 2**attempt
+                    # said as it happens: a silent endpoint would otherwise hold the run for minutes without a word
+                    print(f"warning: the LM endpoint {self.url} (model {self.model!r}): attempt {attempt + 1} of "
+                          f"{self.retries + 1} failed ({type(e).__name__}: {e}); retry in {wait:g} s",
+                          file=sys.stderr, flush=True)
+                    time.sleep(wait)
         raise LMUnavailable(f"the LM endpoint {self.url} (model {self.model!r}) failed {self.retries + 1} times; last "
                             f"error: {type(error).__name__}: {error}. Generations already received are cached: "
                             "rerun to resume.")
 
 
-def get_lm(name: str, device: str = "cpu") -> "CausalLM | OpenAIChat":
-    """A text writer by name: ``openai:URL/MODEL`` for an endpoint, else a local or hub causal LM."""
-    return OpenAIChat(name) if name.startswith("openai:") else load_lm(name, device)
+def get_lm(name: str, device: str = "cpu", timeout: float = 120.0, retries: int = 4) -> "CausalLM | OpenAIChat":
+    """A text writer by name: ``openai:URL/MODEL`` for an endpoint (``timeout`` seconds a request, ``retries``
+    more tries), else a local or hub causal LM."""
+    return OpenAIChat(name, timeout, retries) if name.startswith("openai:") else load_lm(name, device)
 
 
 def cached_generate(lm: "CausalLM | OpenAIChat", prompt: str, n: int, max_new_tokens: int, seed: int) -> list[str]:
@@ -128,4 +135,6 @@ def cached_generate(lm: "CausalLM | OpenAIChat", prompt: str, n: int, max_new_to
     from ..cache import cached_json, key_of
 
     key = key_of("generate", lm.name, prompt, n, max_new_tokens, seed, SAMPLING)
-    return cached_json("generations", key, lambda: lm.generate(prompt, n, max_new_tokens, seed=seed))
+    # only empty completions is a failure (a broken endpoint answers so): cached, a rerun would never ask again
+    return cached_json("generations", key, lambda: lm.generate(prompt, n, max_new_tokens, seed=seed),
+                       keep=lambda replies: any(r.strip() for r in replies))

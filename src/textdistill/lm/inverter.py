@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..cache import atomic_write, build_lock, key_of
+from ..cache import atomic_write, build_lock, in_use, key_of
 from ..resources import cache_dir, check_model, model_revision, resolve_model
 
 
@@ -107,10 +107,11 @@ def train_inverter(vectors: np.ndarray, texts: list[str], settings: InverterSett
     inv = Inverter(vectors.shape[1], settings)
     folder = cache_dir() / "inverters"
     done = folder / f"{key}.safetensors"
-    with build_lock(done):  # parallel runs wait for one training, not two
-        if not done.exists():
-            _train(inv, vectors, texts, settings, done, folder / f"{key}.partial.pt")
-    inv.load_state_dict(load_file(str(done)), strict=False)
+    with in_use("inverters"):  # a `cache clear` meanwhile keeps what this run trains and reads
+        with build_lock(done):  # parallel runs wait for one training, not two
+            if not done.exists():
+                _train(inv, vectors, texts, settings, done, folder / f"{key}.partial.pt")
+        inv.load_state_dict(load_file(str(done)), strict=False)
     return inv.eval()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import Config, check_device
 from ..data import Task
-from ..errors import ConfigError, DataError, TextDistillError
+from ..errors import ArgumentTypeError, ConfigError, DataError, TextDistillError, kind_of
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..seeds import check_set_seed
@@ -76,6 +76,8 @@ def list_methods(pattern: str = "*") -> list[str]:
 
 
 def get_method(name: str, **options) -> Distiller:
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"method must be a method name (str), got {kind_of(name)}")
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
     cls = METHODS[name]

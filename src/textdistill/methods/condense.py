@@ -85,6 +85,11 @@ def echoes(candidate: tuple[str, str | None], members: list[tuple[str, str | Non
 @dataclass
 class CondenseConfig(MethodConfig):
     llm: str = field(default="smollm2-135m", metadata={"help": "local or hub causal LM, or openai:URL/MODEL"})
+    llm_timeout: float = field(default=120.0, metadata={
+        "gt": 0, "help": "openai:URL/MODEL: seconds to wait for one answer before the request is retried"})
+    llm_retries: int = field(default=4, metadata={
+        "ge": 0, "help": "openai:URL/MODEL: retries of a failed or timed-out request (each said on stderr), with "
+                         "exponential backoff from 2 s"})
     members: int = field(default=5, metadata={"ge": 1, "help": "real examples of a cluster shown in its prompt"})
     candidates: int = field(default=8, metadata={"ge": 1, "help": "generations per cluster"})
     max_new_tokens: int = field(default=64, metadata={"ge": 4, "help": "tokens per generation"})
@@ -139,7 +144,8 @@ class Condense(Distiller):
         per_class = class_indices(labels, task.spec.classes, dpc)
         vectors = learner.sentence_vectors(texts, pairs)
         real, _, _ = real_inputs(task, learner)  # encoded once; clusters take rows of it
-        lm = get_lm(cfg.llm, self.device)
+        endpoint = {"timeout": cfg.llm_timeout, "retries": cfg.llm_retries} if cfg.llm.startswith("openai:") else {}
+        lm = get_lm(cfg.llm, self.device, **endpoint)
         model = learner.build(task.num_classes, seed).eval()
         rng = np.random.default_rng(seed)
         out_texts, out_pairs, out_labels, log = [], [], [], []

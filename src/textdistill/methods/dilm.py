@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..cache import build_lock, key_of
+from ..cache import build_lock, in_use, key_of
 from ..data import Task
 from ..distributed import agree, barrier, is_main, shard, sum_across, world
 from ..errors import DataError
@@ -152,16 +152,17 @@ class DiLM(Distiller):
         if c.lm_steps == 0:  # a generator used as it is (e.g. one saved by --save-generator)
             return Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device), {"lm_loss": []}
         folder = cache_dir() / "generators" / self.stage1_key(task)
-        # Under torchrun every rank trains (together) or none does, as rank 0 finds the cache; rank 0 writes it.
-        with build_lock(folder) if is_main() else nullcontext():
-            if not agree((folder / META).exists()):
-                gen = Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device)
-                history = lm_fine_tune(gen, task, c.lm_steps, c.lm_batch, c.lm_lr)
-                if is_main():
-                    gen.save(folder, stage=1, lm_loss=thin(history), task=task.name)
-            barrier()
-        meta = json.loads((folder / META).read_text())
-        return Generator.load(folder).to(self.device), {"lm_loss": meta["lm_loss"]}
+        with in_use("generators"):  # a `cache clear` meanwhile keeps the generator this run trains and reads
+            # Under torchrun every rank trains (together) or none does, as rank 0 finds the cache; rank 0 writes it.
+            with build_lock(folder) if is_main() else nullcontext():
+                if not agree((folder / META).exists()):
+                    gen = Generator.pretrained(c.generator, list(task.spec.classes), c.max_length).to(self.device)
+                    history = lm_fine_tune(gen, task, c.lm_steps, c.lm_batch, c.lm_lr)
+                    if is_main():
+                        gen.save(folder, stage=1, lm_loss=thin(history), task=task.name)
+                barrier()
+            meta = json.loads((folder / META).read_text())
+            return Generator.load(folder).to(self.device), {"lm_loss": meta["lm_loss"]}
 
     # -- stage 2 ---------------------------------------------------------------------------------
     def teachers(self, task: Task, learner: Learner, seed: int) -> list[list[np.ndarray]]:
@@ -223,7 +224,8 @@ class DiLM(Distiller):
         stage2 = {k: v for k, v in c.to_dict().items()
                   if k not in ("pool_factor", "guidance", "filter_labels", "save_generator")}
         folder = cache_dir() / "dilm" / key_of(self.stage1_key(task), stage2, learner.name, seed)
-        with build_lock(folder) if is_main() else nullcontext():  # ranks read it together
+        # a `cache clear` meanwhile keeps the checkpoints this run writes and resumes from
+        with in_use("dilm"), build_lock(folder) if is_main() else nullcontext():  # ranks read it together
             return self._gradient_matching(gen, task, learner, seed, folder)
 
     def _gradient_matching(self, gen: Generator, task: Task, learner: Learner, seed: int, folder: Path) -> list[float]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..cache import atomic_write, build_lock, key_of
+from ..cache import atomic_write, build_lock, in_use, key_of
 from ..data import Task
 from ..distributed import barrier, deal
 from ..errors import ConfigError
@@ -120,7 +120,9 @@ class MTT(Distiller):
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
         cfg = self.config
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, device=self.device)
-        paths = buffer(task, learner, cfg, device=self.device)
+        with in_use("trajectories"):  # a `cache clear` meanwhile keeps the experts this run trains and reads
+            paths = buffer(task, learner, cfg, device=self.device)
+            trajectories = [load_file(str(p), device=self.device) for p in paths]
         # As in the MTT paper, the student starts with the experts' step size. (Scaling it up to cover the
         # experts' M epochs in S steps overshot by 10x and more: a few synthetic examples give consistent
         # gradients, real mini-batches partly cancel.)
@@ -130,7 +132,6 @@ class MTT(Distiller):
         n = len(syn.hard)
         student_recipe = Recipe.sgd(cfg.syn_steps, init_lr, cfg.syn_batch or n)
         model = learner.build(task.num_classes, seed=0).to(self.device)
-        trajectories = [load_file(str(p), device=self.device) for p in paths]
         history = []
         bar = tqdm(range(cfg.iterations), desc=f"mtt {task.name} {dpc}/class", leave=False)
         for it in bar:

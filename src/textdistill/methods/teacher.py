@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..cache import build_lock, key_of
+from ..cache import build_lock, in_use, key_of
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import get_learner
@@ -59,7 +59,7 @@ def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] 
     recipe = learner.full_data_recipe(len(train_labels))
     model = learner.build(task.num_classes, TEACHER_SEED)
     path = cache_dir() / "teachers" / f"{key_of(task.fingerprint, learner.describe(), recipe.to_dict(), TEACHER_SEED)}.safetensors"
-    with build_lock(path):  # parallel runs share one teacher, trained once
+    with in_use("teachers"), build_lock(path):  # parallel runs share one teacher, trained once
         if path.exists():
             params = load_file(str(path))
         else:
