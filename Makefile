@@ -15,9 +15,11 @@ STAMP := $(VENV)/.setup-done
 LOCK := requirements.lock
 # The newest versions pyproject.toml allows, in a scratch environment: `make test-latest`, `make lock`.
 LATEST := .venv-latest
+# The lowest versions pyproject.toml allows (uv's lowest-direct resolution): `make test-lowest`.
+LOWEST := .venv-lowest
 PIP = $(1)/bin/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test test-all test-latest lock clean
+.PHONY: setup demo test test-all test-latest test-lowest lock clean
 
 setup: $(STAMP) $(MR_SDIST)
 
@@ -58,6 +60,22 @@ test-latest: $(MR_SDIST)
 	$(call install,$(LATEST),--upgrade --upgrade-strategy eager)
 	TEXTDISTILL_UNLOCKED=1 HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q
 
+# The suite against the lowest allowed releases of the direct dependencies: the lower bounds are true.
+# torch stays the CPU build (the resolver would name CUDA packages for PyPI's torch: they are left out).
+test-lowest: $(MR_SDIST)
+	rm -rf $(LOWEST)
+	$(PYTHON) -m venv $(LOWEST)
+	$(call PIP,$(LOWEST)) uv $(TORCH)
+	echo $(TORCH) > $(LOWEST)/override.txt
+	$(LOWEST)/bin/uv pip compile --quiet pyproject.toml --extra test --resolution lowest-direct \
+	    --python-version 3.11 --override $(LOWEST)/override.txt -o $(LOWEST)/resolved.txt
+	grep -vE '^(torch|triton|nvidia-|cuda-)' $(LOWEST)/resolved.txt > $(LOWEST)/lowest.txt
+	$(call PIP,$(LOWEST)) -r $(LOWEST)/lowest.txt
+	$(call PIP,$(LOWEST)) --no-deps -e .
+	$(call PIP,$(LOWEST)) $(TORCH) $(OFFLINE_PACKAGES)
+	$(call PIP,$(LOWEST)) --no-deps $(NODEPS_PACKAGES)
+	TEXTDISTILL_UNLOCKED=1 HF_HUB_OFFLINE=1 $(LOWEST)/bin/python -m pytest -q
+
 # A new lock: the newest allowed releases, written only once the suite passes with them.
 lock: test-latest
 	{ echo "# Every package of the environment that 'make test' passed with, pinned: 'make setup' installs through it."; \
@@ -66,4 +84,4 @@ lock: test-latest
 	mv $(LOCK).tmp $(LOCK)
 
 clean:
-	rm -rf $(VENV) $(LATEST) runs
+	rm -rf $(VENV) $(LATEST) $(LOWEST) runs
