@@ -155,3 +155,71 @@ def test_a_bilstm_sentence_reads_the_same_whatever_it_is_batched_with():
     torch.testing.assert_close(logits, beside)
     (grad,) = torch.autograd.grad(logits[1].sum(), embeds)
     assert grad[1, batch["attention_mask"][1].sum():].abs().max() == 0  # padding does not reach the logits
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet(tmp_path_factory):
+    """A randomly initialised two-layer MPNet (all-mpnet-base-v2's architecture) with MiniLM's tokenizer."""
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    from textdistill.resources import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-mpnet")
+    MPNetModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_mpnet_is_not_packed_and_stays_eager_under_first_order(tiny_mpnet, mr_small):
+    """MPNet is not BERT: no packed forward, and no SDPA to switch to, so first_order leaves its eager attention
+    (the same logits) and evaluation's loop trains it; token ids and their embeddings give the same logits."""
+    from textdistill.learners.packed import packable
+    from textdistill.learners.transformer import TransformerLearner
+    from textdistill.train import Recipe, predict, train
+
+    learner = TransformerLearner(tiny_mpnet)
+    model = learner.build(2, seed=0)
+    assert type(model).__name__ == "MPNetForSequenceClassification"
+    texts, _, labels = mr_small.columns("train")
+    inputs = learner.encode(texts[:6])
+    assert not packable(model, inputs) and bool((inputs["attention_mask"] == 0).any())
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    model.eval()
+    outside, attentions = learner.forward(model, params, inputs, attentions=True)
+    with learner.first_order(model):
+        assert model.config._attn_implementation == "eager"
+        inside = learner.forward(model, params, inputs)
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+    assert len(attentions) == 2 and attentions[0].shape[:2] == (6, 2)
+    embeds = learner.input_embeddings(model, params, inputs["input_ids"])
+    by_embeds = learner.forward(model, params, {"inputs_embeds": embeds, "attention_mask": inputs["attention_mask"]})
+    torch.testing.assert_close(by_embeds, outside)
+    assert learner.embed(model, params, inputs).shape == (6, 16)  # the head reads the first token
+    trained = train(learner, model, inputs, torch.tensor(labels[:6]), Recipe(steps=2, lr=1e-3), seed=0)
+    assert predict(learner, model, trained, inputs).shape == (6,)
+
+
+@pytest.mark.slow
+def test_mpnet_learners_on_the_real_weights():
+    """all-mpnet-base-v2 (when it is in the cache): a 768-d encoder, and mpnet-frozen's vectors are the
+    sentence-transformers model's own (mean pooling, normalised)."""
+    from textdistill.resources import mpnet_cached, resolve_model
+
+    if not mpnet_cached():
+        pytest.skip("all-mpnet-base-v2 is not in the cache (the first use downloads 404 MB)")
+    from sentence_transformers import SentenceTransformer
+
+    learner = get_learner("mpnet")
+    assert learner.input_width() == 768 and learner.describe()["revision"].endswith(")")
+    model = learner.build(3, seed=0).eval()
+    logits = learner.forward(model, dict(model.named_parameters()), learner.encode(["a good film", "a dull one"]))
+    assert logits.shape == (2, 3)
+    texts = ["a good film", "a dull , overlong film that never ends"]
+    frozen = get_learner("mpnet-frozen", max_length=384)
+    own = SentenceTransformer(resolve_model("mpnet"), device="cpu").encode(texts)
+    torch.testing.assert_close(torch.from_numpy(frozen.sentence_vectors(texts, cache=False)), torch.from_numpy(own),
+                               atol=1e-5, rtol=1e-4)

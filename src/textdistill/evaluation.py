@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 from .cache import cached_json, key_of
 from .config import check_device
 from .data import Task
-from .errors import ConfigError, TrainingDiverged
-from .learners import Learner, get_learner
+from .errors import ArtifactError, ConfigError, TrainingDiverged
+from .learners import FitLearner, Learner, get_learner
 from .distilled import DistilledDataset
 from .recipe import Recipe
 from .seeds import eval_seed
@@ -72,7 +72,8 @@ def evaluate(
 
     The full split trains with the learner's full-data recipe (epochs over it; ``Learner.full_data``), or with
     the small-set recipe when ``full_data_recipe=False``. Every run is cached on disk by (task, learner, recipe,
-    training set, seed) when ``cache=True`` (the CLI and bench ask for it).
+    training set, seed) when ``cache=True`` (the CLI and bench ask for it). A learner with its own fit
+    (``FitLearner``: SetFit) trains through ``fit`` on text sets only, its settings recorded as the recipe.
     """
     learners = learners or ["minilm"]
     if seeds < 1:
@@ -89,21 +90,45 @@ def evaluate(
         train_set = {"method": "full", "size": len(labels), "fingerprint": task.fingerprint}
     else:
         train_set = {"method": source.method, "size": len(source), "fingerprint": source.fingerprint()}
+    for learner in learners:  # a learner with its own fit reads text: refuse a vector set before any run
+        if isinstance(learner, FitLearner) and source is not None and source.kind != "text":
+            where = f"{source.path}: " if source.path is not None else ""
+            bound = (source.bound_to or {}).get("id")
+            raise ArtifactError(f"{where}learner {learner.name!r} trains on text only, and this is a {source.kind} "
+                                f"set{f' bound to {bound!r}' if bound else ''}: turn it into text first (textdistill "
+                                "decode; a generator set generates), or evaluate it with the learner it is bound to")
     results = []
     for learner in learners:
         name = learner.name
-        base = learner.full_data_recipe(len(texts)) if source is None and full_data_recipe else None
-        rec = resolve_recipe(learner, source, recipe, base)
-        if source is None:
-            inputs, labels_t = learner.encode(texts, pairs), torch.tensor(labels)
+        own_fit = isinstance(learner, FitLearner)
+        if own_fit:  # its own settings, recorded as the recipe; a text set's loop recipe is not for it
+            rec = learner.settings(recipe, full_data=source is None and full_data_recipe)
+            fit_data = (texts, pairs, torch.tensor(labels)) if source is None else (
+                source.texts, source.text_pairs, source.labels)
+            lrs = None
         else:
-            inputs, labels_t = source.inputs_for(learner), source.labels
-        lrs = source.lrs if source is not None and source.kind != "text" else None
+            base = learner.full_data_recipe(len(texts)) if source is None and full_data_recipe else None
+            rec = resolve_recipe(learner, source, recipe, base)
+            if source is None:
+                inputs, labels_t = learner.encode(texts, pairs), torch.tensor(labels)
+            else:
+                inputs, labels_t = source.inputs_for(learner), source.labels
+            lrs = source.lrs if source is not None and source.kind != "text" else None
+        recorded = rec if own_fit else rec.to_dict()
         test_inputs = None
         runs = []
         start = time.time()
         bar = tqdm(range(seeds), desc=f"evaluate {train_set['method']} with {name}", disable=not progress)
         for seed in bar:
+            def fit_run() -> dict:
+                t0 = time.time()
+                fitted = learner.fit(*fit_data, task.num_classes, rec, eval_seed(seed), device=device,
+                                     progress=progress)
+                preds = fitted.predict(test_texts, test_pairs)
+                return {"seed": seed, "learner_seed": eval_seed(seed),
+                        "accuracy": float((preds == y_test).float().mean()), **fitted.log,
+                        "seconds": round(time.time() - t0, 2), "device": str(device)}
+
             def run() -> dict:
                 nonlocal test_inputs
                 if test_inputs is None:
@@ -128,11 +153,11 @@ def evaluate(
                         "seconds": round(time.time() - t0, 2), "device": str(device)}
 
             # The learner seed is in the key: runs cached under the old seeds 0..M-1 are not reused.
-            key = key_of(task.fingerprint, learner.describe(), rec.to_dict(), train_set, lrs is not None,
-                         eval_seed(seed))
-            runs.append(cached_json("evals", key, run) if cache else run())
+            key = key_of(task.fingerprint, learner.describe(), recorded, train_set, lrs is not None, eval_seed(seed))
+            work = fit_run if own_fit else run
+            runs.append(cached_json("evals", key, work) if cache else work())
         accs = np.array([r["accuracy"] for r in runs if r["accuracy"] is not None])
         mean, std = (float(accs.mean()), float(accs.std())) if len(accs) else (None, None)
-        results.append(EvalResult(task.name, name, mean, std, runs, rec.to_dict(), train_set,
+        results.append(EvalResult(task.name, name, mean, std, runs, recorded, train_set,
                                   round(time.time() - start, 2), failed_runs=len(runs) - len(accs)))
     return results

