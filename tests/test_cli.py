@@ -20,7 +20,7 @@ def test_list(capsys):
     assert main(["list", "tasks"]) == 0
     out = capsys.readouterr().out
     assert "mr" in out and "3,000 / 1,000" in out and "ag_news" in out
-    assert main(["list", "methods"]) == 0
+    assert main(["list", "methods", "--options"]) == 0
     assert "--n-init" in capsys.readouterr().out
     assert main(["list", "learners"]) == 0
     assert "minilm-frozen" in capsys.readouterr().out

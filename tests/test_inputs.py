@@ -244,7 +244,7 @@ def test_every_argument_has_help():
 
 
 def test_list_methods_keeps_names_apart(capsys):
-    assert main(["list", "methods"]) == 0
+    assert main(["list", "methods", "--options"]) == 0
     out = capsys.readouterr().out
     assert "attention-labels  " in out
     assert "(default )" not in out and "(default: none)" in out and "(default: 10)" in out

@@ -45,6 +45,7 @@ HEAVY = {"torch", "transformers", "datasets", "pandas", "sklearn", "matplotlib"}
     "import textdistill.cli as c\ntry: c.main(['--help'])\nexcept SystemExit: pass",
     "import textdistill.cli as c; c.main(['list', 'tasks'])",
     "import textdistill.cli as c; c.main(['list', 'learners'])",
+    "import textdistill.cli as c; c.main(['list', 'methods'])",
 ])
 def test_commands_that_do_no_work_import_no_model_library(code):
     assert HEAVY & imported_after(code) == set()
@@ -72,6 +73,17 @@ def test_list_learners_names_every_registered_learner_as_the_registry_does(capsy
     shown = {line.split()[0]: line.split(None, 1)[1] for line in lines}
     assert {k: v for k, v in shown.items() if k in DESCRIPTIONS} == DESCRIPTIONS
     assert set(shown) - set(DESCRIPTIONS) == {"<hf-id"}  # the any-model row
+
+
+def test_list_methods_names_every_registered_method_as_the_registry_does(capsys):
+    from textdistill.cli import main
+    from textdistill.methods import METHODS
+
+    assert main(["list", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = {line.split()[0]: line.split(None, 1)[1] for line in lines[:-1]}
+    assert shown == {name: cls.description for name, cls in METHODS.items()}
+    assert "--options" in lines[-1]
 
 
 # -- the Python API checks its arguments at the door ---------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The registered learners' names and descriptions, readable without importing torch, so that `textdistill list
-learners` answers at once. The registry (``learners.DESCRIPTIONS``) stays the truth: a test checks the two agree."""
+"""The registered learners' and methods' names and descriptions, readable without importing torch, so that
+`textdistill list learners` and `list methods` answer at once. The registries (``learners.DESCRIPTIONS``,
+``methods.METHODS``) stay the truth: a test checks that they agree."""
 
 LEARNERS = {
     "minilm": "all-MiniLM-L6-v2 with a new head, fully fine-tuned (CPU default)",
@@ -12,4 +13,22 @@ LEARNERS = {
     "bilstm-glove": "BiLSTM (128 per direction, mean pooling) over frozen GloVe 50d, from scratch",
     "setfit-minilm": "SetFit: all-MiniLM-L6-v2 fine-tuned on sentence pairs, logistic-regression head",
     "setfit-mpnet": "SetFit: all-mpnet-base-v2 fine-tuned on sentence pairs, logistic-regression head",
+}
+
+METHODS = {
+    "bptt": "token-embedding sentences, soft labels and step sizes learned through unrolled training",
+    "attention-labels": "bptt plus learned per-layer, per-head attention labels (transformer learners)",
+    "condense": "an instruct LM condenses clusters of real examples; gradient alignment picks the generations",
+    "random": "uniformly random real examples per class",
+    "kcenter": "greedy farthest-point (k-center) selection from a seeded random start",
+    "kmeans": "per-class k-means; the real example nearest each centroid (DiLM's k-centers)",
+    "herding": "herding (Welling 2009): greedily keep the running mean closest to the class mean",
+    "dc": "gradient matching per class (token embeddings or frozen sentence vectors)",
+    "dilm": "a generator LM trained by gradient matching writes the set as text (model-agnostic)",
+    "dm": "distribution matching of per-class representations (mean or MMD) under fresh learners",
+    "embed-invert": "vectors learned in a sentence space (dm, mtt, dc), written back as text (nearest or LM search)",
+    "file": "a text set read from a file (e.g. a published distilled set), checked against the task",
+    "gradmm": "gradient matching in a decoder LM's embedding space, projected onto readable tokens by ADMM",
+    "learned-labels": "coreset texts with class distributions learned through unrolled training (text, any learner)",
+    "mtt": "trajectory matching against expert learners trained on the real data",
 }

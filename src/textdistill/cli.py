@@ -56,7 +56,14 @@ def cmd_list(args: argparse.Namespace) -> None:
         width = max(map(len, rows)) + 2  # a long name never runs into its description
         for name, desc in rows.items():
             print(f"{name:<{width}}{desc}")
-    else:
+    elif not args.options:
+        from .catalog import METHODS as DESCRIPTIONS  # the registry's, without importing torch
+
+        width = max(map(len, DESCRIPTIONS)) + 2
+        for name, desc in DESCRIPTIONS.items():
+            print(f"{name:<{width}}{desc}")
+        print("(every method's options: textdistill list methods --options)")
+    else:  # the options live in the methods' config classes, which import torch
         from .methods import METHODS
 
         width = max(map(len, METHODS)) + 2
@@ -417,10 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["methods", "tasks", "learners"], help="what to list")
     s.add_argument("--check", action="store_true",
                    help="tasks: load each one and count duplicates and test examples with a copy in train")
+    s.add_argument("--options", action="store_true", help="methods: every option of every method, with its default")
     s.add_argument("--data-dir", help="with --check: local copies of the standard benchmarks (GLUE or HF layout)")
 
     s = sub.add_parser("distill", help="distil a task into a few examples per class",
-                       epilog="Method options (textdistill list methods) follow as --name value.")
+                       epilog="Method options (textdistill list methods --options) follow as --name value.")
     _task_args(s, required=True)
     s.add_argument("--method", required=True, help="distillation method (textdistill list methods)")
     s.add_argument("--dpc", type=int, required=True, help="examples per class")
