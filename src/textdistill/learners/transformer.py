@@ -30,6 +30,15 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def has_sdpa(model: torch.nn.Module) -> bool:
+    """Whether the architecture has an SDPA attention (transformers refuses the request where it has none)."""
+    try:
+        model.get_correct_attn_implementation("sdpa")
+    except ValueError:
+        return False
+    return True
+
+
 class TransformerLearner(AttentionLearner):
     """``AutoModelForSequenceClassification`` with a new seeded head, fully fine-tuned."""
 
@@ -114,7 +123,7 @@ class TransformerLearner(AttentionLearner):
         """SDPA attention (same maths and dropout draws as eager). Models are built with eager attention, which
         unrolled methods need: SDPA's CPU kernels have no double backward and return no attention probabilities."""
         # nested: the outer context restores eager; an eager-only architecture (MPNet) stays as it is
-        if model in self._under_sdpa or not getattr(model, "_supports_sdpa", True):
+        if model in self._under_sdpa or not has_sdpa(model):
             yield
             return
         model.set_attn_implementation("sdpa")
