@@ -11,7 +11,7 @@ from textdistill.evaluation import evaluate
 from textdistill.learners import Learner, get_learner
 from textdistill.methods import get_method
 from textdistill.methods.attention_labels import AttentionLabelLoss
-from textdistill.methods.bptt import real_loss, unroll
+from textdistill.methods.unroll import real_loss, unroll
 from textdistill.distilled import DistilledDataset
 from textdistill.train import Recipe, train
 

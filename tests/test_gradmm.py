@@ -6,7 +6,7 @@ import torch
 from textdistill.errors import ConfigError
 from textdistill.learners import get_learner
 from textdistill.methods import get_method
-from textdistill.methods.dc import class_gradients, gradient_distance
+from textdistill.methods.matching import class_gradients, gradient_distance
 from textdistill.methods.gradmm import admm, matched_names, projection
 
 
@@ -102,7 +102,7 @@ def test_dp_releases_are_the_planned_mechanism_on_the_matched_tensors_with_fresh
     """Every iteration releases one noisy gradient per class: clipped per example over the matched tensors (not
     the token table the synthetic embeddings never reach), at the plan's noise and expected batch. Two DP runs
     with one seed release different noise; plain runs with one seed write the same text."""
-    import textdistill.methods.dc as dc
+    import textdistill.methods.matching as matching
 
     with pytest.raises(ConfigError, match="init real copies private examples"):
         get_method("gradmm", dp_epsilon=8)
@@ -110,14 +110,14 @@ def test_dp_releases_are_the_planned_mechanism_on_the_matched_tensors_with_fresh
     table = model.get_input_embeddings().weight
     matched = sum(v.numel() for v in model.parameters() if v.requires_grad and v is not table)
     releases = []
-    mechanism = dc.noisy_mean
+    mechanism = matching.noisy_mean
 
     def record(rows, clip, sigma, expected, source):
         out = mechanism(rows, clip, sigma, expected, source)
         releases.append((rows.shape[1], clip, sigma, expected, out))
         return out
 
-    monkeypatch.setattr(dc, "noisy_mean", record)
+    monkeypatch.setattr(matching, "noisy_mean", record)
     options = {"init": "noise", "iterations": 2, "embed_steps": 1, "length": 4, "real_batch": 3, "match": "all"}
     runs = []
     for _ in range(2):

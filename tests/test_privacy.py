@@ -161,7 +161,7 @@ def test_dc_private_gradient_bounds_one_example_and_noises_at_sigma_times_clip(m
     """Per-example clipping bounds the sensitivity: an outlier example moves the clipped sum of the gradients by
     at most the clip (unclipped, by far more); the noise's spread is sigma x clip; with every row sampled, no
     clipping and no noise, the mechanism's mean is the plain mean gradient."""
-    from textdistill.methods.dc import private_real_gradient, real_gradient
+    from textdistill.methods.matching import private_real_gradient, real_gradient
     from textdistill.methods.learned_set import fresh_parameters, real_inputs
 
     learner = get_learner("minilm-frozen").for_task(mr40)
@@ -197,15 +197,15 @@ def test_dc_private_gradient_bounds_one_example_and_noises_at_sigma_times_clip(m
 def test_dp_dc_clips_only_the_tensors_the_synthetic_set_matches(tiny_generator, mr40, monkeypatch):
     """A decoder learner's real gradient reaches its token table, the synthetic embeddings never do: the clip
     (and the noise) covers the matched tensors alone, so none of it is spent on the table."""
-    import textdistill.methods.dc as dc
+    import textdistill.methods.matching as matching
 
     learner = get_learner(tiny_generator).for_task(mr40)
     model = learner.build(2, seed=0)
     table = model.get_input_embeddings().weight
     matched = sum(v.numel() for v in model.parameters() if v.requires_grad and v is not table)
     widths = []
-    mechanism = dc.noisy_mean
-    monkeypatch.setattr(dc, "noisy_mean", lambda rows, *a: widths.append(rows.shape[1]) or mechanism(rows, *a))
+    mechanism = matching.noisy_mean
+    monkeypatch.setattr(matching, "noisy_mean", lambda rows, *a: widths.append(rows.shape[1]) or mechanism(rows, *a))
     ds = get_method("dc", dp_epsilon=8.0, init="noise", outer_loops=1, inner_loops=2, length=4,
                     real_batch=3).distill(mr40, 1, learner, seed=0)
     assert widths == [matched] * 4  # 2 classes x 2 matching steps

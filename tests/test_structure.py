@@ -1,27 +1,37 @@
-"""The package's shape: no import cycle among its modules (registries and base classes live in leaf modules)."""
+"""The package's shape: no import cycle among its modules (registries and base classes live in leaf modules), and
+no method imports another method (what methods share lives in modules that are not methods)."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent / "src" / "textdistill"
+METHODS = "textdistill.methods"
 
 
-def module_imports() -> dict[str, set[str]]:
-    """Each module's imports of package modules at import time (not those inside functions or TYPE_CHECKING)."""
+def module_files() -> dict[str, Path]:
     files = {}
     for f in ROOT.rglob("*.py"):
         parts = list(f.relative_to(ROOT.parent).with_suffix("").parts)
         files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return files
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each module's imports of package modules, wherever they stand: at the top, inside functions (deferred: they
+    run later, but the modules still depend on each other) and under ``if TYPE_CHECKING:`` (type-only: nothing runs,
+    but the annotations name the other module's types, so the layering counts them too)."""
+    files = module_files()
     graph = {}
     for name, f in files.items():
         package = name if f.name == "__init__.py" else name.rpartition(".")[0]
         deps = set()
-        for node in ast.parse(f.read_text()).body:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                continue
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
                 deps |= {f"{target}.{a.name}" if f"{target}.{a.name}" in files else target for a in node.names}
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name in files}
@@ -29,15 +39,30 @@ def module_imports() -> dict[str, set[str]]:
     return graph
 
 
+def method_modules() -> set[str]:
+    """The modules that register a Distiller with ``@register_method``; the rest of ``methods/`` (``base``,
+    ``teacher``, ``learned_set``, ``matching``, ``unroll``, ...) holds what methods share."""
+    found = set()
+    for name, f in module_files().items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                "register_method" in ast.unparse(d) for d in node.decorator_list
+            ):
+                found.add(name)
+    return found
+
+
 def test_no_import_cycle():
     graph = module_imports()
     assert "textdistill.methods.base" in graph and "textdistill.recipe" in graph
+    assert "textdistill.methods.teacher" in graph["textdistill.methods.base"]  # deferred (in Distiller._artifact)
+    assert "textdistill.learners.base" in graph["textdistill.train"]  # type-only (under TYPE_CHECKING)
     state: dict[str, str] = {}
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = "open"
         for dep in sorted(graph[node]):
-            assert state.get(dep) != "open", "import cycle: " + " -> ".join(path + [dep])
+            assert state.get(dep) != "open", "import cycle: " + " -> ".join(path[path.index(dep):] + [dep])
             if dep not in state:
                 visit(dep, path + [dep])
         state[node] = "done"
@@ -45,3 +70,13 @@ def test_no_import_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+
+
+def test_no_method_imports_another_method():
+    methods = method_modules()
+    assert {f"{METHODS}.dc", f"{METHODS}.bptt", f"{METHODS}.coreset"} <= methods
+    assert not methods & {f"{METHODS}.base", f"{METHODS}.teacher", f"{METHODS}.learned_set"}
+    assert all(m.startswith(METHODS + ".") for m in methods)
+    graph = module_imports()
+    crossing = sorted(f"{m} -> {d}" for m in methods for d in graph[m] & methods)
+    assert not crossing, "methods import other methods: " + ", ".join(crossing)

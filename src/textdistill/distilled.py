@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from .cache import temp_folder
+from .atomic import temp_folder
 from .errors import ArtifactError
 
 if TYPE_CHECKING:

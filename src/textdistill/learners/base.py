@@ -14,10 +14,9 @@ import numpy as np
 import torch
 
 from ..cache import cached_array, key_of
-from ..errors import ArgumentTypeError, ConfigError, ResourceMissing, kind_of
-from ..resources import check_model
+from ..errors import ConfigError
 from ..recipe import Recipe
-from ..train import Params
+from ..params import Params
 
 
 class Learner(ABC):
@@ -240,26 +239,3 @@ def register_learner(name: str, description: str) -> Callable:
 
 def list_learners(pattern: str = "*") -> list[str]:
     return [n for n in LEARNERS if fnmatch.fnmatch(n, pattern)]
-
-
-_instances: dict[str, Learner] = {}
-
-
-def get_learner(name: str, max_length: int | None = None) -> Learner:
-    """A registered learner, or any Hugging Face model id / local path as a fine-tuned transformer (a causal LM
-    as a decoder classifier, anything else as an encoder); ``max_length`` (tokens) overrides its default of 64,
-    as ``distill`` and ``evaluate`` do with the task's."""
-    if not isinstance(name, str):
-        raise ArgumentTypeError(f"learner must be a learner name (str), got {kind_of(name)}")
-    if name not in _instances:
-        from .transformer import learner_for
-
-        if name not in LEARNERS:
-            try:
-                check_model(name)
-            except ResourceMissing as e:
-                raise ConfigError(f"unknown learner {name!r}: {e}. Registered learners: {', '.join(LEARNERS)}; "
-                                  "other names must be a local model folder or a Hugging Face hub id") from None
-
-        _instances[name] = LEARNERS[name]() if name in LEARNERS else learner_for(name)
-    return _instances[name] if max_length is None else _instances[name].with_max_length(max_length)

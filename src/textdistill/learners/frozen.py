@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from ..recipe import Recipe
 from ..seeds import check_seed
-from ..train import Params
+from ..params import Params
 from .base import FeatureLearner, Learner, register_learner
 from .transformer import TransformerLearner
 

@@ -13,7 +13,7 @@ from torch.func import functional_call
 from ..resources import glove_vectors, model_revision
 from ..recipe import Recipe
 from ..seeds import check_seed
-from ..train import Params
+from ..params import Params
 from .base import Learner, TokenLearner, register_learner
 
 TOKEN = re.compile(r"[\w']+|[^\w\s]")

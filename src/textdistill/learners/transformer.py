@@ -18,7 +18,7 @@ from ..errors import ResourceMissing
 from ..resources import model_revision, resolve_model
 from ..recipe import Recipe
 from ..seeds import check_seed
-from ..train import Params
+from ..params import Params
 from .base import AttentionLearner, Learner, register_learner
 from .packed import PackedBert, packable
 

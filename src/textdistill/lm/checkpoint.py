@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..cache import atomic_write
+from ..atomic import atomic_write
 from .generator import Generator
 
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..cache import atomic_write, build_lock, in_use, key_of
+from ..atomic import atomic_write
+from ..cache import build_lock, in_use, key_of
 from ..resources import cache_dir, check_model, model_revision, resolve_model
 
 

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..learners import AttentionLearner, Learner
 from ..train import Params, loss_fn
 from .base import register_method
-from .bptt import BPTT, BPTTConfig
+from .unroll import UnrollConfig, UnrolledDistiller
 
 
 def attention_kl(target: torch.Tensor, attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -56,7 +56,7 @@ def set_loss(ds, recipe) -> AttentionLabelLoss | None:
 
 
 @dataclass
-class AttentionLabelsConfig(BPTTConfig):
+class AttentionLabelsConfig(UnrollConfig):
     attention_rows: str = field(default="cls", metadata={"help": "cls (the first row) or all rows"})
     attention_weight: float = field(default=1.0, metadata={"ge": 0, "help": "lambda: weight of the attention KL term"})
 
@@ -67,7 +67,7 @@ class AttentionLabelsConfig(BPTTConfig):
 
 
 @register_method
-class AttentionLabels(BPTT):
+class AttentionLabels(UnrolledDistiller):
     name = "attention-labels"
     description = "bptt plus learned per-layer, per-head attention labels (transformer learners)"
     Config = AttentionLabelsConfig

@@ -8,19 +8,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..config import Config, check_device
+from ..config import check_device
 from ..data import Task
 from ..errors import ArgumentTypeError, ConfigError, DataError, TextDistillError, kind_of
 from ..learners import Learner
 from ..distilled import DistilledDataset
 from ..seeds import check_set_seed
+from .method_config import MethodConfig
 
 if TYPE_CHECKING:
     import torch
-
-
-class MethodConfig(Config):
-    """Base of every method's config (a dataclass; help text in each field's metadata)."""
 
 
 class Distiller:
@@ -141,3 +138,16 @@ def label_probe(task: Task, learner: Learner):
 
     texts, pairs, labels = task.columns("train")
     return LogisticRegression(max_iter=1000).fit(learner.sentence_vectors(texts, pairs), labels)
+
+
+def kmeans_nearest(vectors: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 10) -> np.ndarray:
+    """Positions (into ``vectors``) of the k distinct examples nearest the centroids of a k-means seeded from
+    ``rng``: the ``kmeans`` coreset's choice, and DiLM's (its teachers and its final selection)."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=int(rng.integers(2**31))).fit(vectors)
+    picked: list[int] = []
+    for centre in km.cluster_centers_:
+        order = np.argsort(np.linalg.norm(vectors - centre, axis=1))
+        picked.append(int(next(i for i in order if i not in picked)))  # distinct examples
+    return np.array(picked)

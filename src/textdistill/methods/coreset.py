@@ -9,7 +9,7 @@ import numpy as np
 from ..data import Task
 from ..learners import Learner
 from ..distilled import DistilledDataset
-from .base import Distiller, class_indices, register_method
+from .base import Distiller, class_indices, kmeans_nearest, register_method
 from .teacher import TeacherLabelsConfig
 
 
@@ -78,14 +78,7 @@ class KMeansNearest(CoresetDistiller):
     Config = KMeansConfig
 
     def select(self, vectors, k, rng):
-        from sklearn.cluster import KMeans
-
-        km = KMeans(n_clusters=k, n_init=self.config.n_init, random_state=int(rng.integers(2**31))).fit(vectors)
-        picked: list[int] = []
-        for centre in km.cluster_centers_:
-            order = np.argsort(np.linalg.norm(vectors - centre, axis=1))
-            picked.append(int(next(i for i in order if i not in picked)))  # distinct examples
-        return np.array(picked)
+        return kmeans_nearest(vectors, k, rng, self.config.n_init)
 
 
 @register_method

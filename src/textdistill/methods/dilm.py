@@ -44,11 +44,10 @@ from ..resources import cache_dir, model_revision
 from ..distilled import DistilledDataset, check_output
 from ..recipe import Recipe
 from ..train import train
-from .base import (Distiller, MethodConfig, check_finite, class_indices, descend, fresh_model, label_probe, real_batch,
-                   register_method, thin)
-from .coreset import KMeansNearest
-from .dc import real_gradient
+from .base import (Distiller, MethodConfig, check_finite, class_indices, descend, fresh_model, kmeans_nearest,
+                   label_probe, real_batch, register_method, thin)
 from .learned_set import fresh_parameters, real_inputs
+from .matching import real_gradient
 
 
 
@@ -171,8 +170,8 @@ class DiLM(Distiller):
         texts, pairs, labels = task.columns("train")
         per_class = class_indices(labels, task.spec.classes, 1)
         vectors = learner.sentence_vectors(texts, pairs)
-        kmeans, rng = KMeansNearest(KMeansNearest.Config(n_init=1)), np.random.default_rng(seed)
-        return [[idx[kmeans.select(vectors[idx], min(c.teacher_size, len(idx)), rng)] for idx in per_class]
+        rng = np.random.default_rng(seed)
+        return [[idx[kmeans_nearest(vectors[idx], min(c.teacher_size, len(idx)), rng, n_init=1)] for idx in per_class]
                 for _ in range(c.teachers)]
 
     def synthetic_batches(self, pool: list[tuple[list[str], list[str] | None]], learner: Learner,
@@ -302,7 +301,7 @@ class DiLM(Distiller):
         accepted = []
         for y in range(task.num_classes):
             a, b, rate = self.pool(gen, y, c.pool_factor * dpc, dpc, pairs, learner, probe, seed)
-            picked = KMeansNearest().select(learner.sentence_vectors(a, b), dpc, rng)
+            picked = kmeans_nearest(learner.sentence_vectors(a, b), dpc, rng)
             texts += [a[i] for i in picked]
             seconds += [b[i] for i in picked] if b is not None else []
             accepted.append(rate)

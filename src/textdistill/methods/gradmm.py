@@ -36,7 +36,7 @@ from ..learners import Learner
 from ..privacy import DPOptions, SecureRandom, publishable
 from ..distilled import DistilledDataset
 from .base import Distiller, MethodConfig, check_finite, class_indices, fresh_model, register_method, thin
-from .dc import class_gradients, class_real_gradient, gradient_distance, reached
+from .matching import class_gradients, class_real_gradient, gradient_distance, reached
 from .learned_set import real_inputs
 
 

@@ -3,7 +3,7 @@
 Sucholutsky & Schonlau 2019 (learnable soft labels), Bohdal et al. 2020 ("Flexible Dataset Distillation:
 Learn Labels Instead of Images"). The inputs stay real sentences, so the set is text that any learner can
 train on; only the labels (and, with ``learn: weights|both``, a weight per text, as in Ren et al. 2018's
-example reweighting) are learned, by unrolling a learner's training on the fixed texts (bptt's machinery) and
+example reweighting) are learned, by unrolling a learner's training on the fixed texts (``unroll``, as bptt) and
 lowering the trained learner's loss on real batches. What is unrolled is by default the recipe evaluation
 trains the set with (``inner_recipe: learner``); where that is too costly to unroll, the labels follow the
 learner's own training runs by one-step look-ahead hypergradients (``inner_recipe: online``).
@@ -25,8 +25,8 @@ from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import Params, batch_of, train
 from .base import Distiller, MethodConfig, check_finite, fresh_model, get_method, real_batch, register_method, thin
-from .bptt import inverse_softplus, unroll
 from .learned_set import real_inputs
+from .unroll import inverse_softplus, unroll
 
 INITS = ("kmeans", "herding", "random", "kcenter")
 INNER_RECIPES = ("sgd", "learner", "online")

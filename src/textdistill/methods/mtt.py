@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..cache import atomic_write, build_lock, in_use, key_of
+from ..atomic import atomic_write
+from ..cache import build_lock, in_use, key_of
 from ..data import Task
 from ..distributed import barrier, deal
 from ..errors import ConfigError
@@ -28,8 +29,8 @@ from ..distilled import DistilledDataset
 from ..recipe import Recipe
 from ..train import train
 from .base import Distiller, descend, register_method, thin
-from .bptt import inverse_softplus
 from .learned_set import LearnedSetConfig, SyntheticSet, real_inputs
+from .unroll import inverse_softplus
 
 
 @dataclass

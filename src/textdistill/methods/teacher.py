@@ -15,7 +15,7 @@ from ..data import Task
 from ..errors import ConfigError
 from ..learners import get_learner
 from ..seeds import TEACHER_SEED
-from .base import MethodConfig
+from .method_config import MethodConfig
 
 
 
@@ -50,7 +50,7 @@ def teacher_logits(task: Task, teacher: str, texts: list[str], pairs: list[str] 
     training split, once per (task content, teacher, recipe): its parameters are cached as safetensors."""
     from safetensors.torch import load_file, save_file
 
-    from ..cache import atomic_write
+    from ..atomic import atomic_write
     from ..resources import cache_dir
     from ..train import predict_logits, train
 
