@@ -451,7 +451,7 @@ def test_cell_keys_follow_the_task_content(tmp_path):
                          "dpc": [1], "seeds": 1})
     before = [(c.key(suite), c.entry is None or c.set_key(suite)) for c in plan(suite)]
     data.write_text("text,label\n" + "\n".join(rows[:-1] + ["an edited example,1"]) + "\n")
-    from textdistill.bench import _load_task
+    from textdistill.bench.cells import _load_task
 
     _load_task.cache_clear()  # a new process would read the file again
     after = [(c.key(suite), c.entry is None or c.set_key(suite)) for c in plan(suite)]

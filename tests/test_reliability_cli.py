@@ -353,10 +353,28 @@ def test_workers_exit_when_the_driver_is_killed(tmp_path):
                 pass
 
 
+def test_a_worker_draws_no_progress_bars(tmp_path):
+    """--workers: the driver's bar counts the cells, and the workers' bars would interleave with it, so a worker
+    process draws none, also a bar asked for with ``disable=False`` (as methods and learners do: a TQDM_DISABLE
+    set by the worker would not stop those, nor any bar of a tqdm imported before it was set)."""
+    draw = ("import sys\nfrom tqdm.auto import tqdm\n"
+            "for bar in (tqdm(range(3), desc='bar-plain'), tqdm(range(3), desc='bar-asked', disable=False)):\n"
+            "    list(bar)\n"
+            "print('drawn', file=sys.stderr)\n")
+    alone = subprocess.run([sys.executable, "-c", draw], capture_output=True, text=True, timeout=60)
+    assert "bar-plain" in alone.stderr and "bar-asked" in alone.stderr  # a pipe is no reason for tqdm to stay quiet
+    worker = subprocess.run([sys.executable, "-c", (
+        "import os\nfrom textdistill.bench import load_suite\nfrom textdistill.bench.executors import _start_worker\n"
+        f"_start_worker(load_suite({str(tiny_suite_file(tmp_path))!r}), {str(tmp_path / 'out')!r}, 'cpu', 1, "
+        "os.getppid())\n" + draw)], capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stderr
+    assert "drawn" in worker.stderr and "bar-" not in worker.stderr, worker.stderr
+
+
 def test_workers_are_capped_at_the_cores(tmp_path, monkeypatch, capsys):
     import json
 
-    from textdistill import bench
+    from textdistill.bench import driver, executors
     from textdistill.cli import main
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -366,9 +384,9 @@ def test_workers_are_capped_at_the_cores(tmp_path, monkeypatch, capsys):
 
     def processes(workers):
         asked.append(workers)
-        return bench.run_here  # the cells in this process: what is checked is how many processes were asked for
+        return executors.run_here  # the cells in this process: what is checked is how many processes were asked for
 
-    monkeypatch.setattr(bench, "run_in_processes", processes)
+    monkeypatch.setattr(driver, "run_in_processes", processes)
     monkeypatch.setenv("TEXTDISTILL_CACHE", str(fresh_cache(tmp_path)))
     suite = tiny_suite_file(tmp_path, methods=["random"], dpc=[1])
     assert main(["bench", str(suite), "--out", str(tmp_path / "out"), "--workers", "999"]) == 0

@@ -220,7 +220,7 @@ def test_two_suites_started_at_once_into_one_out_one_is_refused(tmp_path, monkey
     suites = [parse_suite({**raw, "name": f"s{i}"}) for i in range(4)]
     all_started = threading.Barrier(len(suites))
     # every run has passed its first checks before any looks at OUT
-    monkeypatch.setattr("textdistill.bench.check_device", lambda device: all_started.wait(timeout=30))
+    monkeypatch.setattr("textdistill.bench.driver.check_device", lambda device: all_started.wait(timeout=30))
     outcome = {}
 
     def run(suite):
