@@ -21,7 +21,6 @@ from .train import predict, train
 from .methods.attention_labels import set_loss
 
 
-
 @dataclass
 class EvalResult:
     task: str
@@ -152,7 +151,7 @@ def evaluate(
                         "last_epoch_loss": round(float(np.mean(losses[-epoch:])), 5),
                         "seconds": round(time.time() - t0, 2), "device": str(device)}
 
-            # The learner seed is in the key: runs cached under the old seeds 0..M-1 are not reused.
+            # the learner seed is in the key: a run is reused only for the very same draws
             key = key_of(task.fingerprint, learner.describe(), recorded, train_set, lrs is not None, eval_seed(seed))
             work = fit_run if own_fit else run
             runs.append(cached_json("evals", key, work) if cache else work())
