@@ -44,18 +44,26 @@ def mr_small(mr):
 @pytest.fixture(scope="session")
 def tiny_generator(tmp_path_factory):
     """A randomly initialised two-layer causal LM with MiniLM's tokenizer, saved as a local model folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return save_tiny_lm(tmp_path_factory, "tiny-generator", LlamaForCausalLM, lambda tokenizer: LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id))
+
+
+def save_tiny_lm(tmp_path_factory, name: str, model_class, config_of) -> str:
+    """A randomly initialised (seed 0) causal LM of ``config_of(tokenizer)`` with MiniLM's tokenizer, saved as a
+    local model folder."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from textdistill.resources import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-    path = tmp_path_factory.mktemp("tiny-generator")
-    LlamaForCausalLM(config).save_pretrained(path)
+    path = tmp_path_factory.mktemp(name)
+    model_class(config_of(tokenizer)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

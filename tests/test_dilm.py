@@ -263,19 +263,13 @@ def test_a_pair_task_through_dilm_gives_pairs(tiny_generator, tmp_path):
 def tiny_gpt2(tmp_path_factory):
     """A randomly initialised two-layer GPT-2 with MiniLM's tokenizer and heavy dropout (GPT-2 trains with
     dropout; the Llama generators have none)."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from textdistill.resources import resolve_model
+    from conftest import save_tiny_lm
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                        resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5,
-                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return save_tiny_lm(tmp_path_factory, "tiny-gpt2", GPT2LMHeadModel, lambda tokenizer: GPT2Config(
+        vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.5, embd_pdrop=0.5,
+        attn_pdrop=0.5, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
 
 
 def test_stage1_with_dropout_is_reproducible_from_its_seed(tiny_gpt2, mr_small):
