@@ -6,6 +6,9 @@ torch's CPU generator keeps only the low 32 bits of a seed (``manual_seed(2**32 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from .errors import ConfigError
 
 SEED_LIMIT = 2**32
@@ -36,3 +39,15 @@ def eval_seed(run: int) -> int:
     if not 0 <= run < MAX_EVAL_RUNS:
         raise ConfigError(f"evaluation run {run} is outside [0, 2**30)")
     return EVAL_SEEDS + run
+
+
+@contextmanager
+def torch_rng_kept(device=None) -> Iterator[None]:
+    """torch's global random state as the block found it, back after the block: the CPU generator's and, where
+    ``device`` is a GPU, that GPU's (only it: forking every visible GPU is slow and warns). A section that seeds the
+    global generators inside (``torch.manual_seed``) draws what it drew before and leaves the caller's stream alone."""
+    import torch
+
+    device = torch.device(device if device is not None else "cpu")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield

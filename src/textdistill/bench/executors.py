@@ -108,18 +108,14 @@ def _start_worker(suite: Suite, out: str, device: str, threads: int, parent: int
     global _worker
     _follow_parent(parent)
     import torch
-    import tqdm.std
+
+    from .. import progress
 
     torch.set_num_threads(threads)
     _worker = Runner(suite, out, device)
     # the workers' progress bars would interleave (the driver's bar counts cells): every bar of this process off,
     # also those asked for explicitly
-    shown = tqdm.std.tqdm.__init__
-
-    def quiet(self, *args, **kwargs):
-        shown(self, *args, **{**kwargs, "disable": True})
-
-    tqdm.std.tqdm.__init__ = quiet
+    progress.set_enabled(False)
 
 
 def _worker_cell(cell: Cell, distill_only: bool) -> tuple[Cell, list[dict] | None, float]:

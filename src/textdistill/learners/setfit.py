@@ -26,15 +26,16 @@ from __future__ import annotations
 import copy
 import os
 import random
+import sys
 import tempfile
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ResourceMissing
+from ..progress import bar as progress_bar
 from ..resources import model_revision, resolve_model
 from ..seeds import check_seed
 from .base import FitLearner, Fitted, Learner, register_learner
@@ -76,12 +77,12 @@ class SetFitLearner(FitLearner):
     def _template(self):
         """The pretrained body as a ``SentenceTransformer`` on the CPU, loaded once (each fit trains a copy)."""
         if "body" not in self._templates:
-            _quiet_transformers()
             from sentence_transformers import SentenceTransformer
 
             path = resolve_model(self.body)
             try:
-                self._templates["body"] = SentenceTransformer(path, device="cpu")
+                with _quiet_transformers():
+                    self._templates["body"] = SentenceTransformer(path, device="cpu")
             except OSError as e:
                 raise ResourceMissing(f"learner {self.name!r}: cannot load its body {self.body!r} from {path} as a "
                                       f"sentence-transformers model ({e})") from None
@@ -184,14 +185,16 @@ class SetFitLearner(FitLearner):
 
 
 def _setfit():
-    """The ``setfit`` package, quiet (it sets its own logging to info when imported)."""
-    _quiet_transformers()
+    """The ``setfit`` package, quiet (it sets its own logger to info when imported)."""
+    first = "setfit" not in sys.modules
     try:
-        import setfit
+        with _quiet_transformers():
+            import setfit
     except ImportError as e:
         raise ResourceMissing(f"the SetFit learners need the setfit package ({e}): run `pip install setfit` "
                               "(or `make setup`)") from None
-    setfit.logging.set_verbosity_warning()
+    if first:  # its own logger back at its default once; a level set afterwards stands
+        setfit.logging.set_verbosity_warning()
     return setfit
 
 
@@ -247,7 +250,7 @@ def _bar(desc: str):
 
     class Bar(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", leave=False)
+            self.bar = progress_bar(total=state.max_steps, desc=desc, unit="step", leave=False)
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)

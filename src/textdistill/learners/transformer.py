@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,22 +13,38 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from ..errors import ResourceMissing
+from ..progress import bar as progress_bar
 from ..resources import model_revision, resolve_model
 from ..recipe import Recipe
-from ..seeds import check_seed
+from ..seeds import check_seed, torch_rng_kept
 from ..params import Params
 from .base import AttentionLearner, Learner, register_learner
 from .packed import PackedBert, packable
 
 
-def _quiet_transformers() -> None:
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings (a new head's weights "not initialized": it is ours) and its and the hub's progress
+    bars off inside the block only: the process's own settings come back after it."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging
 
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    hub_bars_off = are_progress_bars_disabled()
     logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    logging.disable_progress_bar()  # the hub's bars too
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        with warnings.catch_warnings():  # the hub warns at each call where HF_HUB_DISABLE_PROGRESS_BARS pins it
+            warnings.simplefilter("ignore")
+            if bars:
+                logging.enable_progress_bar()  # the hub's bars too
+            if hub_bars_off != are_progress_bars_disabled():
+                (disable_progress_bars if hub_bars_off else enable_progress_bars)()
 
 
 def has_sdpa(model: torch.nn.Module) -> bool:
@@ -62,11 +79,11 @@ class TransformerLearner(AttentionLearner):
 
     @cached_property
     def tokenizer(self):
-        _quiet_transformers()
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.path)
+            with _quiet_transformers():
+                return AutoTokenizer.from_pretrained(self.path)
         except OSError as e:
             raise ResourceMissing(f"cannot load tokenizer {self.name!r} ({e}); offline, use a local path or "
                                   "a named model such as 'minilm'") from None
@@ -75,13 +92,13 @@ class TransformerLearner(AttentionLearner):
         """The pretrained model with a head for ``num_labels`` and the names of the new head's parameters."""
         key = num_labels
         if key not in self._templates:
-            _quiet_transformers()
             from transformers import AutoModelForSequenceClassification
 
-            try:
-                model, info = AutoModelForSequenceClassification.from_pretrained(
-                    self.path, num_labels=num_labels, attn_implementation="eager", output_loading_info=True,
-                    dtype=torch.float32)  # float32 even for checkpoints stored in half precision
+            try:  # the new head's random init is thrown away (build draws it from its seed): not from the caller's
+                with _quiet_transformers(), torch_rng_kept():
+                    model, info = AutoModelForSequenceClassification.from_pretrained(
+                        self.path, num_labels=num_labels, attn_implementation="eager", output_loading_info=True,
+                        dtype=torch.float32)  # float32 even for checkpoints stored in half precision
             except OSError as e:
                 raise ResourceMissing(f"cannot load model {self.name!r} ({e})") from None
             self._templates[key] = (model, list(info["missing_keys"]))
@@ -163,11 +180,13 @@ class TransformerLearner(AttentionLearner):
         """Mean-pooled last hidden states of the pretrained encoder, L2-normalised (sentence-transformers style)."""
         from transformers import AutoModel
 
-        _quiet_transformers()
-        encoder = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval()
+        # weights a checkpoint lacks (a pooler) get a random init, unused here: not drawn from the caller's stream
+        with _quiet_transformers(), torch_rng_kept():
+            encoder = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval()
         out = []
-        bar = tqdm(range(0, len(texts), 128), desc=f"encode {len(texts)} texts ({self.name})", unit="batch",
-                   leave=False, disable=len(texts) <= 256)  # a few hundred rows take seconds: no bar
+        # a few hundred rows take seconds: no bar
+        bar = progress_bar(range(0, len(texts), 128), desc=f"encode {len(texts)} texts ({self.name})",
+                           unit="batch", leave=False, disable=len(texts) <= 256)
         for start in bar:
             batch = self.encode(texts[start : start + 128], None if pairs is None else pairs[start : start + 128])
             hidden = encoder(**batch).last_hidden_state

@@ -11,6 +11,7 @@ import time
 from functools import lru_cache
 
 from ..errors import TextDistillError
+from ..seeds import torch_rng_kept
 
 SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
@@ -40,7 +41,8 @@ class CausalLM:
         self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
 
     def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0) -> list[str]:
-        """``n`` sampled completions of ``prompt``, reproducible from ``seed``."""
+        """``n`` sampled completions of ``prompt``, reproducible from ``seed`` (torch's global random state is
+        left as it was)."""
         import torch
 
         if self.tokenizer.chat_template:
@@ -49,8 +51,8 @@ class CausalLM:
         else:
             text = prompt
         enc = self.tokenizer(text, return_tensors="pt").to(self.device)
-        torch.manual_seed(seed)
-        with torch.no_grad():
+        with torch_rng_kept(self.device), torch.no_grad():
+            torch.manual_seed(seed)
             out = self.model.generate(**enc, do_sample=True, **SAMPLING, max_new_tokens=max_new_tokens, num_return_sequences=n,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -8,15 +8,17 @@ sampling, with optional classifier-free guidance against the other classes' star
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..distilled import DistilledDataset, write_folder
 from ..errors import DataError, ResourceMissing
+from ..progress import bar as progress_bar
 from ..resources import resolve_model
+from ..seeds import torch_rng_kept
 
 SEP = "<sep>"
 META = "textdistill-generator.json"
@@ -114,20 +116,29 @@ class Generator:
 
     @torch.no_grad()
     def sample(self, label: int, n: int, *, pairs: bool, top_p: float, batch: int, seed: int,
-               guidance: float = 1.0, progress: bool = True) -> tuple[list[str], list[str] | None]:
+               guidance: float = 1.0, progress: bool = True,
+               keep_rng: bool = True) -> tuple[list[str], list[str] | None]:
         """``n`` non-empty examples of class ``label`` (nucleus sampling, seeded); pairs split at <sep>.
 
         ``guidance`` > 1: classifier-free guidance (Sanchez et al. 2023), the next-token log-probabilities
         pushed away from those after another class's start token (the other classes in turn), which
-        strengthens a weakly class-conditional generator."""
-        torch.manual_seed(seed)
+        strengthens a weakly class-conditional generator.
+
+        torch's global random state is left as it was; ``keep_rng=False`` leaves it where the sampling ended,
+        for a caller whose next draws (a generator's dropout) have always continued from there."""
+        with torch_rng_kept(self.model.device) if keep_rng else nullcontext():
+            torch.manual_seed(seed)
+            return self._sample(label, n, pairs, top_p, batch, guidance, progress)
+
+    def _sample(self, label: int, n: int, pairs: bool, top_p: float, batch: int, guidance: float,
+                progress: bool) -> tuple[list[str], list[str] | None]:
         self.model.eval()
         banned = [[i] for i in self.class_ids] + ([] if pairs else [[self.sep_id]])
         others = torch.tensor([t for c, t in enumerate(self.class_ids) if c != label], device=self.model.device)
         texts: list[str] = []
         seconds: list[str] = []
         tries = 0
-        bar = tqdm(total=n, desc=f"generate class {label}", leave=False, disable=not progress)
+        bar = progress_bar(total=n, desc=f"generate class {label}", leave=False, disable=not progress)
         while len(texts) < n:
             tries += 1
             if tries > 10 + 2 * (n // batch):

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..cache import build_lock, in_use, key_of
+from ..progress import bar as progress_bar
 from ..resources import cache_dir, check_model, model_revision, resolve_model
+from ..seeds import torch_rng_kept
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class Inverter(torch.nn.Module):
 
     @torch.no_grad()
     def write(self, vectors: torch.Tensor, n: int, max_new_tokens: int, seed: int) -> list[list[str]]:
-        """Per vector: its greedy sentence and ``n - 1`` sampled ones."""
+        """Per vector: its greedy sentence and ``n - 1`` sampled ones (torch's global random state is left as it
+        was)."""
         from . import SAMPLING
 
         out = []
@@ -93,8 +95,9 @@ class Inverter(torch.nn.Module):
                       "pad_token_id": self.eos, "eos_token_id": self.eos}
             ids = [self.lm.generate(**common, do_sample=False)]
             if n > 1:
-                torch.manual_seed(seed)
-                ids.append(self.lm.generate(**common, do_sample=True, **SAMPLING, num_return_sequences=n - 1))
+                with torch_rng_kept(self.lm.device):
+                    torch.manual_seed(seed)
+                    ids.append(self.lm.generate(**common, do_sample=True, **SAMPLING, num_return_sequences=n - 1))
             texts = [t.strip() for g in ids for t in self.tokenizer.batch_decode(g, skip_special_tokens=True)]
             out.append(texts)
         return out
@@ -136,7 +139,7 @@ def _train(inv: Inverter, vectors: np.ndarray, texts: list[str], settings: Inver
     order = np.concatenate([rng.permutation(len(texts)) for _ in range(max(1, epochs))])
     x = torch.from_numpy(vectors).float()
     inv.train()
-    bar = tqdm(range(start, settings.steps), desc="train inverter", initial=start, total=settings.steps)
+    bar = progress_bar(range(start, settings.steps), desc="train inverter", initial=start, total=settings.steps)
     for step in bar:
         idx = order[step * settings.batch: (step + 1) * settings.batch]
         loss = inv.loss(x[idx], [texts[i] for i in idx])

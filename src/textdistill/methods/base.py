@@ -13,7 +13,7 @@ from ..data import Task
 from ..errors import ArgumentTypeError, ConfigError, DataError, TextDistillError, kind_of
 from ..learners import Learner
 from ..distilled import DistilledDataset
-from ..seeds import check_set_seed
+from ..seeds import check_set_seed, torch_rng_kept
 from .method_config import MethodConfig
 
 if TYPE_CHECKING:
@@ -41,7 +41,10 @@ class Distiller:
         check_set_seed(seed)
         self.device = device
         learner = learner.for_task(task)
-        ds = self.run(task, dpc, learner, seed=seed)
+        # methods seed torch's global generators for the rest of their run (learned_set.SyntheticSet.seeded,
+        # gradmm, learned-labels, train's dropout): the caller's stream is left as it was
+        with torch_rng_kept(device):
+            ds = self.run(task, dpc, learner, seed=seed)
         ds.made_with = ds.made_with or learner.describe()  # every set says whose space it was made in
         return ds
 

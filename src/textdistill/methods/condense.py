@@ -22,14 +22,14 @@ from importlib.resources import files
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ..audit import words
 from ..data import Task
 from ..data.task import text_key
 from ..learners import Learner
 from ..distilled import DistilledDataset
+from ..progress import bar as progress_bar, write as progress_write
 from ..train import batch_of
+from ..words import words
 from .base import Distiller, MethodConfig, register_method
 from .learned_set import real_inputs
 
@@ -153,7 +153,7 @@ class Condense(Distiller):
         for c, idx in enumerate(per_class):
             label = task.spec.classes[c]
             km = KMeans(n_clusters=dpc, n_init=3, random_state=int(rng.integers(2**31))).fit(vectors[idx])
-            bar = tqdm(range(dpc), desc=f"condense {label}", leave=False)
+            bar = progress_bar(range(dpc), desc=f"condense {label}", leave=False)
             for k in bar:
                 rows = idx[km.labels_ == k]
                 near = rows[np.argsort(np.linalg.norm(vectors[rows] - km.cluster_centers_[k], axis=1))[: cfg.members]]
@@ -185,9 +185,9 @@ class Condense(Distiller):
         skipped = sum(e["skipped"] for e in log)
         fallbacks = sum(e.get("fallback", False) for e in log)
         if skipped or echoed:
-            tqdm.write(f"condense: of {sum(len(e['raw']) for e in log)} generations, skipped {skipped} as empty or "
-                       f"malformed and dropped {echoed} as echoes of their prompt's real examples; {fallbacks} "
-                       "clusters kept their central real example")
+            progress_write(f"condense: of {sum(len(e['raw']) for e in log)} generations, skipped {skipped} as empty "
+                           f"or malformed and dropped {echoed} as echoes of their prompt's real examples; {fallbacks} "
+                           "clusters kept their central real example")
         return self._artifact(task, seed, kind="text", texts=out_texts, text_pairs=out_pairs if is_pair else None,
                               labels=torch.tensor(out_labels),
                               log={"llm": getattr(lm, "name", cfg.llm), "skipped_generations": skipped,

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..distilled import DistilledDataset
+from ..progress import bar as progress_bar
 from ..recipe import Recipe
 from ..privacy import DPOptions, SecureRandom, publishable
 from ..train import Params, train
@@ -80,7 +80,7 @@ class DC(Distiller):
         opt = torch.optim.Adam(syn.parameters(), lr=cfg.outer_lr)
         net_recipe = Recipe.sgd(max(1, cfg.net_steps), cfg.net_lr, len(syn.hard))
         history = []
-        bar = tqdm(range(cfg.outer_loops), desc=f"dc {task.name} {dpc}/class", leave=False)
+        bar = progress_bar(range(cfg.outer_loops), desc=f"dc {task.name} {dpc}/class", leave=False)
         for outer in bar:
             model = fresh_model(learner, task, seed, outer, self.device).eval()
             params = fresh_parameters(model)

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..cache import build_lock, in_use, key_of
 from ..data import Task
@@ -40,6 +39,7 @@ from ..errors import DataError
 from ..learners import Learner
 from ..lm.checkpoint import load_checkpoint, save_checkpoint
 from ..lm.generator import META, Generator
+from ..progress import bar as progress_bar
 from ..resources import cache_dir, model_revision
 from ..distilled import DistilledDataset, check_output
 from ..recipe import Recipe
@@ -110,7 +110,8 @@ def _lm_fine_tune(gen: Generator, task: Task, steps: int, batch: int, lr: float,
     order = np.random.default_rng(seed).permutation(len(texts))
     gen.model.train()
     history: list[float] = []
-    for step in tqdm(range(steps), desc="dilm stage 1 (LM)", leave=False, disable=not progress or not is_main()):
+    for step in progress_bar(range(steps), desc="dilm stage 1 (LM)", leave=False,
+                             disable=not progress or not is_main()):
         idx = [int(order[(step * batch + i) % len(order)]) for i in range(batch)]
         mine = shard(idx)
         opt.zero_grad()
@@ -245,11 +246,13 @@ class DiLM(Distiller):
                         dropout=False)
         per_pool = c.syn_batch * c.inner_loops * c.regenerate_every
         batches = self.synthetic_batches(pool, learner, seed) if pool else []
-        bar = tqdm(range(start, c.outer_loops), desc=f"dilm stage 2 {task.name}", leave=False)
+        bar = progress_bar(range(start, c.outer_loops), desc=f"dilm stage 2 {task.name}", leave=False)
         for outer in bar:
             if outer % c.regenerate_every == 0 or not pool:
+                # the first matching step's generator dropout draws on from where the sampling left torch
                 pool = [gen.sample(y, per_pool, pairs=pairs, top_p=c.top_p, batch=c.gen_batch,
-                                   seed=seed * 1_000_003 + outer, progress=False) for y in range(task.num_classes)]
+                                   seed=seed * 1_000_003 + outer, progress=False, keep_rng=False)
+                        for y in range(task.num_classes)]
                 batches = self.synthetic_batches(pool, learner, seed)
                 gen.model.train()
             model = fresh_model(learner, task, seed, outer, self.device).eval()

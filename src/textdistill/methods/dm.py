@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
@@ -25,6 +24,7 @@ from ..distributed import gather_rows, shard
 from ..privacy import DPOptions, SecureRandom, noisy_mean, publishable
 from ..learners import Learner
 from ..distilled import DistilledDataset
+from ..progress import bar as progress_bar
 from ..train import batch_of, train
 from .base import Distiller, descend, fresh_model, real_batch, register_method, thin
 from .learned_set import LearnedSetConfig, SyntheticSet, fresh_parameters, real_inputs
@@ -96,7 +96,7 @@ class DM(Distiller):
         dp = self.dp_plan(task) if cfg.dp_epsilon else None
         secure = SecureRandom() if dp else None  # the mechanism's draws: never from the set's seed
         history = []
-        bar = tqdm(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
+        bar = progress_bar(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
         for it in bar:
             model = fresh_model(learner, task, seed, it, self.device).eval()
             params = fresh_parameters(model)

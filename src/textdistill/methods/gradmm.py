@@ -28,13 +28,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner
 from ..privacy import DPOptions, SecureRandom, publishable
 from ..distilled import DistilledDataset
+from ..progress import bar as progress_bar
 from .base import Distiller, MethodConfig, check_finite, class_indices, fresh_model, register_method, thin
 from .matching import class_gradients, class_real_gradient, gradient_distance, reached
 from .learned_set import real_inputs
@@ -174,7 +174,7 @@ class Gradmm(Distiller):
             raise ConfigError("gradmm writes single texts; pair tasks are not supported yet")
         per_class = class_indices(labels, task.spec.classes, dpc)
         rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # for the whole run: Distiller.distill gives the caller its random state back
         lm = load_lm(learner.name, self.device).model
         tok = learner.tokenizer
         table = lm.get_input_embeddings().weight.detach().float()  # the learner's table too (same checkpoint)
@@ -224,7 +224,7 @@ class Gradmm(Distiller):
                 return float(sum(g.shape[0] for g in g_real if g.dim() > 1))
             return float(sum((g**2).sum() for g in g_real)) + 1e-12
 
-        bar = tqdm(total=cfg.iterations, desc=f"gradmm {task.name} {dpc}/class", leave=False)
+        bar = progress_bar(total=cfg.iterations, desc=f"gradmm {task.name} {dpc}/class", leave=False)
         z, history = admm(objective, project, lambda ids: table[ids], table[z], z, mask, iterations=cfg.iterations,
                           embed_steps=cfg.embed_steps, lr=cfg.lr, rho=cfg.rho, adaptive_rho=cfg.adaptive_rho,
                           progress=lambda it, h: (bar.update(), bar.set_postfix(match=f"{h['objective']:.3f}",

@@ -80,7 +80,8 @@ class SyntheticSet:
     def seeded(cls, task: Task, dpc: int, learner: Learner, cfg: LearnedSetConfig, seed: int,
                labels: str | None = None, device: str = "cpu") -> tuple["SyntheticSet", np.random.Generator]:
         """The set a method starts from, with torch seeded and the generator the method goes on drawing from
-        (a config with ``dp_epsilon`` makes a private set)."""
+        (a config with ``dp_epsilon`` makes a private set). torch stays seeded for the rest of the method's run;
+        ``Distiller.distill`` gives the caller its own random state back afterwards."""
         rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
         syn = cls(task, dpc, learner, rng, labels=labels or cfg.labels, init=cfg.init, length=cfg.length,

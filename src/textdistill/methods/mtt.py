@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..cache import build_lock, in_use, key_of
@@ -24,6 +23,7 @@ from ..data import Task
 from ..distributed import barrier, deal
 from ..errors import ConfigError
 from ..learners import Learner
+from ..progress import bar as progress_bar
 from ..resources import cache_dir
 from ..distilled import DistilledDataset
 from ..recipe import Recipe
@@ -72,7 +72,7 @@ def buffer(task: Task, learner: Learner, cfg: MTTConfig, progress: bool = True, 
     folder = root / f"{task.name}-{learner.name.replace('/', '_')}-{key}"
     paths = [folder / f"expert-{i}.safetensors" for i in range(cfg.experts)]
     mine = set(deal(len(paths)))  # under torchrun each rank trains every N-th expert (the buffer folder must be shared)
-    for i, path in enumerate(tqdm(paths, desc="mtt experts", leave=False, disable=not progress)):
+    for i, path in enumerate(progress_bar(paths, desc="mtt experts", leave=False, disable=not progress)):
         if i not in mine:
             continue
         with build_lock(path):  # parallel runs share experts instead of training them twice
@@ -89,8 +89,8 @@ def train_expert(task: Task, learner: Learner, real: dict[str, torch.Tensor], re
     trainable = [k for k, v in model.named_parameters() if v.requires_grad]
     params = dict(model.named_parameters())
     snapshots = {f"0/{k}": params[k].detach().clone() for k in trainable}
-    epochs = tqdm(range(1, cfg.expert_epochs + 1), desc=f"expert {i + 1}/{cfg.experts}", unit="epoch", leave=False,
-                  disable=not progress)
+    epochs = progress_bar(range(1, cfg.expert_epochs + 1), desc=f"expert {i + 1}/{cfg.experts}", unit="epoch",
+                          leave=False, disable=not progress)
     for epoch in epochs:
         params = train(learner, model, real, real_y, recipe, seed=10_000 * i + epoch, params=params,
                        device=device, progress=progress)
@@ -134,7 +134,7 @@ class MTT(Distiller):
         student_recipe = Recipe.sgd(cfg.syn_steps, init_lr, cfg.syn_batch or n)
         model = learner.build(task.num_classes, seed=0).to(self.device)
         history = []
-        bar = tqdm(range(cfg.iterations), desc=f"mtt {task.name} {dpc}/class", leave=False)
+        bar = progress_bar(range(cfg.iterations), desc=f"mtt {task.name} {dpc}/class", leave=False)
         for it in bar:
             trajectory = trajectories[int(rng.integers(len(trajectories)))]
             epoch = int(rng.integers(cfg.max_start_epoch))
