@@ -78,7 +78,7 @@ def _check_accuracy(task, source, result, recompute=True):
     import torch
 
     from textdistill.learners import get_learner
-    from textdistill.methods.attention_labels import set_loss
+    from textdistill.losses import set_loss
     from textdistill.train import Recipe, predict, train
 
     if isinstance(result, dict):  # a bench record

@@ -10,7 +10,7 @@ from textdistill.errors import ArtifactError, ConfigError
 from textdistill.evaluation import evaluate
 from textdistill.learners import Learner, get_learner
 from textdistill.methods import get_method
-from textdistill.methods.attention_labels import AttentionLabelLoss
+from textdistill.losses import AttentionLabelLoss
 from textdistill.methods.unroll import real_loss, unroll
 from textdistill.distilled import DistilledDataset
 from textdistill.train import Recipe, train
@@ -118,7 +118,7 @@ def test_attention_labels_on_minilm(mr_small):
         mr_small, 1, get_learner("minilm"), seed=0)
     assert ds.attention_labels.shape == (2, 6, 12, 8)  # examples, layers, heads, CLS-row positions
     torch.testing.assert_close(ds.attention_labels.sum(-1), torch.ones(2, 6, 12))
-    assert ds.recipe["attention_weight"] == 1.0
+    assert ds.recipe["loss"] == "attention-kl" and ds.recipe["loss_options"] == {"weight": 1.0}
 
 
 def test_learner_checks():

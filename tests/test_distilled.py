@@ -31,12 +31,12 @@ def test_text_round_trip_and_dataset(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["data.jsonl", "manifest.json", "tensors.safetensors"]
 
 
-def test_label_weights_come_only_from_scaled_distributions():
+def test_label_weights_are_the_weights_tensor_beside_the_labels():
     assert text_set().label_weights is None and embedding_set().label_weights is None  # hard; distributions
-    weighted = text_set(labels=torch.tensor([[0.0, 1.5], [0.5, 0.0]]))
+    weighted = text_set(labels=torch.tensor([[0.0, 1.0], [1.0, 0.0]]), per_example={"weights": torch.tensor([1.5, 0.5])})
     assert torch.equal(weighted.label_weights, torch.tensor([1.5, 0.5]))
-    assert weighted.to_dataset()["weight"] == [1.5, 0.5]
-    assert text_set(labels=torch.tensor([[2.0, -1.5], [0.5, 0.0]])).label_weights is None  # unrestricted, not weights
+    assert weighted.to_dataset()["weight"] == [1.5, 0.5] and weighted.to_dataset()["soft_label"] == [[0, 1], [1, 0]]
+    assert text_set(labels=torch.tensor([[0.0, 1.5], [0.5, 0.0]])).label_weights is None  # row masses are no weights
 
 
 def test_embedding_round_trip_and_binding(tmp_path):
@@ -77,7 +77,7 @@ def test_corrupt_and_foreign_directories(tmp_path):
     m = tmp_path / "a" / "manifest.json"
     manifest = json.loads(m.read_text())
     m.write_text(json.dumps({**manifest, "format": "other/1"}))
-    with pytest.raises(ArtifactError, match="is not 'textdistill.distilled/2'"):
+    with pytest.raises(ArtifactError, match="is not 'textdistill.distilled/3'"):
         DistilledDataset.load(tmp_path / "a")
     m.write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):

@@ -38,7 +38,7 @@ def two_ranks(args: list[str], env: dict, accelerate: bool = False) -> None:
 
 def assert_split(manifest_path) -> None:
     """Each rank took its own half of the real rows (or experts): both worked, neither did it all."""
-    shares = json.loads(manifest_path.read_text())["log"]["data_parallel_work"]
+    shares = json.loads(manifest_path.read_text())["provenance"]["data_parallel_work"]
     assert len(shares) == 2 and min(shares) > 0 and abs(shares[0] - shares[1]) <= max(shares) // 2, shares
 
 

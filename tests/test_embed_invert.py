@@ -21,7 +21,7 @@ def test_nearest_writes_distinct_real_sentences_of_the_right_class(small):
     label_of = dict(zip(texts, labels))
     assert ds.kind == "text" and len(ds) == 6 and len(set(ds.texts)) == 6
     assert all(label_of[t] == y for t, y in zip(ds.texts, ds.hard_labels.tolist()))
-    f = ds.log["fidelity"]
+    f = ds.provenance.fidelity
     assert f["cosine_to_target"] == f["nearest_real_cosine"] and all(0 < c <= 1 for c in f["cosine_to_target"])
     assert f["probe_label_agreement"] >= 0.5  # real sentences of the class, read by a probe fit on them
 
@@ -69,7 +69,7 @@ def test_embed_invert_refuses_a_private_space():
 def test_search_with_the_offline_lm_improves_or_keeps_fidelity(small):
     ds = get_method("embed-invert", space_options="iterations=5", inverter="search", candidates=2, rounds=1,
                     max_new_tokens=16).distill(small, 1, get_learner("minilm-frozen"), 0)
-    f = ds.log["fidelity"]
+    f = ds.provenance.fidelity
     assert all(a >= b - 1e-6 for a, b in zip(f["cosine_to_target"], f["nearest_real_cosine"]))
 
 
@@ -133,7 +133,7 @@ def test_trained_inverter_writes_a_text_set_with_its_fidelity(small, tiny_genera
                         candidates=3, max_new_tokens=8, space_options="iterations=3")
     ds = method.distill(small, 2, learner, seed=0)
     assert ds.kind == "text" and len(ds) == 4 and all(ds.texts) and ds.hard_labels.tolist() == [0, 0, 1, 1]
-    f = ds.log["fidelity"]
+    f = ds.provenance.fidelity
     targets = unit(get_method("dm", iterations=3).distill(small, 2, learner, seed=0).tensors["features"].numpy())
     written = unit(learner.sentence_vectors(ds.texts, cache=False))
     assert f["cosine_to_target"] == pytest.approx((written * targets).sum(1).tolist(), abs=1e-3)

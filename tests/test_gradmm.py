@@ -123,7 +123,7 @@ def test_dp_releases_are_the_planned_mechanism_on_the_matched_tensors_with_fresh
     for _ in range(2):
         releases.clear()
         ds = get_method("gradmm", dp_epsilon=8, **options).distill(mr_small, 1, tiny_decoder, seed=0)
-        plan = ds.log["dp"]
+        plan = ds.provenance.dp
         assert plan["sampling_rate"] == 2 * 3 / 24 and plan["expected_batch"] == pytest.approx(3) and plan["steps"] == 2
         planned = (matched, plan["clip"], plan["noise_multiplier"], plan["expected_batch"])
         assert [r[:4] for r in releases] == [planned] * 4  # 2 iterations x 2 classes
@@ -139,11 +139,11 @@ def test_a_dp_run_reports_its_epsilon_and_writes_text(tiny_decoder, mr_small, tm
 
     ds = get_method("gradmm", dp_epsilon=8, init="noise", iterations=2, embed_steps=1, length=6,
                     real_batch=4).distill(mr_small, 2, tiny_decoder, seed=0)
-    assert ds.kind == "text" and len(ds.texts) == 4 and all(ds.texts) and ds.log["dp"]["epsilon"] <= 8
+    assert ds.kind == "text" and len(ds.texts) == 4 and all(ds.texts) and ds.provenance.dp["epsilon"] <= 8
     assert ds.log["admm"]["rho"][1] != ds.log["admm"]["rho"][0]  # adaptive rho (the default) moves it
     ds.save(tmp_path / "set")
     main(["show", str(tmp_path / "set")])
-    assert f"({ds.log['dp']['epsilon']:.2f}, 1e-05)-DP over 2 releases" in capsys.readouterr().out
+    assert f"({ds.provenance.dp['epsilon']:.2f}, 1e-05)-DP over 2 releases" in capsys.readouterr().out
 
 
 def test_an_encoder_learner_is_refused(mr_small):

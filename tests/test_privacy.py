@@ -110,9 +110,9 @@ def test_dp_dm_draws_fresh_noise_for_every_run_and_plain_runs_repeat(mr40):
     dp = [get_method("dm", dp_epsilon=4.0, **options).distill(mr40, 2, learner, seed=0) for _ in range(2)]
     assert not torch.equal(dp[0].tensors["features"], dp[1].tensors["features"])  # same seed, new noise
     assert all(torch.isfinite(ds.tensors["features"]).all() for ds in dp)
-    assert dp[0].log["dp"]["epsilon"] <= 4.0 and "not replay" in dp[0].log["dp"]["randomness"]
+    assert dp[0].provenance.dp["epsilon"] <= 4.0 and "not replay" in dp[0].provenance.dp["randomness"]
     plain = [get_method("dm", **options).distill(mr40, 2, learner, seed=0) for _ in range(2)]
-    assert torch.equal(plain[0].tensors["features"], plain[1].tensors["features"]) and "dp" not in plain[0].log
+    assert torch.equal(plain[0].tensors["features"], plain[1].tensors["features"]) and plain[0].provenance.dp is None
 
 
 @pytest.mark.parametrize("options, what", [({"init": "real"}, "init real"), ({"init": "noise", "labels": "soft"}, "teacher"),
@@ -209,7 +209,7 @@ def test_dp_dc_clips_only_the_tensors_the_synthetic_set_matches(tiny_generator, 
     ds = get_method("dc", dp_epsilon=8.0, init="noise", outer_loops=1, inner_loops=2, length=4,
                     real_batch=3).distill(mr40, 1, learner, seed=0)
     assert widths == [matched] * 4  # 2 classes x 2 matching steps
-    assert ds.log["dp"]["steps"] == 2 and ds.log["dp"]["sampling_rate"] == 2 * 3 / 80
+    assert ds.provenance.dp["steps"] == 2 and ds.provenance.dp["sampling_rate"] == 2 * 3 / 80
 
 
 def test_bench_and_show_publish_nothing_of_the_private_data_beside_a_dp_set(tmp_path, capsys):

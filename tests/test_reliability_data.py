@@ -325,7 +325,7 @@ def test_dp_epsilon_inf_is_refused_on_the_command_line(tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("values", [{"lr": math.nan}, {"lr": math.inf}, {"lr": 0.0}, {"steps": 0},
                                     {"warmup": math.nan}, {"weight_decay": math.inf}, {"weight_decay": -1.0},
                                     {"eps": 0.0}, {"betas": (0.9, 1.0)}, {"batch_size": 0}, {"steps": 2.5},
-                                    {"lr": "fast"}, {"attention_weight": math.nan}])
+                                    {"lr": "fast"}, {"loss_options": {"weight": math.nan}}, {"loss": ""}])
 def test_recipe_values_are_checked(values):
     from textdistill.recipe import Recipe
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from textdistill.errors import TextDistillError
 from textdistill.learners import get_learner
-from textdistill.methods.attention_labels import attention_kl
+from textdistill.losses import attention_kl
 from textdistill.train import Recipe, adamw_init, adamw_step, adamw_step_, loss_fn, predict, train
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .errors import ArtifactError
 from .learners import TokenLearner, get_learner
 from .distilled import DistilledDataset
@@ -10,8 +12,8 @@ from .distilled import DistilledDataset
 def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
     """A text set from a token-embedding set: each position becomes its nearest token (cosine), so any learner
     can train on it; a pair set (pair task, or token types with a second sentence) decodes to text and text_pair.
-    Labels are kept (soft ones too); the learned step sizes belong to the bound learner and
-    are dropped, so the text set trains with each learner's default recipe."""
+    Labels are kept (soft ones too), and example weights; the learned step sizes and the attention labels belong to
+    the bound learner and are dropped, so the text set trains with each learner's default recipe."""
     if ds.kind != "token-embeddings":
         raise ArtifactError(f"only a token-embedding set decodes to text (this one is {ds.kind!r})")
     learner = get_learner(ds.bound_learner())
@@ -37,4 +39,7 @@ def decode_to_text(ds: DistilledDataset) -> DistilledDataset:
     pairs = None if seconds is None else [learner.detokenize(t) or "[empty]" for t in seconds]
     return DistilledDataset(kind="text", labels=ds.labels, label_names=ds.label_names, texts=texts, text_pairs=pairs,
                             method=f"{ds.method}+decode", config={**ds.config, "decoded_from": ds.bound_to},
-                            seed=ds.seed, task=ds.task, log=ds.log, made_with=ds.made_with or ds.bound_to)
+                            seed=ds.seed, task=ds.task, log=ds.log, made_with=ds.made_with or ds.bound_to,
+                            # weights belong to the examples; attention labels, to the bound learner's positions
+                            per_example={k: v for k, v in ds.per_example.items() if k == "weights"},
+                            provenance=replace(ds.provenance))

@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -30,9 +30,14 @@ if TYPE_CHECKING:
 
     from .learners import Learner
 
-FORMAT = "textdistill.distilled/2"
-FORMATS = (FORMAT, "textdistill.distilled/1")  # /1 had one `learner` field for both bound_to and made_with
+FORMAT = "textdistill.distilled/3"
+# /2 kept attention labels in a tensor of their own, example weights as the masses of the soft label rows, the weight
+# of the attention term in the recipe and the provenance in the log; /1 also had one `learner` field for both
+# bound_to and made_with. Both load, as the third format holds them.
+FORMAT_2, FORMAT_1 = "textdistill.distilled/2", "textdistill.distilled/1"
+FORMATS = (FORMAT, FORMAT_2, FORMAT_1)
 KINDS = ("text", "token-embeddings", "features", "generator")
+ATTENTION_KL = "attention-kl"  # the recipe loss that trains on attention labels (losses.ATTENTION_KL)
 
 
 def _version() -> str:
@@ -42,15 +47,63 @@ def _version() -> str:
 
 
 @dataclass
+class Provenance:
+    """What the tools that made a set record about how it was made, and read back (the method's own measurements,
+    e.g. its loss curve, stay in ``DistilledDataset.log``). Each field is None where it does not apply."""
+
+    distill_step: dict | None = None  # wall time and peak memory of the distillation (measure.Meter.result())
+    data_parallel_work: list[int] | None = None  # what each rank took under torchrun (distributed.work_per_rank())
+    set_key: str | None = None  # the bench configuration the set was made for: a resumed bench reuses only its own
+    dp: dict | None = None  # the differential-privacy mechanism and its accounting (privacy.plan())
+    fidelity: dict | None = None  # a set written from target vectors: how close its texts came to them (embed-invert)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, where: Path, values: dict) -> "Provenance":
+        """The manifest's provenance, each record of the type and with the entries its readers use."""
+        unknown = sorted(set(values) - set(PROVENANCE))
+        if unknown:
+            raise ArtifactError(f"{where}: unknown provenance {unknown}; known: {', '.join(PROVENANCE)}")
+        for name, value in values.items():
+            ok, expected = PROVENANCE[name]
+            if value is not None and not ok(value):
+                raise ArtifactError(f"{where}: provenance {name!r} must be {expected}, got {reprlib.repr(value)}")
+        return cls(**values)
+
+
+def _record(**entries: type | tuple[type, ...]) -> Callable[[Any], bool]:
+    """A mapping with at least these entries, of these types (a bool is no number)."""
+    return lambda v: isinstance(v, dict) and all(
+        isinstance(v.get(k), t) and not isinstance(v.get(k), bool) for k, t in entries.items())
+
+
+_NUMBER = (int, float)
+PROVENANCE: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "distill_step": (_record(seconds=_NUMBER), "a mapping with the seconds it took"),
+    "data_parallel_work": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+                           "a list of counts, one per rank"),
+    "set_key": (lambda v: isinstance(v, str), "a string"),
+    "dp": (_record(epsilon=_NUMBER, delta=_NUMBER, steps=int, noise_multiplier=_NUMBER, clip=_NUMBER, mechanism=str),
+           "a mapping with epsilon, delta, steps, noise_multiplier, clip and mechanism"),
+    "fidelity": (_record(mean_cosine_to_target=_NUMBER, mean_nearest_real_cosine=_NUMBER),
+                 "a mapping with mean_cosine_to_target and mean_nearest_real_cosine"),
+}
+
+
+@dataclass
 class DistilledDataset:
     kind: str
-    labels: torch.Tensor  # long [n] (hard) or float [n, C] (soft: see label_weights)
+    labels: torch.Tensor  # long [n] (hard) or float [n, C] (soft: class distributions, or bptt's unrestricted rows)
     label_names: list[str]
     texts: list[str] | None = None
     text_pairs: list[str] | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # inputs_embeds, attention_mask, features
     lrs: torch.Tensor | None = None  # one learned learning rate per training step
-    attention_labels: torch.Tensor | None = None
+    # Named tensors of one row per example beside the labels, which the training loss reads: `weights` (float [n],
+    # each example's weight) and `attention_labels` ([n, layers, heads, L(, L)]); a new one needs no new field.
+    per_example: dict[str, torch.Tensor] = field(default_factory=dict)
     bound_to: dict | None = None  # a model-bound set: the learner it trains (id, max_length, ...); text sets: None
     made_with: dict | None = None  # the learner whose space the method worked in (every set)
     method: str = ""
@@ -60,6 +113,7 @@ class DistilledDataset:
     recipe: dict | None = None  # how to train on it; None: the learner's default
     source_indices: list[int] | None = None  # rows of the training split a coreset picked
     log: dict = field(default_factory=dict)  # what the method measured on the way (e.g. its loss curve)
+    provenance: Provenance = field(default_factory=Provenance)  # what the tools record and read back
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = field(default_factory=_version)
     path: Path | None = field(default=None, repr=False, compare=False)  # the folder it was loaded from, for errors
@@ -71,6 +125,8 @@ class DistilledDataset:
             raise ArtifactError("a text set needs one text per label")
         if self.kind in ("token-embeddings", "features") and not self.bound_to:
             raise ArtifactError(f"a {self.kind} set must record the learner it is bound to")
+        where = self.path / "tensors.safetensors" if self.path is not None else f"this {self.kind} set"
+        _check_per_example(where, self.per_example, len(self.labels))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -135,14 +191,14 @@ class DistilledDataset:
 
     @property
     def label_weights(self) -> torch.Tensor | None:
-        """The example weights that soft labels carry: non-negative rows whose masses are not all 1 (learned-labels
-        --learn weights|both writes each text's weight as its row's mass, which the soft cross-entropy reads
-        as that weight) give their masses; hard labels, class distributions and rows with negative entries
-        (bptt's unrestricted labels, which are not distributions) give None."""
-        if self.labels.dim() != 2 or bool((self.labels < 0).any()):
-            return None
-        mass = self.labels.sum(-1)
-        return None if torch.allclose(mass, torch.ones_like(mass), atol=1e-3) else mass
+        """Each example's weight in the training loss (the ``weights`` per-example tensor: learned-labels --learn
+        weights|both), or None: every example counts once."""
+        return self.per_example.get("weights")
+
+    @property
+    def attention_labels(self) -> torch.Tensor | None:
+        """The target attention of each example (attention-labels), or None."""
+        return self.per_example.get("attention_labels")
 
     def to_dataset(self) -> "Dataset":
         """A text set as a ``datasets.Dataset`` with a ClassLabel."""
@@ -154,12 +210,10 @@ class DistilledDataset:
         feats = {"text": Value("string"), "label": ClassLabel(names=self.label_names)}
         if self.text_pairs is not None:
             cols["text_pair"], feats["text_pair"] = self.text_pairs, Value("string")
-        if self.labels.dim() == 2:  # teacher or learned labels: the distribution beside its argmax, and its weight
-            weights = self.label_weights
-            rows = self.labels if weights is None else self.labels / weights.unsqueeze(-1)
-            cols["soft_label"], feats["soft_label"] = rows.tolist(), Sequence(Value("float32"))
-            if weights is not None:
-                cols["weight"], feats["weight"] = weights.tolist(), Value("float32")
+        if self.labels.dim() == 2:  # teacher or learned labels: the distribution beside its argmax
+            cols["soft_label"], feats["soft_label"] = self.labels.tolist(), Sequence(Value("float32"))
+        if self.label_weights is not None:  # learned example weights, for frameworks that read sample weights
+            cols["weight"], feats["weight"] = self.label_weights.tolist(), Value("float32")
         return Dataset.from_dict(cols, features=Features(feats))
 
     def push_to_hub(self, repo_id: str, **kwargs) -> Any:
@@ -172,17 +226,17 @@ class DistilledDataset:
         out = {"labels": self.labels, **{f"examples.{k}": v for k, v in self.tensors.items()}}
         if self.lrs is not None:
             out["lrs"] = self.lrs
-        if self.attention_labels is not None:
-            out["attention_labels"] = self.attention_labels
+        out.update({f"per_example.{k}": v for k, v in self.per_example.items()})
         return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
     def manifest(self) -> dict:
         return {
             "format": FORMAT, "kind": self.kind, "size": len(self), "label_names": self.label_names,
-            "soft_labels": self.labels.dtype != torch.long, "bound_to": self.bound_to,
-            "made_with": self.made_with, "method": self.method,
+            "soft_labels": self.labels.dtype != torch.long, "per_example": sorted(self.per_example),
+            "bound_to": self.bound_to, "made_with": self.made_with, "method": self.method,
             "config": self.config, "seed": self.seed, "task": self.task, "recipe": self.recipe,
-            "source_indices": self.source_indices, "log": self.log, "created": self.created, "version": self.version,
+            "source_indices": self.source_indices, "provenance": self.provenance.to_dict(), "log": self.log,
+            "created": self.created, "version": self.version,
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
@@ -219,7 +273,7 @@ class DistilledDataset:
             raise ArtifactError(f"{files[0]}: format {m.get('format') if isinstance(m, dict) else None!r} "
                                 f"is not {FORMAT!r}")
         _check_manifest(files[0], m)
-        if m["format"] != FORMAT:  # the first format's one learner field: bound to it, or made in its space
+        if m["format"] == FORMAT_1:  # the first format's one learner field: bound to it, or made in its space
             bound = m["kind"] in ("token-embeddings", "features")
             m = {**m, "bound_to": m["learner"] if bound else None, "made_with": m["learner"]}
         try:
@@ -242,17 +296,20 @@ class DistilledDataset:
             raise ArtifactError(f"{path}: manifest size {m['size']}, {len(rows)} rows in data.jsonl and "
                                 f"{tensors.get('labels', torch.empty(0)).shape[0]} labels disagree")
         _check_tensors(files[1], tensors, m)
+        if m["format"] != FORMAT:
+            m, tensors = _as_third_format(m, tensors)
+        provenance = Provenance.from_dict(files[0], m.get("provenance", {}))
         texts, pairs = _text_column(files[2], rows, "text"), _text_column(files[2], rows, "text_pair")
         try:
             return cls(
                 path=path,
                 kind=m["kind"], labels=tensors["labels"], label_names=m["label_names"], texts=texts, text_pairs=pairs,
                 tensors={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("examples.")},
-                lrs=tensors.get("lrs"), attention_labels=tensors.get("attention_labels"), bound_to=m["bound_to"],
-                made_with=m.get("made_with"),
+                lrs=tensors.get("lrs"), bound_to=m["bound_to"], made_with=m.get("made_with"),
+                per_example={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("per_example.")},
                 method=m["method"], config=m["config"], seed=m["seed"], task=m["task"], recipe=m["recipe"],
-                source_indices=m.get("source_indices"), log=m.get("log", {}), created=m["created"],
-                version=m["version"],
+                source_indices=m.get("source_indices"), log=m.get("log", {}),
+                provenance=provenance, created=m["created"], version=m["version"],
             )
         except ArtifactError as e:
             raise ArtifactError(f"{files[0]}: {e}") from None
@@ -299,6 +356,9 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "source_indices": (lambda v: v is None or (isinstance(v, list) and all(_is_int(i) for i in v)),
                        "null or a list of row numbers"),
     "log": (lambda v: isinstance(v, dict), "a mapping"),
+    "provenance": (lambda v: isinstance(v, dict), "a mapping"),
+    "per_example": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+                    and len(set(v)) == len(v), "a list of distinct tensor names"),
     "created": (lambda v: isinstance(v, str), "a string"),
     "version": (lambda v: isinstance(v, str), "a string"),
 }
@@ -306,12 +366,13 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def _check_manifest(where: Path, m: dict) -> None:
     # the first format named its one learner record `learner`; bound_to and made_with replace it
-    fields = {**_FIELDS, "learner": _FIELDS["bound_to"]} if m.get("format") != FORMAT else _FIELDS
+    first = m.get("format") == FORMAT_1
+    fields = {**_FIELDS, "learner": _FIELDS["bound_to"]} if first else _FIELDS
     for name, (ok, expected) in fields.items():
-        if m.get("format") != FORMAT and name in ("bound_to", "made_with"):
+        if first and name in ("bound_to", "made_with"):
             continue
         if name not in m:
-            if name not in ("source_indices", "log", "made_with"):
+            if name not in ("source_indices", "log", "made_with", "provenance", "per_example"):
                 raise ArtifactError(f"{where}: missing field {name!r} ({expected})")
         elif not ok(m[name]):
             raise ArtifactError(f"{where}: field {name!r} must be {expected}, got {reprlib.repr(m[name])}")
@@ -334,6 +395,71 @@ def _check_tensors(where: Path, tensors: dict[str, torch.Tensor], m: dict) -> No
     wrong = [k for k, t in tensors.items() if k.startswith("examples.") and (t.dim() == 0 or t.shape[0] != m["size"])]
     if wrong:
         raise ArtifactError(f"{where}: {', '.join(wrong)} must hold one row per example ({m['size']})")
+    if m["format"] == FORMAT:
+        held = sorted(k.split(".", 1)[1] for k in tensors if k.startswith("per_example."))
+        if held != sorted(m.get("per_example", [])):
+            raise ArtifactError(f"{where}: holds per-example tensors {held}, but the manifest lists "
+                                f"{sorted(m.get('per_example', []))}")
+        per_example = {k: tensors[f"per_example.{k}"] for k in held}
+    else:  # the second format's attention labels, under the name the third gives them
+        per_example = {k: tensors[k] for k in ("attention_labels",) if k in tensors}
+    _check_per_example(where, per_example, m["size"])
+
+
+def _check_per_example(where: Path | str, per_example: dict[str, torch.Tensor], n: int) -> None:
+    """One row per example in every per-example tensor; weights non-negative numbers, attention labels
+    distributions over positions (for the CLS row or for every row)."""
+    for name, t in per_example.items():
+        tensor = f"tensor per_example.{name}"
+        if not isinstance(name, str) or not name or not isinstance(t, torch.Tensor):
+            raise ArtifactError(f"{where}: per-example tensors are tensors by name, got {name!r}: {type(t).__name__}")
+        if t.dim() == 0 or t.shape[0] != n:
+            got = "is a scalar" if t.dim() == 0 else f"has {t.shape[0]} rows (shape {list(t.shape)})"
+            raise ArtifactError(f"{where}: {tensor} {got}, but the set has {n} examples: one row per example")
+        if name == "weights" and not (t.dim() == 1 and t.dtype.is_floating_point and bool(torch.isfinite(t).all())
+                                      and bool((t >= 0).all())):
+            raise ArtifactError(f"{where}: {tensor} must be one finite non-negative number per example, got "
+                                f"{t.dtype} {list(t.shape)}")
+        if name == "attention_labels" and not (t.dtype.is_floating_point and t.dim() in (4, 5)):
+            raise ArtifactError(f"{where}: {tensor} must be float [n, layers, heads, L] or [n, layers, heads, L, L], "
+                                f"got {t.dtype} {list(t.shape)}")
+
+
+def _row_masses(labels: torch.Tensor) -> torch.Tensor | None:
+    """The example weights a second-format set kept as the masses of its soft label rows: non-negative rows whose
+    masses are not all 1; None for hard labels, distributions and rows with negative entries (bptt's unrestricted
+    labels, which are not distributions)."""
+    if labels.dim() != 2 or bool((labels < 0).any()):
+        return None
+    mass = labels.sum(-1)
+    return None if torch.allclose(mass, torch.ones_like(mass), atol=1e-3) else mass
+
+
+def _as_third_format(m: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A first- or second-format set as the third holds it: attention labels and example weights (the masses of
+    the soft label rows, which become distributions) as per-example tensors, the weight of the attention term as the
+    recipe's named loss, and the provenance that the log kept."""
+    tensors = dict(tensors)
+    per_example = {}
+    if "attention_labels" in tensors:
+        per_example["attention_labels"] = tensors.pop("attention_labels")
+    mass = _row_masses(tensors["labels"])
+    if mass is not None:  # a row of mass 0 (weight 0) stays as it is: nothing to divide, nothing it trains
+        labels = tensors["labels"]
+        tensors["labels"] = torch.where(mass[:, None] > 0, labels / mass.clamp_min(1e-30)[:, None], labels)
+        per_example["weights"] = mass
+    tensors.update({f"per_example.{k}": v for k, v in per_example.items()})
+    recipe = m["recipe"]
+    if "attention_labels" in per_example:  # the weight applied to them: the recipe's, else the default's (1)
+        recipe = {k: v for k, v in (recipe or {}).items() if k != "attention_weight"}
+        recipe["loss"] = ATTENTION_KL
+        if "attention_weight" in (m["recipe"] or {}):
+            recipe["loss_options"] = {"weight": m["recipe"]["attention_weight"]}
+    elif recipe is not None and "attention_weight" in recipe:  # a weight with no attention labels applied to none
+        recipe = {k: v for k, v in recipe.items() if k != "attention_weight"}
+    log = dict(m.get("log", {}))
+    provenance = {k: log.pop(k) for k in PROVENANCE if k in log}
+    return {**m, "recipe": recipe, "log": log, "provenance": provenance, "per_example": sorted(per_example)}, tensors
 
 
 def _text_column(where: Path, rows: list[dict], key: str) -> list[str] | None:

@@ -129,7 +129,7 @@ def write_set_page(ds: DistilledDataset, task: Task, page: str | Path) -> Path:
 
 
 def _soft_label(name: str, row, weight) -> str:
-    """A soft label: its values (a class distribution, or unrestricted labels as they are), and its weight
-    where the row carries one (DistilledDataset.label_weights)."""
-    shown = f"{name} ({', '.join(f'{p:.2f}' for p in (row if weight is None else row / weight).tolist())})"
+    """A soft label: its values (a class distribution, or unrestricted labels as they are), and its example's
+    weight where the set has weights (DistilledDataset.label_weights)."""
+    shown = f"{name} ({', '.join(f'{p:.2f}' for p in row.tolist())})"
     return shown if weight is None else f"{shown}, weight {float(weight):.2f}"

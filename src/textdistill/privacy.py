@@ -109,7 +109,7 @@ def noisy_mean(rows: torch.Tensor, clip: float, sigma: float, expected: float, s
 
 def plan(mechanism: str, expected_batch: int, num_classes: int, n: int, target_epsilon: float, delta: float,
          clip: float, steps: int) -> dict:
-    """A DP run's mechanism and accounting, as recorded in its set's log: one Poisson-subsampled Gaussian release
+    """A DP run's mechanism and accounting, as recorded in its set's provenance: one Poisson-subsampled Gaussian release
     per step (the classes are disjoint, so their releases compose in parallel) with the smallest noise
     multiplier that meets ``target_epsilon``. Public sizes only: every one of the ``n`` training rows is sampled
     at rate ``num_classes * expected_batch / n`` (``expected_batch`` rows a class on average when the classes are
@@ -131,17 +131,17 @@ def plan(mechanism: str, expected_batch: int, num_classes: int, n: int, target_e
 
 
 def publishable(ds, task, dp: dict):
-    """A DP run's set as it may be published: the mechanism in its log and, of the task, only what is public (no
-    fingerprint of the training data, no training rows)."""
+    """A DP run's set as it may be published: the mechanism in its provenance and, of the task, only what is public
+    (no fingerprint of the training data, no training rows)."""
     ds.task = task.describe(private=True)
     ds.source_indices = None
-    ds.log["dp"] = dp
+    ds.provenance.dp = dp
     return ds
 
 
 def is_private(ds) -> bool:
-    """Whether a distilled set was made under differential privacy (its log records the mechanism)."""
-    return "dp" in ds.log
+    """Whether a distilled set was made under differential privacy (its provenance records the mechanism)."""
+    return ds.provenance.dp is not None
 
 
 @dataclass

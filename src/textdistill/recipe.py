@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Config
 from .errors import ConfigError
@@ -24,7 +24,8 @@ class Recipe(Config):
     eps: float = 1e-8
     optimizer: str = "adamw"  # adamw | sgd (unrolled methods learn SGD step sizes: Adam's first step is sign(g))
     dropout: bool = True  # False: train in eval mode (what unrolled inner loops do)
-    attention_weight: float = 1.0  # weight of the attention-label KL term, for sets that carry attention labels
+    loss: str = "cross-entropy"  # the training loss by name (losses.py): cross-entropy | attention-kl
+    loss_options: dict = field(default_factory=dict)  # the named loss's options, e.g. attention-kl's weight
     precision: str = "float32"  # float32 | bf16 (autocast; fast only on CPUs with AVX512-BF16 or AMX, and GPUs)
 
     def __post_init__(self) -> None:
@@ -55,10 +56,28 @@ class Recipe(Config):
         number("warmup", lambda v: 0 <= v <= 1, "0 <= warmup <= 1")
         number("weight_decay", lambda v: v >= 0, "weight_decay >= 0, a finite number")
         number("eps", lambda v: v > 0, "eps > 0, a finite number")
-        number("attention_weight", lambda v: v >= 0, "attention_weight >= 0, a finite number")
+        if not isinstance(self.loss, str) or not self.loss:
+            raise ConfigError(f"recipe loss must be a loss name (cross-entropy, attention-kl), got {self.loss!r}")
+        if not isinstance(self.loss_options, dict) or not all(
+                isinstance(k, str) and isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                for k, v in self.loss_options.items()):
+            raise ConfigError(f"recipe loss_options must map option names to finite numbers, got "
+                              f"{self.loss_options!r}")
         if len(self.betas) != 2 or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1
                                            for b in self.betas):
             raise ConfigError(f"recipe needs betas to be two numbers in [0, 1), got {list(self.betas)!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Recipe":
+        """Recipes written before the loss was named carry ``attention_weight``, the weight of the attention term for
+        sets with attention labels: the weight of ``attention-kl`` where the recipe names that loss (a set that
+        carries attention labels names it on loading), else nothing."""
+        values = dict(values)
+        if "attention_weight" in values:
+            weight = values.pop("attention_weight")
+            if values.get("loss") == "attention-kl" and weight is not None:
+                values["loss_options"] = {**(values.get("loss_options") or {}), "weight": weight}
+        return super().from_dict(values)
 
     @classmethod
     def sgd(cls, steps: int, lr: float, batch_size: int) -> "Recipe":

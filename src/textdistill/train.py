@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 from torch.optim.adamw import adamw as adamw_functional
-from tqdm.auto import tqdm
 
 from .errors import TrainingDiverged
 from .params import Params  # noqa: F401  (also imported from here by the methods)
+from .progress import bar as progress_bar
 from .recipe import Recipe
 from .seeds import check_seed
 
@@ -126,7 +126,8 @@ def train(
     """Train ``model``'s parameters on (inputs, labels) and return them (the module is not modified).
 
     ``lrs`` gives one learning rate per step (a distilled schedule) instead of the recipe's.
-    ``loss`` replaces the task loss of a batch (a set's own training loss: attention labels add a term).
+    ``loss`` replaces the task loss of a batch (a set's own training loss, ``losses.set_loss``: example weights
+    scale it, attention labels add a term).
     ``params`` starts from these parameters instead of the model's (to continue a run).
     With ``differentiable=True`` the returned parameters keep the graph back to ``inputs``, ``labels``
     and ``lrs``, for unrolled (bi-level) optimisation; ``truncate`` keeps it through the last ``truncate`` steps
@@ -169,10 +170,11 @@ def train(
     # the steps from `graph_from` on keep the graph
     graph_from = (steps - min(truncate, steps) if truncate else 0) if differentiable else steps
     with ExitStack() as kernels:
-        # Unrolled steps are differentiated twice, and a loss hook may need what only eager attention returns.
-        if graph_from and loss is None:
+        # Unrolled steps are differentiated twice, and a loss hook may need what only eager attention returns (a
+        # hook that says `eager = False` runs the plain forward, as the loop's own loss does).
+        if graph_from and (loss is None or not getattr(loss, "eager", True)):
             kernels.enter_context(fast_kernels(learner, model, recipe.precision, device))
-        for step in tqdm(range(steps), desc="train", leave=False, disable=not progress):
+        for step in progress_bar(range(steps), desc="train", leave=False, disable=not progress):
             if step == graph_from:
                 kernels.close()
             if pos + batch_size > n:

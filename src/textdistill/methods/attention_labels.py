@@ -2,7 +2,9 @@
 
 Each synthetic sentence also carries, per layer and head, a target attention distribution (for the CLS
 row, or for every row). The inner loss is the task loss plus ``attention_weight`` x KL(attention labels ||
-the model's attention); the labels are learned with everything else through the unrolled training.
+the model's attention) (``losses.AttentionLabelLoss``); the labels are learned with everything else through the
+unrolled training. The set's recipe names that loss (``attention-kl``, with its weight), so that evaluation trains
+the set as it was learned.
 """
 
 from __future__ import annotations
@@ -14,45 +16,9 @@ import torch
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import AttentionLearner, Learner
-from ..train import Params, loss_fn
+from ..losses import AttentionLabelLoss
 from .base import register_method
 from .unroll import UnrollConfig, UnrolledDistiller
-
-
-def attention_kl(target: torch.Tensor, attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """KL(attention labels || model attention), averaged over examples, layers and heads.
-
-    ``target`` is [n, layers, heads, L] (the CLS row) or [n, layers, heads, L, L] (all rows), already a
-    distribution over the last dimension; ``attentions`` is the model's per-layer [n, heads, L, L]."""
-    model = torch.stack(attentions, 1)  # [n, layers, heads, L, L]
-    if target.dim() == 4:
-        model = model[:, :, :, 0]
-    # Batches are trimmed to their longest sequence: trim the target's keys, and its rows when it has them.
-    length = model.shape[-1]
-    target = target[..., :length] if target.dim() == 4 else target[..., :length, :length]
-    kl = (target * (target.clamp_min(1e-12).log() - model.clamp_min(1e-12).log())).sum(-1)
-    return kl.mean()
-
-
-@dataclass
-class AttentionLabelLoss:
-    """The training loss of a set with attention labels (``train(loss=...)``): the task loss plus ``weight`` x
-    KL(attention labels || the model's attention)."""
-
-    labels: torch.Tensor  # one target per example: [n, layers, heads, L] (CLS row) or [n, layers, heads, L, L]
-    weight: float
-
-    def __call__(self, learner: AttentionLearner, model: torch.nn.Module, params: Params,
-                 batch: dict[str, torch.Tensor], y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        logits, attentions = learner.forward(model, params, batch, attentions=True)
-        # a loaded set keeps its labels on the CPU; .to keeps the graph of unrolled callers
-        return loss_fn(logits, y) + self.weight * attention_kl(self.labels.to(logits.device)[rows], attentions)
-
-
-def set_loss(ds, recipe) -> AttentionLabelLoss | None:
-    """The training loss a set asks for: its attention labels' term, when it carries attention labels."""
-    return None if ds is None or ds.attention_labels is None else AttentionLabelLoss(ds.attention_labels,
-                                                                                     recipe.attention_weight)
 
 
 @dataclass

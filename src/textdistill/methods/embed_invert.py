@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import FeatureLearner, Learner, unit
-from ..distilled import DistilledDataset
+from ..distilled import DistilledDataset, Provenance
+from ..progress import bar as progress_bar
 from .base import Distiller, MethodConfig, get_method, label_probe, register_method
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class EmbedInvert(Distiller):
         for c in range(task.num_classes):
             rows, pool = np.flatnonzero(hard == c), np.flatnonzero(labels == c)
             used: set[int] = set()
-            for i in tqdm(rows, desc=f"embed-invert {task.spec.classes[c]}", leave=False):
+            for i in progress_bar(rows, desc=f"embed-invert {task.spec.classes[c]}", leave=False):
                 cos = real[pool] @ targets[i]
                 order = [int(pool[j]) for j in np.argsort(-cos)]
                 start = next(j for j in order if j not in used)  # a real sentence appears once per class
@@ -165,11 +165,11 @@ class EmbedInvert(Distiller):
         order = np.concatenate([np.flatnonzero(hard == c) for c in range(task.num_classes)])
         # does a probe trained on the real data read each written sentence as the class it was written for?
         agree = label_probe(task, learner).predict(learner.sentence_vectors(out_texts, cache=False)) == hard[order]
-        log = {"space": {"method": vectors.method, "config": vectors.config, "fingerprint": vectors.fingerprint()},
-               "fidelity": {"cosine_to_target": [round(x, 4) for x in fidelity],
-                            "nearest_real_cosine": [round(x, 4) for x in nearest_cos],
-                            "mean_cosine_to_target": float(np.mean(fidelity)),
-                            "mean_nearest_real_cosine": float(np.mean(nearest_cos)),
-                            "probe_label_agreement": float(agree.mean())}}
+        log = {"space": {"method": vectors.method, "config": vectors.config, "fingerprint": vectors.fingerprint()}}
+        made = Provenance(fidelity={"cosine_to_target": [round(x, 4) for x in fidelity],
+                                    "nearest_real_cosine": [round(x, 4) for x in nearest_cos],
+                                    "mean_cosine_to_target": float(np.mean(fidelity)),
+                                    "mean_nearest_real_cosine": float(np.mean(nearest_cos)),
+                                    "probe_label_agreement": float(agree.mean())})
         return self._artifact(task, seed, kind="text", texts=out_texts, labels=torch.from_numpy(hard[order]).long(),
-                              log=log)
+                              log=log, provenance=made)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner, get_learner
 from ..distilled import DistilledDataset
+from ..progress import bar as progress_bar
 from ..recipe import Recipe
 from ..train import Params, batch_of, train
 from .base import Distiller, MethodConfig, check_finite, fresh_model, get_method, real_batch, register_method, thin
@@ -41,8 +41,8 @@ class LearnedLabelsConfig(MethodConfig):
                 "e.g. minilm, so that labels learned with different learners share the texts"})
     learn: str = field(default="labels", metadata={
         "help": "what is learned: labels (a class distribution per text), weights (one per text, mean 1, on the "
-                "real hard labels) or both; a weight scales its text's label row, which every learner's soft "
-                "cross-entropy reads as that text's weight"})
+                "real hard labels) or both; the set keeps the weights beside the labels, and evaluation scales each "
+                "text's loss by its weight"})
     # the default is what evaluation trains the set with: labels fitted to any other training fit a run that
     # never happens
     inner_recipe: str = field(default="learner", metadata={
@@ -90,10 +90,16 @@ class LearnedLabelsConfig(MethodConfig):
         return [n.strip() for n in self.also_learners.split(",") if n.strip()]
 
 
+def example_weights(log_weights: torch.Tensor) -> torch.Tensor:
+    """Per-text weights n * softmax(log_weights): positive, mean 1."""
+    return len(log_weights) * log_weights.softmax(0)
+
+
 def weighted(rows: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
-    """Label rows scaled by per-text weights n * softmax(log_weights) (positive, mean 1). The soft cross-entropy
-    is linear in the target, so a row of mass w trains as its text counted w times, with any learner."""
-    return rows * (len(rows) * log_weights.softmax(0)).unsqueeze(-1)
+    """Label rows scaled by the per-text weights. The soft cross-entropy is linear in the target, so a row of mass
+    w trains as its text counted w times, with any learner: the same loss as the set's rows with its weights
+    (``losses.weighted_loss``), which is how evaluation trains the set."""
+    return rows * example_weights(log_weights).unsqueeze(-1)
 
 
 def label_meta_loss(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -181,7 +187,7 @@ class LearnedLabels(Distiller):
         # each learner reads the texts and the training split its own way; the real batches share their rows
         views = [(each, picked.inputs_for(each), real_inputs(task, each)[0]) for each in learners]
         hard = picked.hard_labels
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # for the whole run: Distiller.distill gives the caller its random state back
         rng = np.random.default_rng(seed)
         learn_labels, learn_weights = cfg.learn in ("labels", "both"), cfg.learn in ("weights", "both")
         logits = (F.one_hot(hard, task.num_classes).float() * cfg.confidence).requires_grad_(learn_labels)
@@ -200,7 +206,7 @@ class LearnedLabels(Distiller):
                                 {"params": [] if by_recipe else [raw_lrs], "lr": cfg.lr_lr}])
         real_y = torch.tensor(task.columns("train")[2])
         history = []
-        bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
+        bar = progress_bar(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
             opt.zero_grad()
             labels = labels_now()
@@ -223,15 +229,15 @@ class LearnedLabels(Distiller):
             opt.step()
             history.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}")
-        labels = labels_now().detach()
-        rows = labels / labels.sum(-1, keepdim=True)  # the class distributions, without the weights
+        # the set: each text's class distribution, and its weight beside it (what labels_now folds into the row)
+        rows = (logits.softmax(-1) if learn_labels else F.one_hot(hard, task.num_classes).float()).detach()
+        per_example = {"weights": example_weights(log_weights).detach()} if learn_weights else {}
         log = {"real_loss": thin(history), "learned_with": "+".join(each.name for each in learners),  # losses summed
                "init_set": picked.fingerprint(), "picked_with": picker.name,
                **({"inner_recipes": {each.name: each.default_recipe.to_dict() for each in learners}} if by_recipe
                   else {"step_sizes": [round(float(x), 5) for x in F.softplus(raw_lrs.detach())]}),
                "learned": cfg.learn,
-               **({"weights": [round(float(w), 4) for w in labels.sum(-1)]} if learn_weights else {}),
                "agrees_with_labels": float((rows.argmax(-1) == hard).float().mean()),
                "mean_top_probability": float(rows.max(-1).values.mean())}
         return self._artifact(task, seed, kind="text", texts=picked.texts, text_pairs=picked.text_pairs,
-                              labels=labels, source_indices=picked.source_indices, log=log)
+                              labels=rows, per_example=per_example, source_indices=picked.source_indices, log=log)

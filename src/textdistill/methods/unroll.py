@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner, TokenLearner
+from ..losses import ATTENTION_KL
 from ..distilled import DistilledDataset
+from ..progress import bar as progress_bar
 from ..recipe import Recipe
 from ..train import Params, batch_of, train
 from .base import Distiller, check_finite, fresh_model, real_batch, thin
@@ -119,7 +120,7 @@ class UnrolledDistiller(Distiller):
         real, real_y, _ = real_inputs(task, learner)
 
         history = []
-        bar = tqdm(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
+        bar = progress_bar(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
             model = fresh_model(learner, task, seed, step, self.device)
             opt.zero_grad()
@@ -138,8 +139,8 @@ class UnrolledDistiller(Distiller):
         lrs = F.softplus(raw_lrs).detach().cpu()
         attention = self.attention_targets(extra, mask)
         recipe = inner_recipe(len(syn.hard), cfg.inner_steps, float(lrs.mean())).to_dict()
-        if attention is not None:
-            recipe["attention_weight"] = cfg.attention_weight
+        if attention is not None:  # evaluation trains the set with the loss it was learned with
+            recipe.update(loss=ATTENTION_KL, loss_options={"weight": cfg.attention_weight})
         return syn.artifact(self, task, seed, lrs=lrs, recipe=recipe,
-                            attention_labels=None if attention is None else attention.detach().cpu(),
+                            per_example={} if attention is None else {"attention_labels": attention.detach().cpu()},
                             log={"real_loss": thin(history)})
