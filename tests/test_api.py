@@ -49,3 +49,51 @@ def test_push_to_hub_sends_the_text_set(monkeypatch):
     assert sent["data"]["text"] == ds.texts and sent["data"]["label"] == [0, 0, 1, 1]
     assert sent["data"].features["label"].names == ["negative", "positive"]
     assert sent["data"]["soft_label"][2] == pytest.approx([0.3, 0.7])
+
+
+def test_fit_on_set_is_the_model_evaluation_tests(tmp_path):
+    """evaluate's run m and fit_on_set(seed=m) train the same model: the same predictions, so the same accuracy;
+    the full training split trains when the set is None."""
+    task = td.get_task("mr").subset(train_per_class=10, test_size=40, seed=0)
+    ds = td.distill(task, "random", dpc=3, learner="minilm-frozen")
+    (result,) = td.evaluate(task, ds, learners=["minilm-frozen"], seeds=2)
+    texts, pairs, labels = task.columns("test")
+    for m in (0, 1):
+        fitted = td.fit_on_set(ds, "minilm-frozen", seed=m, task=task)
+        accuracy = float((fitted.predict(texts, pairs) == torch.tensor(labels)).float().mean())
+        assert accuracy == result.runs[m]["accuracy"] and fitted.log["last_epoch_loss"] == result.runs[m]["last_epoch_loss"]
+    assert fitted.logits(texts[:3], None).shape == (3, 2)
+    full = td.fit_on_set(None, "minilm-frozen", seed=0, task=task)
+    (on_full,) = td.evaluate(task, None, learners=["minilm-frozen"], seeds=1)
+    assert float((full.predict(texts, pairs) == torch.tensor(labels)).float().mean()) == on_full.runs[0]["accuracy"]
+    with pytest.raises(td.TextDistillError, match="pass task"):
+        td.fit_on_set(None, "minilm-frozen")
+
+
+def test_distill_records_its_cost_and_can_run_without_bars(capfd):
+    task = td.get_task("mr").subset(train_per_class=10, test_size=30, seed=0)
+    capfd.readouterr()
+    ds = td.distill(task, "dm", dpc=1, learner="minilm-frozen", iterations=3, progress=False)
+    assert "it/s" not in capfd.readouterr().err
+    assert ds.provenance.distill_step["seconds"] >= 0 and ds.provenance.distill_step["peak_rss_mib"] > 0
+    with pytest.raises(td.TextDistillError, match="progress must be True or False"):
+        td.distill(task, "random", dpc=1, progress="no")
+
+
+def test_load_task_of_finds_the_sets_task_and_refuses_what_it_cannot_load(tmp_path):
+    import warnings
+
+    ds = td.distill("mr", "random", dpc=1, learner="minilm-frozen")
+    assert td.load_task_of(ds).fingerprint == td.get_task("mr").fingerprint
+    other = td.get_task("mr").subset(train_per_class=10, test_size=30, seed=0)  # same classes, other content
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert td.load_task_of(ds, other) is other
+    assert any(issubclass(w.category, td.TextDistillWarning) and "fingerprint" in str(w.message) for w in caught)
+    with pytest.raises(td.TextDistillError, match="classes"):
+        td.load_task_of(ds, "bbc")
+    data = tmp_path / "mine.csv"
+    data.write_text("text,label\n" + "".join(f"sentence {i},{'ab'[i % 2]}\n" for i in range(40)))
+    from_file = td.distill(str(data), "random", dpc=1, learner="minilm-frozen")
+    with pytest.raises(td.TextDistillError, match="data file"):
+        td.load_task_of(from_file)

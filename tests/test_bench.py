@@ -36,7 +36,8 @@ def test_every_suite_in_benchmarks_parses_and_plans_its_whole_grid(path):
     folder is absent (../shared/data on a user's clone) only skips its own cells, and says so."""
     suite = load_suite(path)
     cells = plan(suite)
-    assert len(cells) == len(suite.tasks) * (1 + len(suite.methods) * len(suite.dpc) * suite.sets)
+    bars = suite.bar is not None and suite.bar not in suite.learners  # the random sets with the SetFit bar
+    assert len(cells) == len(suite.tasks) * (1 + (len(suite.methods) + bars) * len(suite.dpc) * suite.sets)
     keys, loaded, absent = set(), 0, set()
     for cell in cells:
         try:  # keys hold the task's content and the learners' recipes: only suites that load offline
@@ -233,6 +234,19 @@ def test_worker_processes_run_every_cell_as_a_serial_run_does(tmp_path, cache, c
     for bad in ({"workers": 0}, {"workers": 2, "ray": "local"}):
         with pytest.raises(ConfigError, match="workers"):
             run_suite(suite, out, **bad)
+
+
+def test_worker_processes_draw_no_progress_bars(tmp_path, cache, capfd):
+    """A worker's bars would interleave with the driver's: dm's bar, drawn by a serial run, is not drawn by
+    workers (their stderr is this process's), while the driver's bar counts the cells."""
+    import re
+
+    suite = tiny_smoke(methods=[{"method": "dm", "options": {"iterations": 2}}])
+    run_suite(suite, tmp_path / "serial", distill_only=True)
+    assert re.search(r"dm \S+ 2/class", capfd.readouterr().err)
+    run_suite(suite, tmp_path / "workers", workers=2, distill_only=True)
+    err = capfd.readouterr().err
+    assert err.rstrip().endswith("every cell finished]") and not re.search(r"dm \S+ 2/class", err)
 
 
 def test_a_cell_failing_in_a_worker_keeps_the_others_and_names_its_error(tmp_path, cache):
@@ -523,3 +537,21 @@ def test_a_suite_with_audit_reports_privacy_columns(tmp_path, cache):
     assert "privacy audit" in md.read_text() and "| herding | 2 | 0 | 4 | 100% |" in md.read_text()
     plain = tiny_smoke(methods=["herding"], learners=["minilm-frozen"], seeds=1)
     assert {c.key(plain) for c in plan(plain)} != {c.key(suite) for c in plan(suite)}
+
+
+def test_the_setfit_bar_row_trains_setfit_on_the_random_sets_and_shows_in_every_table(tmp_path, cache):
+    """bar: setfit-minilm adds one cell per random set, evaluated with SetFit alone on the very set the random
+    row holds; each learner's table shows it (with its gain over that learner's random), and SetFit gets no
+    table of its own."""
+    suite = parse_suite({"name": "b", "tasks": [{"name": "mr", "subset": SLICE}], "learners": ["minilm-frozen"],
+                         "methods": ["herding"], "dpc": [2], "seeds": 1, "bar": "setfit-minilm"})
+    cells = plan(suite)
+    assert [c.bar for c in cells] == [False, False, False, True] and cells[-1].entry == cells[1].entry
+    assert len({c.key(suite) for c in cells}) == 4 and cells[-1].set_key(suite) == cells[1].set_key(suite)
+    results = run_suite(suite, tmp_path / "o", progress=False)
+    bar = [r for r in results["records"] if r.get("bar")]
+    random = [r for r in results["records"] if r["method"] == "random" and not r.get("bar")]
+    assert [r["learner"] for r in bar] == ["setfit-minilm"] and bar[0]["runs"][0]["accuracy"] is not None
+    assert bar[0]["train_set"]["fingerprint"] == random[0]["train_set"]["fingerprint"]
+    md = write_report(tmp_path / "o")[0].read_text()
+    assert "SetFit bar: setfit-minilm on the random sets" in md and "learner setfit-minilm" not in md

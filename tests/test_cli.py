@@ -73,10 +73,12 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
 
 
 def test_demo_shows_a_coreset_and_a_learned_set_beside_random_and_full_data(tmp_path, capsys):
-    main(["demo", "--seeds", "1", "--full-seeds", "1", "--dpc", "2", "--out", str(tmp_path)])
+    main(["demo", "--seeds", "1", "--full-seeds", "1", "--bar-seeds", "1", "--dpc", "2", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].strip().split(" (")[0] for r in rows] == ["herding", "random", "mtt", "random", "full data"]
+    assert [r.split("|")[1].strip().split(" (")[0] for r in rows] == ["herding", "random", "random", "mtt", "random",
+                                                                       "full data"]
+    assert [r.split("|")[4].strip() for r in rows][:3] == ["minilm-frozen", "minilm-frozen", "setfit-minilm"]
     assert sorted(p.name for p in tmp_path.glob("mr-*")) == ["mr-herding-2", "mr-mtt-1", "mr-random-1", "mr-random-2"]
     report = (tmp_path / "report.md").read_text()
     assert all(r in report for r in rows) and str(tmp_path / "report.md") in out

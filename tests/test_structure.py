@@ -80,3 +80,48 @@ def test_no_method_imports_another_method():
     graph = module_imports()
     crossing = sorted(f"{m} -> {d}" for m in methods for d in graph[m] & methods)
     assert not crossing, "methods import other methods: " + ", ".join(crossing)
+
+
+def test_methods_import_nothing_above_them():
+    """Methods sit below what runs and judges them: none imports the evaluation, the audit, the CLI, the API or the
+    bench (what both need lives in a module beneath both, as ``words`` for the audit and condense)."""
+    above = ("textdistill.audit", "textdistill.evaluation", "textdistill.cli", "textdistill.api", "textdistill.bench")
+    graph = module_imports()
+    assert "textdistill.words" in graph["textdistill.methods.condense"]
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.startswith(METHODS + ".") or m == METHODS
+                    for d in deps if any(d == a or d.startswith(a + ".") for a in above))
+    assert not upward, "methods import modules above them: " + ", ".join(upward)
+
+
+def test_evaluation_and_audit_sit_below_the_methods():
+    """What trains and judges a set (the evaluation protocol, the audit) needs no method: a set's own training
+    loss is named in its recipe and resolved beside the training loop."""
+    graph = module_imports()
+    for judge in ("textdistill.evaluation", "textdistill.audit"):
+        upward = sorted(d for d in reachable(graph, judge) if d == METHODS or d.startswith(METHODS + "."))
+        assert not upward, f"{judge} reaches methods: {', '.join(upward)}"
+
+
+def test_the_cli_and_the_bench_go_through_the_api():
+    """One pipeline: the CLI, the demo and the bench distil, evaluate, audit and decode through ``api`` and never
+    call what lies below it (the method registry stays open to them: its configs give the flags and check suites)."""
+    below = ("textdistill.evaluation", "textdistill.audit", "textdistill.decode")
+    graph = module_imports()
+    callers = [m for m in graph if m == "textdistill.cli" or m.startswith("textdistill.bench")]
+    assert "textdistill.bench.runner" in callers
+    bypass = sorted(f"{m} -> {d}" for m in callers for d in graph[m] if d in below)
+    assert not bypass, "the pipeline is bypassed: " + ", ".join(bypass)
+    allowed = {METHODS, f"{METHODS}.base"}  # the registry: METHODS, get_method
+    into_methods = sorted(f"{m} -> {d}" for m in callers for d in graph[m]
+                          if d.startswith(METHODS + ".") and d not in allowed)
+    assert not into_methods, "method internals called from above the api: " + ", ".join(into_methods)
+    assert "textdistill.api" in graph["textdistill.cli"] and "textdistill.api" in graph["textdistill.bench.runner"]
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen

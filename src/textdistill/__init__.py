@@ -15,14 +15,15 @@ from .errors import TextDistillError  # noqa: E402
 
 # The API names load their modules (torch, transformers, every method) on first use, so that `textdistill
 # --version`, `--help` and `list` answer at once.
-_WHERE = {"distill": "api", "evaluate": "api", "Task": "data", "TaskSpec": "data", "get_task": "data",
+_WHERE = {"distill": "api", "evaluate": "api", "fit_on_set": "api", "load_task_of": "api", "audit": "api",
+          "decode": "api", "TextDistillWarning": "errors", "Task": "data", "TaskSpec": "data", "get_task": "data",
           "list_tasks": "data", "Learner": "learners", "get_learner": "learners", "list_learners": "learners",
           "Distiller": "methods", "get_method": "methods", "list_methods": "methods",
           "DistilledDataset": "distilled"}
 
-__all__ = ["DistilledDataset", "Distiller", "Learner", "Task", "TaskSpec", "TextDistillError", "__version__",
-           "distill", "evaluate", "get_learner", "get_method", "get_task", "list_learners", "list_methods",
-           "list_tasks"]
+__all__ = ["DistilledDataset", "Distiller", "Learner", "Task", "TaskSpec", "TextDistillError", "TextDistillWarning",
+           "__version__", "audit", "decode", "distill", "evaluate", "fit_on_set", "get_learner", "get_method",
+           "get_task", "list_learners", "list_methods", "list_tasks", "load_task_of"]
 
 
 def __getattr__(name: str):

@@ -9,7 +9,6 @@ on ``NAME:validation`` has them (the carved validation split); other sets get co
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -18,12 +17,7 @@ from .data import Task
 from .data.task import text_key
 from .distilled import DistilledDataset
 from .errors import ArtifactError, ConfigError
-
-WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(text.casefold())
+from .words import words
 
 
 def max_word_overlap(examples: list[str], corpus: list[str]) -> np.ndarray:
@@ -84,21 +78,14 @@ def loss_scores(ds: DistilledDataset, task: Task, learner_name: str, seeds: int,
     import torch
     import torch.nn.functional as F
 
-    from .evaluation import resolve_recipe
-    from .seeds import eval_seed
-    from .methods.attention_labels import set_loss
+    from .evaluation import fit_on_set, run_recipe
     from .learners import get_learner
-    from .train import predict_logits, train
 
     learner = get_learner(learner_name).for_task(task)
-    inputs, recipe = ds.inputs_for(learner), resolve_recipe(learner, ds, None)
-    candidates, y = learner.encode(texts, pairs), torch.tensor(labels)
+    recipe, y = run_recipe(learner, task, ds), torch.tensor(labels)
     total = torch.zeros(len(labels))
     for seed in range(seeds):
-        model = learner.build(task.num_classes, eval_seed(seed))
-        params = train(learner, model, inputs, ds.labels, recipe, seed=eval_seed(seed),
-                       lrs=ds.lrs if ds.kind != "text" else None, loss=set_loss(ds, recipe), progress=False)
-        total -= F.cross_entropy(predict_logits(learner, model, params, candidates), y, reduction="none")
+        total -= F.cross_entropy(fit_on_set(task, ds, learner, seed, recipe).logits(texts, pairs), y, reduction="none")
     return (total / seeds).numpy()
 
 

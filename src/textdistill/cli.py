@@ -7,9 +7,10 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from .errors import ConfigError, DataError, ResourceMissing, TextDistillError
+from .errors import ConfigError, DataError, ResourceMissing, TextDistillError, TextDistillWarning
 
 
 def _task_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -79,11 +80,11 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
     if args.json:
         check_file_output(args.json, "--json")  # before the work, not after it
-    from .audit import audit
+    from .api import audit
     from .distilled import DistilledDataset
 
     ds = DistilledDataset.load(args.dir)
-    report = audit(ds, _load_artifact_task(ds, args), learner=args.learner, sample=args.sample,
+    report = audit(ds, _task_of(ds, args), learner=args.learner, sample=args.sample,
                    attack_learner=args.attack_learner, attack_seeds=args.attack_seeds)
     print(json.dumps({k: v for k, v in report.items() if k != "verdict"}, indent=1))
     print(report["verdict"])
@@ -126,11 +127,11 @@ def check_tasks(data_dir: str | None) -> None:
 
 
 def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
-    from .distributed import init_from_env, is_main, work_per_rank, world
-    from .learners import get_learner
-    from .measure import Meter
-    from .methods import METHODS, get_method
+    from .api import distill
     from .distilled import check_output
+    from .distributed import is_main
+    from .learners import get_learner
+    from .methods import METHODS, get_method  # the options of each method's config become its flags
 
     options: dict = {}
     if args.config:
@@ -154,50 +155,28 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     options.update({k: v for k, v in vars(method_parser.parse_args(extra)).items() if v is not None})
 
     check_output(args.out, args.overwrite)  # before the work, not after it
-    learner = get_learner(args.learner or METHODS[args.method].default_learner)
-    distiller = get_method(args.method, **options)
-    task = _load_task(args)
-    init_from_env(args.device)  # under torchrun: one rank of a data-parallel run
-    with Meter() as meter:
-        ds = distiller.distill(task, args.dpc, learner, seed=args.seed, device=args.device)
-    if world()[1] > 1:  # the real rows (or experts) each rank took: the record that the work was split
-        ds.log["data_parallel_work"] = work_per_rank()
+    if args.device != "cpu" and not METHODS[args.method].uses_device:
+        print(f"note: method {args.method} trains no model; it runs on the CPU", file=sys.stderr)
+    # the method's options and the learner's name are checked before the task loads
+    method, learner = get_method(args.method, **options), args.learner and get_learner(args.learner)
+    ds = distill(_load_task(args), method, args.dpc, learner or None, seed=args.seed, device=args.device)
     if not is_main():
         return  # rank 0 writes the set
-    ds.log["distill_step"] = meter.result()
     path = ds.save(args.out, overwrite=args.overwrite)
-    print(f"distilled {task.name} with {args.method}: {len(ds)} examples ({args.dpc} per class) in "
-          f"{meter.summary()} -> {path}")
+    step = ds.provenance.distill_step
+    print(f"distilled {ds.task.get('name')} with {args.method}: {len(ds)} examples ({args.dpc} per class) in "
+          f"{step['seconds']:.1f}s, peak memory {step['peak_rss_mib']} MiB -> {path}")
 
 
-def _load_artifact_task(ds, args: argparse.Namespace):
-    from .data import BENCHMARKS, BUILTIN, VALIDATION, get_task
+def _task_of(ds, args: argparse.Namespace):
+    """The set's task: --task (and its options) when given, else the registered task its manifest names."""
+    from .api import load_task_of
 
-    if args.task:
-        task = _load_task(args)
-    else:
-        # A manifest only names a registered task: it never makes us read a file or folder it names.
-        origin = ds.task.get("origin")
-        name = origin.get("name") if isinstance(origin, dict) else None
-        if not isinstance(name, str) or not name:
-            raise ConfigError("the set does not record how to load its task: pass --task")
-        base = name[: -len(VALIDATION)] if name.endswith(VALIDATION) else name
-        if base not in BUILTIN and base not in BENCHMARKS:
-            raise ConfigError(f"the set was distilled from a data file ({Path(name).name}); pass it again with --task "
-                              "(and its --text-col, --label-col, ... options)")
-        if base in BENCHMARKS and origin.get("data_dir") and not args.data_dir:
-            raise ConfigError(f"the set was distilled from a local copy of {name}; pass --data-dir")
-        subset = origin.get("subset")
-        keys = {"train_per_class", "test_size", "seed"}
-        if subset is not None and not (isinstance(subset, dict) and set(subset) <= keys
-                                       and all(v is None or isinstance(v, int) for v in subset.values())):
-            raise ConfigError(f"{args.dir}/manifest.json: task.origin.subset is malformed; pass --task")
-        task = get_task(name, data_dir=args.data_dir, subset=subset)
-    ds.check_task(task)  # other classes: every number would be about another task (audit: a false all-clear)
-    # a DP set records no fingerprint of its training data (it would be a membership oracle)
-    if "fingerprint" in ds.task and task.fingerprint != ds.task["fingerprint"]:
-        print(f"warning: task {task.name} has fingerprint {task.fingerprint}, the set was distilled from "
-              f"{ds.task.get('fingerprint')}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:  # printed as the CLI's own lines, at once
+        warnings.simplefilter("always", TextDistillWarning)
+        task = load_task_of(ds, _load_task(args) if args.task else None, data_dir=args.data_dir)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     return task
 
 
@@ -206,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.json:
         check_file_output(args.json, "--json")  # before the work, not after it
-    from .evaluation import evaluate
+    from .api import evaluate
     from .distilled import DistilledDataset
 
     if args.full == (args.dir is not None):
@@ -217,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         task, source = _load_task(args), None
     else:
         source = DistilledDataset.load(args.dir)
-        task = _load_artifact_task(source, args)
+        task = _task_of(source, args)
     recipe = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "precision": args.precision}
     if args.set_recipe and not args.full:
         raise ConfigError("--set-recipe goes with --full")
@@ -243,7 +222,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     if args.html:
         check_file_output(args.html, "--html")  # before the task and the map, not after them
     ds = DistilledDataset.load(args.dir)
-    if args.html and "dp" in ds.log:
+    if args.html and ds.provenance.dp is not None:
         raise ConfigError(f"show --html: {args.dir} is differentially private, and its page would show the nearest "
                           "real training sentences and a map of the training data, outside the mechanism")
     weights = ds.label_weights
@@ -252,12 +231,12 @@ def cmd_show(args: argparse.Namespace) -> None:
         soft += f" with example weights from {float(weights.min()):.2f} to {float(weights.max()):.2f} (shown as xW)"
     print(f"{args.dir}: {ds.kind} set, {len(ds)} examples, method {ds.method}, task {ds.task.get('name')}, "
           f"seed {ds.seed}{soft}")
-    if "dp" in ds.log:
-        dp = ds.log["dp"]
+    if ds.provenance.dp is not None:
+        dp = ds.provenance.dp
         print(f"differentially private: ({dp['epsilon']:.2f}, {dp['delta']:g})-DP over {dp['steps']} releases "
               f"(noise multiplier {dp['noise_multiplier']:.3f}, clip {dp['clip']:g}; {dp['mechanism']})")
-    if "fidelity" in ds.log:  # a set written from target vectors: how close the text came to them
-        f = ds.log["fidelity"]
+    if ds.provenance.fidelity is not None:  # a set written from target vectors: how close the text came to them
+        f = ds.provenance.fidelity
         print(f"fidelity: mean cosine to the target vectors {f['mean_cosine_to_target']:.3f} (the nearest real "
               f"sentences: {f['mean_nearest_real_cosine']:.3f}); a probe on the real data agrees with "
               f"{100 * f.get('probe_label_agreement', float('nan')):.0f}% of the labels")
@@ -270,11 +249,11 @@ def cmd_show(args: argparse.Namespace) -> None:
         weight = "" if weights is None else f" x{float(weights[i]):.2f}"
         print(f"[{ds.label_names[y]}{weight}] {text or f'<{ds.kind} vector>'}")
     if args.html:
-        print(f"page: {write_set_page(ds, _load_artifact_task(ds, args), args.html)}")
+        print(f"page: {write_set_page(ds, _task_of(ds, args), args.html)}")
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    from .decode import decode_to_text
+    from .api import decode
     from .distilled import DistilledDataset, check_output
 
     # resolved (links, ..): --overwrite would replace the learned set with its own decoding, or a folder holding it
@@ -283,39 +262,47 @@ def cmd_decode(args: argparse.Namespace) -> None:
         raise ConfigError(f"decode {args.dir} --out {args.out}: the output is, holds or lies inside the set it decodes "
                           f"({source}); choose another --out")
     check_output(args.out, args.overwrite)
-    text = decode_to_text(DistilledDataset.load(args.dir))
+    text = decode(DistilledDataset.load(args.dir))
     text.save(args.out, overwrite=args.overwrite)
     print(f"decoded {len(text)} examples to text -> {args.out}")
+
+
+BAR = "setfit-minilm"  # the learner a user picks for a few labelled examples: every demo table shows it
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The toolkit's range on mr in a few minutes: a coreset and a learned set beside random picks at the same
     budgets and the full data, one table, written as a report beside the saved sets."""
+    from .api import distill, evaluate
     from .data import get_task
-    from .evaluation import evaluate
-    from .learners import get_learner
-    from .methods import get_method
+    from .learners import FitLearner, get_learner
     from .page import write_set_page
 
     task, learner, out = get_task("mr"), get_learner(args.learner), Path(args.out)
     print(f"task mr: {len(task.train)} train / {len(task.test)} test; learner {args.learner}; "
           f"{args.seeds} learner seeds per set")
     # the learned set lives in the frozen MiniLM space and trains only that learner (the probe): random picks at
-    # its budget are evaluated with the same learner
+    # its budget are evaluated with the same learner. A learner with its own fit (SetFit) reads text only: the
+    # coreset is picked in the frozen MiniLM space, which is SetFit-MiniLM's body before its fine-tuning.
     probe = get_learner("minilm-frozen")
-    plan = [(args.method, args.dpc, learner, "real sentences picked in MiniLM's sentence space"),
-            ("random", args.dpc, learner, "real sentences drawn at random"),
-            (args.learned, 1, probe, "vectors learned in the frozen MiniLM space, bound to it"),
-            ("random", 1, probe, "real sentences drawn at random")]
-    rows = []
-    for method, dpc, who, what in plan:
+    space = probe if isinstance(learner, FitLearner) else learner
+    bar = () if args.learner == BAR else (
+        ("random", args.dpc, space, get_learner(BAR), args.bar_seeds,
+         "real sentences drawn at random, trained with SetFit: the bar without distilling"),)
+    plan = [(args.method, args.dpc, space, learner, args.seeds, "real sentences picked in MiniLM's sentence space"),
+            ("random", args.dpc, space, learner, args.seeds, "real sentences drawn at random"), *bar,
+            (args.learned, 1, probe, probe, args.seeds, "vectors learned in the frozen MiniLM space, bound to it"),
+            ("random", 1, probe, probe, args.seeds, "real sentences drawn at random")]
+    rows, sets = [], {}
+    for method, dpc, where_from, who, seeds, what in plan:
         t0 = time.time()
-        ds = get_method(method).distill(task, dpc, who, seed=0)
         where = out / f"mr-{method}-{dpc}"
-        ds.save(where, overwrite=True)
-        write_set_page(ds, task, where / "page.html")
-        (r,) = evaluate(task, ds, [who], seeds=args.seeds, cache=True)
-        rows.append((f"{method} ({what})", dpc, len(ds), r, time.time() - t0, str(where)))
+        if where not in sets:  # the random set of the bar row is the random row's
+            sets[where] = distill(task, method, dpc, where_from, seed=0)
+            sets[where].save(where, overwrite=True)
+            write_set_page(sets[where], task, where / "page.html")
+        (r,) = evaluate(task, sets[where], [who], seeds=seeds, cache=True)
+        rows.append((f"{method} ({what})", dpc, len(sets[where]), r, time.time() - t0, str(where)))
     t0 = time.time()
     (full,) = evaluate(task, None, [learner], seeds=args.full_seeds, cache=True)
     rows.append(("full data", None, len(task.train), full, time.time() - t0, "(cached after the first run)"))
@@ -482,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "space (default mtt, the best there in docs/results.md)")
     s.add_argument("--seeds", type=int, default=5, help="learner seeds per distilled set (default 5)")
     s.add_argument("--full-seeds", type=int, default=5, help="learner seeds on the full data (default 5)")
+    s.add_argument("--bar-seeds", type=int, default=3, help=f"SetFit ({BAR}) seeds on the random examples: the "
+                   "bar a set must clear, what a user gets without distilling (default 3, about 1.5 minutes each)")
     s.add_argument("--out", default="runs/demo", help="where the sets are saved (default runs/demo)")
 
     s = sub.add_parser("bench", help="run (or resume) a benchmark suite and write its report")

@@ -34,3 +34,7 @@ def kind_of(value) -> str:
     import reprlib
 
     return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+class TextDistillWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as a warning line)."""

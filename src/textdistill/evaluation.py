@@ -7,18 +7,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .cache import cached_json, key_of
 from .config import check_device
 from .data import Task
 from .errors import ArtifactError, ConfigError, TrainingDiverged
-from .learners import FitLearner, Learner, get_learner
+from .learners import FitLearner, Fitted, Learner, get_learner
 from .distilled import DistilledDataset
+from .progress import bar as progress_bar
 from .recipe import Recipe
-from .seeds import eval_seed
-from .train import predict, train
-from .methods.attention_labels import set_loss
+from .seeds import eval_seed, torch_rng_kept
+from .train import predict_logits, train
+from .losses import set_loss
 
 
 @dataclass
@@ -56,6 +56,53 @@ def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides:
     return Recipe.from_dict(values)
 
 
+
+def run_recipe(learner: Learner, task: Task, source: DistilledDataset | None, overrides: dict | None = None,
+               full_data: bool = False) -> dict:
+    """How ``learner`` trains on ``source`` (None: the full training split), as recorded with every run: a loop
+    learner's Recipe (its full-data one when ``full_data``) or a ``FitLearner``'s own settings."""
+    if isinstance(learner, FitLearner):
+        return learner.settings(overrides, full_data=full_data)
+    return resolve_recipe(learner, source, overrides, learner.full_data_recipe(len(task.train)) if full_data else None).to_dict()
+
+
+def fit_on_set(task: Task, source: DistilledDataset | None, learner: Learner, seed: int, recipe: dict,
+               device: str = "cpu", progress: bool = False) -> Fitted:
+    """A fresh ``learner`` trained on ``source`` (None: the task's full training split) with ``recipe`` (from
+    ``run_recipe``), drawing evaluation run ``seed``'s stream (``eval_seed``): what evaluation tests and what
+    the audit's loss attack holds. A diverged run raises ``TrainingDiverged``."""
+    if source is None:
+        texts, pairs, labels = task.columns("train")
+        labels = torch.tensor(labels)
+    else:
+        texts, pairs, labels = source.texts, source.text_pairs, source.labels
+    learner_seed = eval_seed(seed)
+    if isinstance(learner, FitLearner):
+        weights = None if source is None else source.label_weights
+        if weights is not None:  # a fit reads an example's weight as the mass of its label row
+            labels = labels * weights.unsqueeze(-1)
+        return learner.fit(texts, pairs, labels, task.num_classes, recipe, learner_seed, device=device,
+                           progress=progress)
+    rec = Recipe.from_dict(recipe)
+    inputs = learner.encode(texts, pairs) if source is None else source.inputs_for(learner)
+    model = learner.build(task.num_classes, learner_seed)
+    losses: list[float] = []
+    with torch_rng_kept(device):  # train() seeds dropout on the global generator: the caller's stream stays its own
+        params = train(learner, model, inputs, labels, rec, seed=learner_seed,
+                       lrs=source.lrs if source is not None and source.kind != "text" else None,
+                       loss=set_loss(source, rec), device=device, progress=progress and len(labels) > 256,
+                       losses=losses)
+    # the mean training loss over the last epoch's steps: whether a full-data run had converged is part of its
+    # number
+    epoch = max(1, -(-len(labels) // min(rec.batch_size or 64, len(labels))))
+
+    def logits(texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
+        return predict_logits(learner, model, params, learner.encode(texts, pairs), device=device,
+                              precision=rec.precision)
+
+    return Fitted(logits, {"last_epoch_loss": round(float(np.mean(losses[-epoch:])), 5)})
+
+
 def evaluate(
     task: Task,
     source: DistilledDataset | None = None,
@@ -85,11 +132,12 @@ def evaluate(
     test_texts, test_pairs, test_labels = task.columns("test")
     y_test = torch.tensor(test_labels)
     if source is None:
-        texts, pairs, labels = task.columns("train")
-        train_set = {"method": "full", "size": len(labels), "fingerprint": task.fingerprint}
+        train_set = {"method": "full", "size": len(task.train), "fingerprint": task.fingerprint}
     else:
         train_set = {"method": source.method, "size": len(source), "fingerprint": source.fingerprint()}
-    for learner in learners:  # a learner with its own fit reads text: refuse a vector set before any run
+    for learner in learners:  # a set a learner cannot read is refused before any run
+        if source is not None and source.kind != "text" and not isinstance(learner, FitLearner):
+            source.inputs_for(learner)  # the learner it is bound to, tensors of the widths it reads
         if isinstance(learner, FitLearner) and source is not None and source.kind != "text":
             where = f"{source.path}: " if source.path is not None else ""
             bound = (source.bound_to or {}).get("id")
@@ -98,65 +146,30 @@ def evaluate(
                                 "decode; a generator set generates), or evaluate it with the learner it is bound to")
     results = []
     for learner in learners:
-        name = learner.name
-        own_fit = isinstance(learner, FitLearner)
-        if own_fit:  # its own settings, recorded as the recipe; a text set's loop recipe is not for it
-            rec = learner.settings(recipe, full_data=source is None and full_data_recipe)
-            fit_data = (texts, pairs, torch.tensor(labels)) if source is None else (
-                source.texts, source.text_pairs, source.labels)
-            lrs = None
-        else:
-            base = learner.full_data_recipe(len(texts)) if source is None and full_data_recipe else None
-            rec = resolve_recipe(learner, source, recipe, base)
-            if source is None:
-                inputs, labels_t = learner.encode(texts, pairs), torch.tensor(labels)
-            else:
-                inputs, labels_t = source.inputs_for(learner), source.labels
-            lrs = source.lrs if source is not None and source.kind != "text" else None
-        recorded = rec if own_fit else rec.to_dict()
-        test_inputs = None
+        recorded = run_recipe(learner, task, source, recipe, full_data=source is None and full_data_recipe)
         runs = []
         start = time.time()
-        bar = tqdm(range(seeds), desc=f"evaluate {train_set['method']} with {name}", disable=not progress)
+        bar = progress_bar(range(seeds), desc=f"evaluate {train_set['method']} with {learner.name}",
+                           disable=not progress)
         for seed in bar:
-            def fit_run() -> dict:
+            def run() -> dict:
                 t0 = time.time()
-                fitted = learner.fit(*fit_data, task.num_classes, rec, eval_seed(seed), device=device,
-                                     progress=progress)
+                try:
+                    fitted = fit_on_set(task, source, learner, seed, recorded, device=device, progress=progress)
+                except TrainingDiverged as e:  # one diverged learner is a result to report, not a reason to stop
+                    return {"seed": seed, "learner_seed": eval_seed(seed), "accuracy": None, "failed": str(e),
+                            "seconds": round(time.time() - t0, 2), "device": str(device)}
                 preds = fitted.predict(test_texts, test_pairs)
                 return {"seed": seed, "learner_seed": eval_seed(seed),
                         "accuracy": float((preds == y_test).float().mean()), **fitted.log,
                         "seconds": round(time.time() - t0, 2), "device": str(device)}
 
-            def run() -> dict:
-                nonlocal test_inputs
-                if test_inputs is None:
-                    test_inputs = learner.encode(test_texts, test_pairs)
-                t0 = time.time()
-                model = learner.build(task.num_classes, eval_seed(seed))
-                losses: list[float] = []
-                try:
-                    params = train(learner, model, inputs, labels_t, rec, seed=eval_seed(seed), lrs=lrs,
-                                   loss=set_loss(source, rec), device=device,
-                                   progress=progress and len(labels_t) > 256, losses=losses)
-                except TrainingDiverged as e:  # one diverged learner is a result to report, not a reason to stop
-                    return {"seed": seed, "learner_seed": eval_seed(seed), "accuracy": None, "failed": str(e),
-                            "seconds": round(time.time() - t0, 2), "device": str(device)}
-                preds = predict(learner, model, params, test_inputs, device=device, precision=rec.precision)
-                # the mean training loss over the last epoch's steps: whether a full-data run had converged is
-                # part of its number
-                epoch = max(1, -(-len(labels_t) // min(rec.batch_size or 64, len(labels_t))))
-                return {"seed": seed, "learner_seed": eval_seed(seed),
-                        "accuracy": float((preds == y_test).float().mean()),
-                        "last_epoch_loss": round(float(np.mean(losses[-epoch:])), 5),
-                        "seconds": round(time.time() - t0, 2), "device": str(device)}
-
             # the learner seed is in the key: a run is reused only for the very same draws
-            key = key_of(task.fingerprint, learner.describe(), recorded, train_set, lrs is not None, eval_seed(seed))
-            work = fit_run if own_fit else run
-            runs.append(cached_json("evals", key, work) if cache else work())
+            lrs = source is not None and source.kind != "text" and source.lrs is not None
+            key = key_of(task.fingerprint, learner.describe(), recorded, train_set, lrs, eval_seed(seed))
+            runs.append(cached_json("evals", key, run) if cache else run())
         accs = np.array([r["accuracy"] for r in runs if r["accuracy"] is not None])
         mean, std = (float(accs.mean()), float(accs.std())) if len(accs) else (None, None)
-        results.append(EvalResult(task.name, name, mean, std, runs, recorded, train_set,
+        results.append(EvalResult(task.name, learner.name, mean, std, runs, recorded, train_set,
                                   round(time.time() - start, 2), failed_runs=len(runs) - len(accs)))
     return results

@@ -165,10 +165,14 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                         "random at the same budget in points and the fraction of full-data accuracy. A cell whose "
                         "distilled sets are not all different (a method that ignores its seed) says over how many "
                         "distinct sets its runs are."))
+    # The bar: the random sets trained with the learner a user would pick for a few examples (SetFit), shown in
+    # every learner's table; a learner met only as the bar gets no table of its own.
+    bar = suite.get("bar")
+    own = set(suite.get("learners") or [])
     tasks = _ordered(k[0] for k in agg)
     for task in tasks:
         blocks.append(("h2", task))
-        learners = _ordered(k[1] for k in agg if k[0] == task)
+        learners = _ordered(k[1] for k in agg if k[0] == task and (k[1] != bar or bar in own or not own))
         for learner in learners:
             cells = {k: v for k, v in agg.items() if k[0] == task and k[1] == learner}
             # the suite's budgets, so that a budget with no finished cell yet shows as "-", not as nothing
@@ -190,12 +194,28 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                         text += f" ({100 * c['mean'] / full_ok['mean']:.0f}%)"
                     row.append(text)
                 rows.append(row)
+            bar_cells = {d: cells_bar for d in dpcs if learner != bar
+                         and (cells_bar := agg.get((task, bar, "random", d))) is not None}
+            if bar_cells:
+                row = [f"SetFit bar: {bar} on the random sets"]
+                for d in dpcs:
+                    c, base = _finished(bar_cells.get(d)), _finished(cells.get((task, learner, "random", d)))
+                    text = _pm(bar_cells.get(d))
+                    if c and base:
+                        text += f" ({c['mean'] - base['mean']:+.1f} over this learner's random)"
+                    row.append(text)
+                rows.append(row)
             for method, name in (("full", "full data"), (FULL_SET_RECIPE, "full data, small-set recipe")):
                 if c := cells.get((task, learner, method, None)):
                     runs = f" ({c['runs']} run{'s' * (c['runs'] != 1)})"
                     rows.append([f"{name} ({c['size']})", _pm(c) + runs] + [""] * (len(dpcs) - 1))
             blocks.append(("h3", f"{task}, learner {learner}"))
             blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
+            below = [f"{m} at {d}/class ({c['mean']:.1f} < {b['mean']:.1f})" for d in dpcs
+                     if (b := _finished(bar_cells.get(d))) for m in methods
+                     if (c := _finished(cells.get((task, learner, m, d)))) and c["mean"] < b["mean"]]
+            if below:
+                blocks.append(("p", f"Below the SetFit bar with {learner}: " + "; ".join(below) + "."))
             if dpcs:
                 plot = Path("plots") / f"{task}-{learner}.png".replace("/", "_")
                 series = {m: {d: cells[(task, learner, m, d)] for d in dpcs if _finished(cells.get((task, learner, m, d)))}

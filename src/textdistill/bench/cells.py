@@ -18,10 +18,13 @@ class Cell:
     entry: int | None = None  # index into suite.methods; None: full data
     dpc: int | None = None
     set_seed: int | None = None
+    bar: bool = False  # the random set evaluated with the suite's bar learner (``Suite.bar``) only
 
     def key(self, suite: Suite) -> str:
         """What fixes the cell's result; the task's content counts, so a changed task is run again."""
         task = suite.tasks[self.task]
+        if self.bar:
+            return key_of("bar", *self._set_parts(suite), suite.bar, suite.seeds, suite.recipe)
         if self.entry is None:
             from ..learners import get_learner
 
@@ -49,7 +52,11 @@ class Cell:
         task = suite.tasks[self.task]["name"]
         if self.entry is None:
             return f"{task} full data"
-        return f"{task} {suite.methods[self.entry].label} {self.dpc}/class set {self.set_seed}"
+        return f"{task} {self.label(suite)} {self.dpc}/class set {self.set_seed}"
+
+    def label(self, suite: Suite) -> str:
+        """The method column of a set cell; a bar cell's names its learner."""
+        return f"{suite.bar} on random" if self.bar else suite.methods[self.entry].label
 
 
 def load_task(spec: dict):
@@ -66,6 +73,10 @@ def _load_task(spec_json: str):
 
 
 def plan(suite: Suite) -> list[Cell]:
-    """Full data first, then budget by budget in the suite's order (list the budgets that matter most first)."""
+    """Full data first, then budget by budget in the suite's order (list the budgets that matter most first), each
+    budget's bar cells (the random sets evaluated with ``suite.bar``) after its methods."""
     tasks, methods, sets = range(len(suite.tasks)), range(len(suite.methods)), range(suite.sets)
-    return [Cell(t) for t in tasks] + [Cell(t, e, d, s) for d in suite.dpc for t in tasks for e in methods for s in sets]
+    random = next(e for e, entry in enumerate(suite.methods) if entry.method == "random")
+    bars = [True] if suite.bar and suite.bar not in suite.learners else []
+    return [Cell(t) for t in tasks] + [Cell(t, e, d, s) for d in suite.dpc for t in tasks for e in methods for s in sets] \
+        + [Cell(t, random, d, s, bar) for d in suite.dpc for t in tasks for s in sets for bar in bars]

@@ -82,7 +82,7 @@ class CostModel:
         if cell.entry is None:
             self.full.setdefault(task, []).append(cell_seconds(doc) * part)
             return
-        label, count = suite.methods[cell.entry].label, {}
+        label, count = cell.label(suite), {}
         self.sets.append(cell_seconds(doc) * part)
         self.distill.setdefault((task, label, cell.dpc), []).append(distill_seconds(doc) * part)
         for r in doc["records"]:
@@ -104,18 +104,18 @@ class CostModel:
                 unmeasured += not every_full
                 total += statistics.fmean(self.full.get(task) or every_full or [statistics.median(self.sets)])
                 continue
-            entry = suite.methods[cell.entry]
+            entry, label = suite.methods[cell.entry], cell.label(suite)
             if not self.distill:  # only full-data cells so far
                 total, unmeasured = total + statistics.median(every_full), unmeasured + 1
                 continue
-            distill = (self.distill.get((task, entry.label, cell.dpc))
-                       or [s for (t, m, _), v in self.distill.items() if (t, m) == (task, entry.label) for s in v]
-                       or [s for (_, m, _), v in self.distill.items() if m == entry.label for s in v])
+            distill = (self.distill.get((task, label, cell.dpc))
+                       or [s for (t, m, _), v in self.distill.items() if (t, m) == (task, label) for s in v]
+                       or [s for (_, m, _), v in self.distill.items() if m == label for s in v])
             unmeasured += not distill
-            guess = {"text": suite.seeds * len(suite.learners) * (2 if entry.decode else 1)}
+            guess = {"text": suite.seeds * (1 if cell.bar else len(suite.learners) * (2 if entry.decode else 1))}
             total += statistics.fmean(distill) if distill else statistics.median(
                 [s for v in self.distill.values() for s in v])
-            runs = self.count.get(entry.label, guess)
+            runs = self.count.get(label, guess)
             total += sum(n * self._run_seconds(cell, kind, suite) for kind, n in runs.items())
         return total, unmeasured
 

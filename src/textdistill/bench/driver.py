@@ -9,11 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..cache import atomic_write
 from ..config import check_device
 from ..errors import ConfigError
+from ..progress import bar as progress_bar
 from ..report import duration
 from .cells import Cell, plan
 from .cost import CostModel, suite_cost
@@ -43,7 +42,7 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
     from ..measure import environment
 
     check_device(device)
-    for name in {*suite.learners, *map(suite.learner_of, suite.methods)}:
+    for name in {*suite.learners, *map(suite.learner_of, suite.methods), *([suite.bar] if suite.bar else [])}:
         get_learner(name)  # an unknown learner fails here, not after hours of cells
     out = Path(out)
     claim_out(out, suite)
@@ -61,8 +60,8 @@ def run_suite(suite: Suite, out: str | Path, device: str = "cpu", shard: tuple[i
         print(f"bench {suite.name}: {len(mine)} cells{' in this shard' if count > 1 else ''}, "
               f"{len(mine) - len(todo)} finished, {len(todo)} to run; {costs.describe(todo, suite)}",
               file=sys.stderr)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
-               disable=not progress)
+    bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc=f"bench {suite.name}", unit="cell",
+                       disable=not progress)
 
     def finish(cell: Cell, records: list[dict] | None, seconds: float) -> None:
         if records is not None:

@@ -31,21 +31,19 @@ class Runner:
         return self._learners[name]
 
     def _evaluate(self, task, source, learner: str, seeds: int, **options) -> tuple[dict, dict]:
-        from ..evaluation import evaluate
+        from ..api import evaluate
         from ..measure import Meter
 
         with Meter() as m:
-            (r,) = evaluate(task, source, [learner], seeds=seeds, recipe=self.suite.recipe, device=self.device,
-                            cache=True, progress=False, **options)
+            (r,) = evaluate(task, source, [self.learner(learner)], seeds=seeds, recipe=self.suite.recipe,
+                            device=self.device, cache=True, progress=False, **options)
         return r.to_dict(), m.result()
 
     def distilled(self, cell: Cell):
         """The cell's distilled set: loaded when a finished one is on disk, else distilled and saved."""
+        from ..api import distill
         from ..distilled import DistilledDataset
-        from ..distributed import agree, barrier, is_main, work_per_rank, world
-        from ..measure import Meter
-        from ..methods import get_method
-
+        from ..distributed import agree, barrier, is_main
         from ..privacy import is_private
 
         entry, key = self.suite.methods[cell.entry], cell.set_key(self.suite)
@@ -59,7 +57,7 @@ class Runner:
                 try:
                     ds = DistilledDataset.load(path)
                     recorded = (private_key.read_text() if private_key.exists() else None) if is_private(ds) \
-                        else ds.log.get("set_key")
+                        else ds.provenance.set_key
                     return ds if recorded == key else None
                 except ArtifactError:
                     pass  # a damaged set is distilled again
@@ -69,15 +67,10 @@ class Runner:
         ds = finished()
         if agree(ds is not None):
             return (ds if ds is not None else finished()), path
-        method = get_method(entry.method, **entry.options)
-        with Meter() as m:  # the suite's device for methods that use one; coresets select on the CPU
-            ds = method.distill(task, cell.dpc, self.learner(self.suite.learner_of(entry)), seed=cell.set_seed,
-                                device=self.device if method.uses_device else "cpu")
-        ds.log["distill_step"] = m.result()
+        ds = distill(task, entry.method, cell.dpc, self.learner(self.suite.learner_of(entry)), seed=cell.set_seed,
+                     device=self.device, **entry.options)
         if not is_private(ds):
-            ds.log["set_key"] = key
-        if world()[1] > 1:  # the real rows (or experts) each rank took: the record that the work was split
-            ds.log["data_parallel_work"] = work_per_rank()
+            ds.provenance.set_key = key
         if not is_main():
             barrier()  # rank 0 writes the set
             return ds, path
@@ -97,7 +90,7 @@ class Runner:
         return ds, path
 
     def run_cell(self, cell: Cell) -> list[dict]:
-        from ..decode import decode_to_text
+        from ..api import decode
         from ..measure import Meter
 
         suite, task = self.suite, self.task(cell.task)
@@ -119,10 +112,16 @@ class Runner:
             return records
         entry = suite.methods[cell.entry]
         ds, path = self.distilled(cell)
-        sets = [(entry.label, ds, {"distill": ds.log.get("distill_step")})]
+        if cell.bar:  # the random set (shared with its cell) with the bar learner alone
+            result, step = self._evaluate(task, ds, suite.bar, suite.seeds)
+            return [{**result, "task": task.name, "method": entry.label, "base_method": entry.method, "bar": True,
+                     "options": entry.options, "distill_learner": suite.learner_of(entry), "dpc": cell.dpc,
+                     "set_seed": cell.set_seed, "kind": ds.kind, "artifact": str(path.relative_to(self.out)),
+                     "steps": {"evaluate": step}}]
+        sets = [(entry.label, ds, {"distill": ds.provenance.distill_step})]
         if entry.decode and ds.kind == "token-embeddings":
             with Meter() as m:
-                text = decode_to_text(ds)
+                text = decode(ds)
             sets.append((f"{entry.label}+text", text, {"decode": m.result()}))
         records = []
         for label, source, steps in sets:
@@ -140,7 +139,7 @@ class Runner:
 
 def audit_summary(source, task) -> dict:
     """The audit's headline numbers for a report column (``textdistill audit`` gives them all)."""
-    from ..audit import audit
+    from ..api import audit
 
     r = audit(source, task)
     copying, membership = r["copying"] or {}, r["membership"] or {}

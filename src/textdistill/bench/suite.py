@@ -50,6 +50,10 @@ class Suite:
     description: str = ""
     distill_learner: str | None = None  # the learner the methods work with (default: the first of learners)
     audit: bool = False  # privacy audit of every distilled set (copying, distances, membership on NAME:validation)
+    # The learner of the "SetFit on K random examples" row in every table (the suites in benchmarks/ name
+    # setfit-minilm): what a user gets without distilling anything, the bar a set must clear. None: no such row;
+    # a suite that evaluates with that learner has the row already.
+    bar: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,7 +213,7 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
     # every field's type here, so that a mistyped suite is one line naming the field, never a traceback
-    for key in ("name", "description", "distill_learner"):
+    for key in ("name", "description", "distill_learner", "bar"):
         _optional_str(where, key, raw.get(key))
     tasks = [_task_spec(where, f"tasks[{i}]", t)
              for i, t in enumerate(_listed(where, "tasks", raw["tasks"], "task names or mappings"))]
