@@ -4,6 +4,10 @@ Wang et al. 2018 (dataset distillation); Sucholutsky & Schonlau 2019 (text, lear
 Li & Li 2021 (soft labels and step sizes for text). Each outer step takes a fresh learner, trains it for
 T SGD steps on the synthetic set (the one training loop, differentiably), measures its loss on a batch
 of real data, and moves the synthetic embeddings, labels and learning rates down that loss.
+
+With ``text_space`` project, softmax or gumbel (``learned_set``) every unrolled step trains on real tokens' embeddings
+and the set is written as their text, which any learner trains on with its own recipe; the learned step sizes, which
+belong to the learner the set was made with, stay in the set's log.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ steps alternate with a few training steps of the learner on the (detached) synth
 Differential privacy (``dp_epsilon``, init noise): each class's real gradient is released by the Gaussian
 mechanism (per-example clipped gradients of the matched tensors, Poisson-sampled at a public rate, noised from a
 secure source); the set starts from noise and reads the private data through nothing else.
+
+With ``text_space`` project, softmax or gumbel (``learned_set``, token learners) the synthetic gradients are those of
+real tokens' embeddings and the set is written as their text (a private run then needs ``vocabulary full``: the
+training split's tokens are private too).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class DC(Distiller):
         real, real_y, per_class = real_inputs(task, learner)
         dp = self.dp_plan(task) if cfg.dp_epsilon else None
         secure = SecureRandom() if dp else None  # the mechanism's draws: never from the set's seed
-        opt = torch.optim.Adam(syn.parameters(), lr=cfg.outer_lr)
+        opt = torch.optim.Adam(syn.param_groups(cfg.outer_lr))
         net_recipe = Recipe.sgd(max(1, cfg.net_steps), cfg.net_lr, len(syn.hard))
         history = []
         bar = progress_bar(range(cfg.outer_loops), desc=f"dc {task.name} {dpc}/class", leave=False)
@@ -88,6 +92,7 @@ class DC(Distiller):
                 k for k, v in model.named_parameters() if v.requires_grad]
             names = reached(learner, model, params, names, syn.inputs(detach=True), syn.labels(detach=True))
             for inner in range(cfg.inner_loops):
+                syn.anneal(outer * cfg.inner_loops + inner, cfg.outer_loops * cfg.inner_loops)
                 loss = self.matching_loss(learner, model, params, names, syn, real, real_y, per_class, rng, dp, secure)
                 descend(self.name, opt, loss, outer, history)
                 if cfg.net_steps and inner < cfg.inner_loops - 1:

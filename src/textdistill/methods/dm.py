@@ -10,6 +10,9 @@ distillation (Tao et al. 2024). The labels play no part in the objective: soft l
 Differential privacy (``dp_epsilon``, kernel mean): each class's real mean is released by the Gaussian mechanism
 (per-example clipped representations, Poisson-sampled at a public rate, noised from a secure source); the set
 starts from noise and reads the private data through nothing else.
+
+With ``text_space`` project, softmax or gumbel (``learned_set``, token learners) the matched representations are
+those of real tokens and the set is written as their text; soft labels are the teacher's on that text.
 """
 
 from __future__ import annotations
@@ -92,12 +95,13 @@ class DM(Distiller):
         cfg = self.config
         syn, rng = SyntheticSet.seeded(task, dpc, learner, cfg, seed, labels="hard", device=self.device)
         real, real_y, per_class = real_inputs(task, learner)
-        opt = torch.optim.Adam([syn.x], lr=cfg.outer_lr)
+        opt = torch.optim.Adam(syn.param_groups(cfg.outer_lr))  # hard labels: the inputs only
         dp = self.dp_plan(task) if cfg.dp_epsilon else None
         secure = SecureRandom() if dp else None  # the mechanism's draws: never from the set's seed
         history = []
         bar = progress_bar(range(cfg.iterations), desc=f"dm {task.name} {dpc}/class", leave=False)
         for it in bar:
+            syn.anneal(it, cfg.iterations)
             model = fresh_model(learner, task, seed, it, self.device).eval()
             params = fresh_parameters(model)
             loss = 0.0
@@ -123,7 +127,7 @@ class DM(Distiller):
             bar.set_postfix(loss=f"{history[-1]:.4f}")
         labels = None
         if cfg.labels == "soft":
-            labels = teacher_labels(learner, task, real, real_y, syn.inputs(detach=True), self.device, seed)
+            labels = teacher_labels(learner, task, real, real_y, syn.held_inputs(), self.device, seed)
         ds = syn.artifact(self, task, seed, labels=labels, log={"matching_loss": thin(history)})
         return publishable(ds, task, dp) if dp else ds
 

@@ -5,6 +5,10 @@ A buffer step trains expert learners on the real data with SGD and saves their p
 distillation step starts a student at a random expert epoch, trains it S steps on the synthetic set with a
 learnable step size, and pulls its parameters towards the expert's M epochs later (squared distance
 normalised by how far the expert itself moved).
+
+With ``text_space`` project, softmax or gumbel (``learned_set``, token learners) the student trains on real tokens'
+embeddings and the set is written as their text, which any learner trains on with its own recipe (the learned step
+size stays in the log).
 """
 
 from __future__ import annotations
@@ -129,13 +133,14 @@ class MTT(Distiller):
         # gradients, real mini-batches partly cancel.)
         init_lr = cfg.init_lr or cfg.expert_lr
         raw_lr = torch.tensor(inverse_softplus(init_lr), device=self.device, requires_grad=True)
-        opt = torch.optim.Adam([{"params": syn.parameters(), "lr": cfg.outer_lr}, {"params": [raw_lr], "lr": cfg.lr_lr}])
+        opt = torch.optim.Adam([*syn.param_groups(cfg.outer_lr), {"params": [raw_lr], "lr": cfg.lr_lr}])
         n = len(syn.hard)
         student_recipe = Recipe.sgd(cfg.syn_steps, init_lr, cfg.syn_batch or n)
         model = learner.build(task.num_classes, seed=0).to(self.device)
         history = []
         bar = progress_bar(range(cfg.iterations), desc=f"mtt {task.name} {dpc}/class", leave=False)
         for it in bar:
+            syn.anneal(it, cfg.iterations)
             trajectory = trajectories[int(rng.integers(len(trajectories)))]
             epoch = int(rng.integers(cfg.max_start_epoch))
             start = epoch_params(trajectory, epoch)

@@ -113,15 +113,19 @@ class UnrolledDistiller(Distiller):
         raw_lrs = torch.full((cfg.inner_steps,), inverse_softplus(cfg.init_lr), device=self.device, requires_grad=True)
         extra = {k: v.to(self.device).requires_grad_(True)
                  for k, v in self.extra_parameters(learner, task, syn.inputs(detach=True)).items()}
+        if extra and cfg.text_space != "embeddings":
+            raise ConfigError(f"{self.name} learns {', '.join(extra)} for its learner's token positions, which a "
+                              f"text set does not keep: use text_space embeddings, not {cfg.text_space!r}")
 
-        groups = [{"params": syn.parameters() + list(extra.values()), "lr": cfg.outer_lr},
-                  {"params": [raw_lrs], "lr": cfg.lr_lr}]
+        extra_group = [{"params": list(extra.values()), "lr": cfg.outer_lr}] if extra else []
+        groups = [*syn.param_groups(cfg.outer_lr), *extra_group, {"params": [raw_lrs], "lr": cfg.lr_lr}]
         opt = (torch.optim.Adam if cfg.outer_optimizer == "adam" else torch.optim.AdamW)(groups)
         real, real_y, _ = real_inputs(task, learner)
 
         history = []
         bar = progress_bar(range(cfg.outer_steps), desc=f"{self.name} {task.name} {dpc}/class", leave=False)
         for step in bar:
+            syn.anneal(step, cfg.outer_steps)
             model = fresh_model(learner, task, seed, step, self.device)
             opt.zero_grad()
             trained = unroll(learner, model, syn.inputs(), syn.labels(), F.softplus(raw_lrs), cfg.truncate, seed=step,
