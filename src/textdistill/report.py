@@ -212,7 +212,7 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
             blocks.append(("h3", f"{task}, learner {learner}"))
             blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
             below = [f"{m} at {d}/class ({c['mean']:.1f} < {b['mean']:.1f})" for d in dpcs
-                     if (b := _finished(bar_cells.get(d))) for m in methods
+                     if (b := _finished(bar_cells.get(d))) for m in methods if m != "random"
                      if (c := _finished(cells.get((task, learner, m, d)))) and c["mean"] < b["mean"]]
             if below:
                 blocks.append(("p", f"Below the SetFit bar with {learner}: " + "; ".join(below) + "."))
