@@ -155,11 +155,11 @@ def cmd_distill(args: argparse.Namespace, extra: list[str]) -> None:
     options.update({k: v for k, v in vars(method_parser.parse_args(extra)).items() if v is not None})
 
     check_output(args.out, args.overwrite)  # before the work, not after it
-    if args.device != "cpu" and not METHODS[args.method].uses_device:
-        print(f"note: method {args.method} trains no model; it runs on the CPU", file=sys.stderr)
     # the method's options and the learner's name are checked before the task loads
     method, learner = get_method(args.method, **options), args.learner and get_learner(args.learner)
     ds = distill(_load_task(args), method, args.dpc, learner or None, seed=args.seed, device=args.device)
+    if args.device != "cpu" and not method.uses_device:
+        print(f"note: method {args.method} trains no model; it ran on the CPU", file=sys.stderr)
     if not is_main():
         return  # rank 0 writes the set
     path = ds.save(args.out, overwrite=args.overwrite)
