@@ -309,7 +309,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     lines = ["| train set | per class | examples | learner | accuracy % (mean ± std) | % of full | seconds | saved |",
              "|---|---|---|---|---|---|---|---|"]
     for name, dpc, n, r, secs, where in rows:
-        ok = r.accuracy_mean is not None and full.accuracy_mean is not None
+        ok = r.accuracy_mean is not None and full.accuracy_mean is not None and r.learner == full.learner
         frac = f"{100 * r.accuracy_mean / full.accuracy_mean:.0f}" if ok else "-"
         lines.append(f"| {name} | {dpc or 'all'} | {n} | {r.learner} | {r.summary()} | {frac} | {secs:.0f} | {where} |")
     table = "\n".join(lines)
