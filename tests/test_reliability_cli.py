@@ -355,9 +355,9 @@ def test_workers_exit_when_the_driver_is_killed(tmp_path):
 
 def test_a_worker_draws_no_progress_bars(tmp_path):
     """--workers: the driver's bar counts the cells, and the workers' bars would interleave with it, so a worker
-    process draws none, also a bar asked for with ``disable=False`` (as methods and learners do: a TQDM_DISABLE
-    set by the worker would not stop those, nor any bar of a tqdm imported before it was set)."""
-    draw = ("import sys\nfrom tqdm.auto import tqdm\n"
+    process draws none of the package's bars, also one asked for with ``disable=False`` (as methods and learners
+    do: a TQDM_DISABLE set by the worker would not stop those, nor any bar of a tqdm imported before it was set)."""
+    draw = ("import sys\nfrom textdistill.progress import bar as tqdm\n"
             "for bar in (tqdm(range(3), desc='bar-plain'), tqdm(range(3), desc='bar-asked', disable=False)):\n"
             "    list(bar)\n"
             "print('drawn', file=sys.stderr)\n")

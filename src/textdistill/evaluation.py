@@ -136,14 +136,15 @@ def evaluate(
     else:
         train_set = {"method": source.method, "size": len(source), "fingerprint": source.fingerprint()}
     for learner in learners:  # a set a learner cannot read is refused before any run
-        if source is not None and source.kind != "text" and not isinstance(learner, FitLearner):
-            source.inputs_for(learner)  # the learner it is bound to, tensors of the widths it reads
         if isinstance(learner, FitLearner) and source is not None and source.kind != "text":
             where = f"{source.path}: " if source.path is not None else ""
             bound = (source.bound_to or {}).get("id")
             raise ArtifactError(f"{where}learner {learner.name!r} trains on text only, and this is a {source.kind} "
                                 f"set{f' bound to {bound!r}' if bound else ''}: turn it into text first (textdistill "
                                 "decode; a generator set generates), or evaluate it with the learner it is bound to")
+    for learner in learners:
+        if source is not None and source.kind != "text" and not isinstance(learner, FitLearner):
+            source.inputs_for(learner)  # the learner it is bound to, tensors of the widths it reads
     results = []
     for learner in learners:
         recorded = run_recipe(learner, task, source, recipe, full_data=source is None and full_data_recipe)
