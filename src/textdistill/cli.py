@@ -521,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             {"list": cmd_list, "audit": cmd_audit, "cache": cmd_cache, "evaluate": cmd_evaluate, "show": cmd_show, "decode": cmd_decode,
              "demo": cmd_demo, "bench": cmd_bench, "report": cmd_report, "compare": cmd_compare}[args.command](args)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the ranks leave together
+            from .distributed import finish
+
+            finish()
     except TextDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -97,3 +97,12 @@ def barrier() -> None:
     """Wait for every rank (e.g. until each has written its share of a buffer)."""
     if world()[1] > 1:
         dist.barrier()
+
+
+def finish() -> None:
+    """Every rank waits for the others, then leaves the process group: a rank that has ended its part (not rank 0,
+    which writes the set) and exits with the group alive can abort in gloo's teardown ("terminate called without
+    an active exception") while rank 0 still works."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
