@@ -1,4 +1,4 @@
-"""Bad inputs (issue 16): refused up front with one clear line, never a silent wrong answer or a traceback."""
+"""Bad inputs: refused up front with one clear line, never a silent wrong answer or a traceback."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Issue 16, part A: nothing the user owns is lost, checks come before work, crafted artifacts stay inside."""
+"""Reliability: nothing the user owns is lost, checks come before work, crafted artifacts stay inside."""
 
 import json
 import os
