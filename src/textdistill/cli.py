@@ -38,7 +38,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="examples per step (default: min(64, set size))")
     g.add_argument("--precision", choices=["float32", "bf16"],
                    help="float32 (default) or bf16 autocast: faster only on CPUs with AVX512-BF16 or AMX, and on GPUs; "
-                        "docs/results.md measures what it changes")
+                        "docs/speed.md measures what it changes")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
