@@ -97,3 +97,17 @@ def test_load_task_of_finds_the_sets_task_and_refuses_what_it_cannot_load(tmp_pa
     from_file = td.distill(str(data), "random", dpc=1, learner="minilm-frozen")
     with pytest.raises(td.TextDistillError, match="data file"):
         td.load_task_of(from_file)
+
+
+def test_evaluation_encodes_each_text_list_once(monkeypatch):
+    """Every seed reads the same set and test split: they are encoded once per learner, not once per seed."""
+    from textdistill.learners.frozen import FrozenEncoderLearner as FrozenLearner
+
+    task = td.get_task("mr").subset(train_per_class=10, test_size=30, seed=0)
+    ds = td.distill(task, "random", dpc=2, learner="minilm-frozen")
+    calls = []
+    encode = FrozenLearner.encode
+    monkeypatch.setattr(FrozenLearner, "encode", lambda self, texts, pairs=None: calls.append(len(texts))
+                        or encode(self, texts, pairs))
+    (result,) = td.evaluate(task, ds, learners=["minilm-frozen"], seeds=3)
+    assert len(result.runs) == 3 and sorted(calls) == [4, 30]

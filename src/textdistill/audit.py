@@ -78,14 +78,16 @@ def loss_scores(ds: DistilledDataset, task: Task, learner_name: str, seeds: int,
     import torch
     import torch.nn.functional as F
 
-    from .evaluation import fit_on_set, run_recipe
-    from .learners import get_learner
+    from .evaluation import encoded_once, fit_on_set, run_recipe
+    from .learners import FitLearner, get_learner
 
     learner = get_learner(learner_name).for_task(task)
     recipe, y = run_recipe(learner, task, ds), torch.tensor(labels)
+    encode = None if isinstance(learner, FitLearner) else encoded_once(learner)
     total = torch.zeros(len(labels))
     for seed in range(seeds):
-        total -= F.cross_entropy(fit_on_set(task, ds, learner, seed, recipe).logits(texts, pairs), y, reduction="none")
+        fitted = fit_on_set(task, ds, learner, seed, recipe, encode=encode)
+        total -= F.cross_entropy(fitted.logits(texts, pairs), y, reduction="none")
     return (total / seeds).numpy()
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import temp_folder
 from .errors import ArtifactError
+from .recipe import ATTENTION_KL
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -37,7 +38,6 @@ FORMAT = "textdistill.distilled/3"
 FORMAT_2, FORMAT_1 = "textdistill.distilled/2", "textdistill.distilled/1"
 FORMATS = (FORMAT, FORMAT_2, FORMAT_1)
 KINDS = ("text", "token-embeddings", "features", "generator")
-ATTENTION_KL = "attention-kl"  # the recipe loss that trains on attention labels (losses.ATTENTION_KL)
 
 
 def _version() -> str:

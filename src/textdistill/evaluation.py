@@ -66,11 +66,26 @@ def run_recipe(learner: Learner, task: Task, source: DistilledDataset | None, ov
     return resolve_recipe(learner, source, overrides, learner.full_data_recipe(len(task.train)) if full_data else None).to_dict()
 
 
+def encoded_once(learner: Learner):
+    """``learner.encode``, each distinct list of texts encoded once: every seed of an evaluation reads the same
+    test split (and, on the full data, the same training split)."""
+    done: dict = {}
+
+    def encode(texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        key = (tuple(texts), None if pairs is None else tuple(pairs))
+        if key not in done:
+            done[key] = learner.encode(texts, pairs)
+        return done[key]
+
+    return encode
+
+
 def fit_on_set(task: Task, source: DistilledDataset | None, learner: Learner, seed: int, recipe: dict,
-               device: str = "cpu", progress: bool = False) -> Fitted:
+               device: str = "cpu", progress: bool = False, encode=None) -> Fitted:
     """A fresh ``learner`` trained on ``source`` (None: the task's full training split) with ``recipe`` (from
     ``run_recipe``), drawing evaluation run ``seed``'s stream (``eval_seed``): what evaluation tests and what
-    the audit's loss attack holds. A diverged run raises ``TrainingDiverged``."""
+    the audit's loss attack holds. ``encode`` replaces ``learner.encode`` (``encoded_once``: runs that share
+    it encode each text list once). A diverged run raises ``TrainingDiverged``."""
     if source is None:
         texts, pairs, labels = task.columns("train")
         labels = torch.tensor(labels)
@@ -83,8 +98,8 @@ def fit_on_set(task: Task, source: DistilledDataset | None, learner: Learner, se
             labels = labels * weights.unsqueeze(-1)
         return learner.fit(texts, pairs, labels, task.num_classes, recipe, learner_seed, device=device,
                            progress=progress)
-    rec = Recipe.from_dict(recipe)
-    inputs = learner.encode(texts, pairs) if source is None else source.inputs_for(learner)
+    rec, encode = Recipe.from_dict(recipe), encode or learner.encode
+    inputs = source.inputs_for(learner) if source is not None and source.kind != "text" else encode(texts, pairs)
     model = learner.build(task.num_classes, learner_seed)
     losses: list[float] = []
     with torch_rng_kept(device):  # train() seeds dropout on the global generator: the caller's stream stays its own
@@ -97,7 +112,7 @@ def fit_on_set(task: Task, source: DistilledDataset | None, learner: Learner, se
     epoch = max(1, -(-len(labels) // min(rec.batch_size or 64, len(labels))))
 
     def logits(texts: list[str], pairs: list[str] | None = None) -> torch.Tensor:
-        return predict_logits(learner, model, params, learner.encode(texts, pairs), device=device,
+        return predict_logits(learner, model, params, encode(texts, pairs), device=device,
                               precision=rec.precision)
 
     return Fitted(logits, {"last_epoch_loss": round(float(np.mean(losses[-epoch:])), 5)})
@@ -148,6 +163,7 @@ def evaluate(
     results = []
     for learner in learners:
         recorded = run_recipe(learner, task, source, recipe, full_data=source is None and full_data_recipe)
+        encode = None if isinstance(learner, FitLearner) else encoded_once(learner)
         runs = []
         start = time.time()
         bar = progress_bar(range(seeds), desc=f"evaluate {train_set['method']} with {learner.name}",
@@ -156,7 +172,8 @@ def evaluate(
             def run() -> dict:
                 t0 = time.time()
                 try:
-                    fitted = fit_on_set(task, source, learner, seed, recorded, device=device, progress=progress)
+                    fitted = fit_on_set(task, source, learner, seed, recorded, device=device, progress=progress,
+                                        encode=encode)
                 except TrainingDiverged as e:  # one diverged learner is a result to report, not a reason to stop
                     return {"seed": seed, "learner_seed": eval_seed(seed), "accuracy": None, "failed": str(e),
                             "seconds": round(time.time() - t0, 2), "device": str(device)}

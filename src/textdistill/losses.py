@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .recipe import ATTENTION_KL, CROSS_ENTROPY
 from .train import LossHook, Params, loss_fn
 
 if TYPE_CHECKING:
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from .learners import AttentionLearner, Learner
     from .recipe import Recipe
 
-CROSS_ENTROPY = "cross-entropy"
-ATTENTION_KL = "attention-kl"
 
 
 def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

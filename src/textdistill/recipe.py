@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from .config import Config
 from .errors import ConfigError
 
+# the losses a recipe names (their registry, with what each does: losses.py)
+CROSS_ENTROPY = "cross-entropy"
+ATTENTION_KL = "attention-kl"
+
 
 @dataclass
 class Recipe(Config):
@@ -24,7 +28,7 @@ class Recipe(Config):
     eps: float = 1e-8
     optimizer: str = "adamw"  # adamw | sgd (unrolled methods learn SGD step sizes: Adam's first step is sign(g))
     dropout: bool = True  # False: train in eval mode (what unrolled inner loops do)
-    loss: str = "cross-entropy"  # the training loss by name (losses.py): cross-entropy | attention-kl
+    loss: str = CROSS_ENTROPY  # the training loss by name (losses.py): cross-entropy | attention-kl
     loss_options: dict = field(default_factory=dict)  # the named loss's options, e.g. attention-kl's weight
     precision: str = "float32"  # float32 | bf16 (autocast; fast only on CPUs with AVX512-BF16 or AMX, and GPUs)
 
@@ -75,7 +79,7 @@ class Recipe(Config):
         values = dict(values)
         if "attention_weight" in values:
             weight = values.pop("attention_weight")
-            if values.get("loss") == "attention-kl" and weight is not None:
+            if values.get("loss") == ATTENTION_KL and weight is not None:
                 values["loss_options"] = {**(values.get("loss_options") or {}), "weight": weight}
         return super().from_dict(values)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..data import Task
 from ..errors import ConfigError
 from ..learners import Learner, TokenLearner
-from ..losses import ATTENTION_KL
+from ..recipe import ATTENTION_KL
 from ..distilled import DistilledDataset
 from ..progress import bar as progress_bar
 from ..recipe import Recipe
