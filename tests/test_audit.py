@@ -65,6 +65,10 @@ def test_audit_of_a_full_task_set_skips_membership(validation_task):
     ds = get_method("kmeans", n_init=2).distill(task, 2, get_learner("minilm-frozen"), seed=0)
     report = audit(ds, task)
     assert report["membership"] is None and f"distil on {task.name.split(':')[0]}:validation" in report["verdict"]
+    # the tokens beside the examples, as MiniLM's tokenizer cuts them at the task's max length
+    tokenizer = get_learner("minilm").tokenizer
+    hand = sum(len(tokenizer(t, truncation=True, max_length=task.spec.max_length)["input_ids"]) for t in ds.texts)
+    assert report["set"]["tokens"] == hand and report["set"]["tokens_learner"] == "minilm"
 
 
 def test_loss_attack_scores_are_minus_the_losses_of_learners_trained_on_the_set(validation_task):

@@ -83,7 +83,14 @@ def test_smoke_suite_runs_and_reports(tmp_path, cache, check_accuracy):
         # one run of each cell done again by hand, from the saved set (the full data: the task's training split)
         check_accuracy(task, None if r["dpc"] is None else sets[r["train_set"]["fingerprint"]], r)
         assert r["steps"]["evaluate"]["seconds"] >= 0 and r["steps"]["evaluate"]["peak_rss_mib"] > 0
+    # each set's tokens as its table's learner reads them, shown beside its budget
+    tokenizer = get_learner("minilm").tokenizer
+    for r in results["records"]:
+        if r["dpc"] is not None:
+            texts = sets[r["train_set"]["fingerprint"]].texts
+            assert r["tokens"] == sum(len(tokenizer(t, truncation=True, max_length=64)["input_ids"]) for t in texts)
     md, page = write_report(tmp_path / "out")
+    assert "| method | 2/class | tokens |" in md.read_text()
     assert "| herding |" in md.read_text() and "data:image/png;base64," in page.read_text()
     assert "full data, small-set recipe" in md.read_text()
     # every saved set has its page (examples, nearest real sentences, an embedded map), linked from the report
@@ -308,6 +315,23 @@ def test_report_renders_tables_plots_and_published_numbers(results_dir):
     plots = sorted(p.name for p in (results_dir / "plots").glob("*.png"))
     assert plots == ["mr-cross-architecture.png", "mr-minilm.png", "mr-textcnn-glove.png"]
     assert page.read_text().count("data:image/png;base64,") == 3
+
+
+def test_report_shows_tokens_per_set_beside_each_budget_and_blank_for_cells_without_them(tmp_path):
+    results = fake_results()
+    for r in results["records"]:
+        if r["learner"] == "minilm" and r["dpc"] is not None and not (r["method"] == "random" and r["dpc"] == 10):
+            r["tokens"] = 25 * r["train_set"]["size"] + (1000 if r["method"] == "kmeans" else 0)
+    out = tmp_path / "tokens"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    text = write_report(out)[0].read_text()
+    assert "| method | 1/class | tokens | 10/class | tokens |" in text
+    assert "| kmeans | 62.0 ± 0.8 (+5.0, 83%) | 1,050 | 71.0 ± 0.8 (+5.0, 95%) | 1,500 |" in text
+    assert "| random | 57.0 ± 0.8 (76%) | 50 | 66.0 ± 0.8 (88%) |  |" in text  # a cell recorded before the count
+    assert "| full data (3000) | 75.0 (1 run) |  |  |  |" in text
+    # a learner whose cells never recorded tokens keeps the table it had
+    assert "| method | 1/class | 10/class |" in text
 
 
 def test_report_links_the_pages_of_finished_cells_that_this_machine_has(tmp_path):

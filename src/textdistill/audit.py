@@ -17,6 +17,7 @@ from .data import Task
 from .data.task import text_key
 from .distilled import DistilledDataset
 from .errors import ArtifactError, ConfigError
+from .tokens import count_learner, set_tokens
 from .words import words
 
 
@@ -113,7 +114,11 @@ def audit(ds: DistilledDataset, task: Task, learner: str = "minilm-frozen", samp
     train_t, train_p, train_y = task.columns("train")
     test_t, test_p, test_y = task.columns("test")
     rng = np.random.default_rng(seed)
-    out: dict = {"set": {"method": ds.method, "kind": ds.kind, "size": len(ds)}, "task": task.name,
+    # the tokens beside the examples: a budget in examples rewards long examples (None: a set of vectors)
+    tokens = {"tokens": set_tokens(ds, task=task)}
+    if ds.kind == "text":
+        tokens["tokens_learner"] = count_learner(ds)
+    out: dict = {"set": {"method": ds.method, "kind": ds.kind, "size": len(ds), **tokens}, "task": task.name,
                  "learner": learner}
     if text_set.kind == "text":
         texts = _joined(text_set.texts, text_set.text_pairs)

@@ -94,8 +94,8 @@ def set_page_blocks(ds: DistilledDataset, task: Task, root: Path) -> list[tuple]
     soft, weights = ds.labels.dim() == 2, ds.label_weights
     blocks: list[tuple] = [
         ("h1", f"{ds.method} set of {task.name}: {len(ds)} examples"),
-        ("p", f"kind {ds.kind} ({what}); seed {ds.seed}; {'soft' if soft else 'hard'} labels; "
-              f"distilled with textdistill {ds.version}; config {ds.config}"),
+        ("p", f"kind {ds.kind} ({what}); {_tokens_line(ds, task)}seed {ds.seed}; {'soft' if soft else 'hard'} "
+              f"labels; distilled with textdistill {ds.version}; config {ds.config}"),
     ]
     for c, name in enumerate(ds.label_names):
         rows = []
@@ -114,6 +114,18 @@ def set_page_blocks(ds: DistilledDataset, task: Task, root: Path) -> list[tuple]
     caption = (f"{how} of {len(sample)} training sentences of {task.name} (small dots) and the set's examples "
                "(stars), per class" + ("" if ex is not None else "; this set's vectors live in another space"))
     return blocks + [("h2", "Map"), ("img", "map.png", caption)]
+
+
+def _tokens_line(ds: DistilledDataset, task: Task) -> str:
+    """'N tokens (whose); ': what the examples hold, since a budget in examples rewards long ones."""
+    from .tokens import count_learner, set_tokens
+
+    tokens = set_tokens(ds, task=task)
+    if tokens is None:
+        return ""
+    if ds.kind == "token-embeddings":
+        return f"{tokens:,} token positions; "
+    return f"{tokens:,} tokens ({count_learner(ds)} tokenizer at max length {task.spec.max_length}); "
 
 
 def write_set_page(ds: DistilledDataset, task: Task, page: str | Path) -> Path:

@@ -56,6 +56,10 @@ def aggregate(records: list[dict]) -> dict[tuple, dict]:
             "distill_mib": max(d["peak_rss_mib"] for d in distill) if distill else None,
             "distill_cuda_mib": max((d.get("peak_cuda_mib") or 0) for d in distill) if distill else None,
             "run_s": sum(x["seconds"] for x in runs) / len(runs),
+            # tokens per set, the mean over the sets; None where a set lacks the count (cells recorded before it,
+            # sets of vectors)
+            "tokens": sum(r["tokens"] for r in rs) / len(rs) if all(r.get("tokens") is not None for r in rs)
+            else None,
         }
     return out
 
@@ -71,6 +75,11 @@ def _pm(cell: dict | None) -> str:
         failed += f" (over {distinct} distinct set{'s' if distinct > 1 else ''} of {cell['sets']})"
     spread = f" ± {cell['std']:.1f}" if cell["runs"] > 1 else ""  # one run has no spread to show
     return f"{cell['mean']:.1f}{spread}{failed}"
+
+
+def _tokens(cell: dict | None) -> str:
+    """Tokens per set, or "" where the cell did not record them."""
+    return "" if cell is None or cell.get("tokens") is None else f"{cell['tokens']:,.0f}"
 
 
 def _finished(cell: dict | None) -> dict | None:
@@ -165,6 +174,11 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                         "random at the same budget in points and the fraction of full-data accuracy. A cell whose "
                         "distilled sets are not all different (a method that ignores its seed) says over how many "
                         "distinct sets its runs are."))
+    if any(r.get("tokens") is not None for r in results["records"]):
+        blocks.append(("p", "Tokens: beside each budget, the tokens of a set (the mean over its sets) as the table's "
+                            "learner reads them: its tokenizer, cut at the task's max length, special tokens included; "
+                            "a token-embedding set's positions. A budget in examples rewards long examples; blank "
+                            "where a cell did not record them."))
     # The bar: the random sets trained with the learner a user would pick for a few examples (SetFit), shown in
     # every learner's table; a learner met only as the bar gets no table of its own.
     bar = suite.get("bar")
@@ -180,22 +194,26 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
             methods = _ordered(k[2] for k in cells if k[3] is not None)
             full = cells.get((task, learner, "full", None))
             full_ok = _finished(full)
+            bar_cells = {d: cells_bar for d in dpcs if learner != bar
+                         and (cells_bar := agg.get((task, bar, "random", d))) is not None}
+            # beside each budget, the tokens per set this learner reads, where the cells recorded them
+            counted = any(c.get("tokens") is not None for k, c in cells.items() if k[3] is not None) \
+                or any(c.get("tokens") is not None for c in bar_cells.values())
             rows = []
             for m in methods:
                 row = [m]
                 for d in dpcs:
                     c = cells.get((task, learner, m, d))
                     text = _pm(c)
+                    tokens = _tokens(c)
                     c, base = _finished(c), _finished(cells.get((task, learner, "random", d)))
                     if c and base and m != "random":
                         text += f" ({c['mean'] - base['mean']:+.1f}"
                         text += f", {100 * c['mean'] / full_ok['mean']:.0f}%)" if full_ok else ")"
                     elif c and full_ok:
                         text += f" ({100 * c['mean'] / full_ok['mean']:.0f}%)"
-                    row.append(text)
+                    row += [text, tokens] if counted else [text]
                 rows.append(row)
-            bar_cells = {d: cells_bar for d in dpcs if learner != bar
-                         and (cells_bar := agg.get((task, bar, "random", d))) is not None}
             if bar_cells:
                 row = [f"SetFit bar: {bar} on the random sets"]
                 for d in dpcs:
@@ -203,14 +221,15 @@ def report_blocks(results: dict, out: Path, command: str | None = None) -> list[
                     text = _pm(bar_cells.get(d))
                     if c and base:
                         text += f" ({c['mean'] - base['mean']:+.1f} over this learner's random)"
-                    row.append(text)
+                    row += [text, _tokens(bar_cells.get(d))] if counted else [text]
                 rows.append(row)
+            header = ["method"] + [h for d in dpcs for h in ([f"{d}/class", "tokens"] if counted else [f"{d}/class"])]
             for method, name in (("full", "full data"), (FULL_SET_RECIPE, "full data, small-set recipe")):
                 if c := cells.get((task, learner, method, None)):
                     runs = f" ({c['runs']} run{'s' * (c['runs'] != 1)})"
-                    rows.append([f"{name} ({c['size']})", _pm(c) + runs] + [""] * (len(dpcs) - 1))
+                    rows.append([f"{name} ({c['size']})", _pm(c) + runs] + [""] * (len(header) - 2))
             blocks.append(("h3", f"{task}, learner {learner}"))
-            blocks.append(("table", ["method"] + [f"{d}/class" for d in dpcs], rows))
+            blocks.append(("table", header, rows))
             below = [f"{m} at {d}/class ({c['mean']:.1f} < {b['mean']:.1f})" for d in dpcs
                      if (b := _finished(bar_cells.get(d))) for m in methods if m != "random"
                      if (c := _finished(cells.get((task, learner, m, d)))) and c["mean"] < b["mean"]]

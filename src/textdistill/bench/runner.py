@@ -30,6 +30,13 @@ class Runner:
             self._learners[name] = get_learner(name)
         return self._learners[name]
 
+    def tokens(self, ds, learner: str, task) -> int | None:
+        """The tokens ``learner`` reads in the set (the report shows them beside its examples: a budget in examples
+        rewards long examples); None for a set of vectors."""
+        from ..tokens import set_tokens
+
+        return set_tokens(ds, self.learner(learner), task)
+
     def _evaluate(self, task, source, learner: str, seeds: int, **options) -> tuple[dict, dict]:
         from ..api import evaluate
         from ..measure import Meter
@@ -117,7 +124,7 @@ class Runner:
             return [{**result, "task": task.name, "method": entry.label, "base_method": entry.method, "bar": True,
                      "options": entry.options, "distill_learner": suite.learner_of(entry), "dpc": cell.dpc,
                      "set_seed": cell.set_seed, "kind": ds.kind, "artifact": str(path.relative_to(self.out)),
-                     "steps": {"evaluate": step}}]
+                     "tokens": self.tokens(ds, suite.bar, task), "steps": {"evaluate": step}}]
         sets = [(entry.label, ds, {"distill": ds.provenance.distill_step})]
         if entry.decode and ds.kind == "token-embeddings":
             with Meter() as m:
@@ -132,7 +139,7 @@ class Runner:
                 records.append({**result, "task": task.name, "method": label, "base_method": entry.method,
                                 "options": entry.options, "distill_learner": suite.learner_of(entry),
                                 "dpc": cell.dpc, "set_seed": cell.set_seed, "kind": source.kind,
-                                "artifact": str(path.relative_to(self.out)),
+                                "artifact": str(path.relative_to(self.out)), "tokens": self.tokens(source, name, task),
                                 "steps": {**steps, "evaluate": step}, **({"audit": privacy} if privacy else {})})
         return records
 

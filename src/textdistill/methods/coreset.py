@@ -1,14 +1,18 @@
-"""Coreset baselines: real examples picked per class in the learner's sentence-embedding space."""
+"""Coreset baselines: real examples picked per class in the learner's sentence-embedding space (or, ``pack``, glued
+together per cluster up to the learner's max length)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..data import Task
+from ..errors import ConfigError
 from ..learners import Learner
 from ..distilled import DistilledDataset
+from ..tokens import token_counts, token_reader
 from .base import Distiller, class_indices, kmeans_nearest, register_method
 from .teacher import TeacherLabelsConfig
 
@@ -97,3 +101,89 @@ class Herding(CoresetDistiller):
             picked.append(nxt)
             total += vectors[nxt]
         return np.array(picked)
+
+
+@register_method
+class Pack(Distiller):
+    """The information-matched baseline: real sentences glued up to the learner's max length. A condensed example
+    that fills its tokens must beat this, not one real sentence."""
+
+    name = "pack"
+    description = "per-class k-means; each example glues one cluster's real members, nearest first, up to max length"
+    Config = KMeansConfig
+
+    def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
+        from sklearn.cluster import KMeans
+
+        texts, pairs, labels = task.columns("train")
+        if pairs is not None:
+            raise ConfigError(f"method 'pack' glues sentences into one text, but task {task.name!r} holds sentence "
+                              "pairs: glued pairs would pair every first text with every second one; use kmeans")
+        per_class = class_indices(labels, task.spec.classes, dpc)
+        vectors = learner.sentence_vectors(texts)
+        reader = token_reader(learner)  # raises for a learner whose tokens cannot be counted, before any k-means
+        limit = reader.max_length
+        rng = np.random.default_rng(seed)  # drawn as kmeans draws: the same seed gives kmeans's clusters
+        packed, members, truncated = [], [], []
+        for idx in per_class:
+            x = vectors[idx]
+            km = KMeans(n_clusters=dpc, n_init=self.config.n_init, random_state=int(rng.integers(2**31))).fit(x)
+            firsts: set[int] = set()
+            for j, centre in enumerate(km.cluster_centers_):
+                order = np.argsort(np.linalg.norm(x - centre, axis=1), kind="stable")
+                own = [int(i) for i in order if km.labels_[i] == j]
+                # a cluster k-means left empty (fewer distinct vectors than clusters): its nearest unused example
+                own = own or [int(next(i for i in order if int(i) not in firsts))]
+                firsts.add(own[0])
+                text, used, cut = _glue([texts[i] for i in idx[own]], reader, limit)
+                packed.append(text)
+                members.append([int(i) for i in idx[own[:used]]])
+                if cut:
+                    truncated.append(len(packed) - 1)
+        import torch
+
+        return self._artifact(
+            task, seed, kind="text", texts=packed, labels=torch.tensor([labels[m[0]] for m in members]),
+            source_indices=[i for m in members for i in m],
+            log={"members": members, "truncated": truncated, "max_length": limit,
+                 "tokens": token_counts(reader, packed).tolist()},
+        )
+
+
+def _glue(candidates: list[str], reader: Learner, limit: int) -> tuple[str, int, bool]:
+    """The candidates, in order, joined by spaces while the reader's tokens stay within ``limit``: (the text, how
+    many candidates it holds, whether the first had to be cut to fit on its own)."""
+    def fits(text: str) -> bool:
+        return int(token_counts(reader, [text], cut=False)[0]) <= limit
+
+    if not fits(candidates[0]):
+        return _cut(candidates[0], fits, limit, reader), 1, True
+    text, used = candidates[0], 1
+    for nxt in candidates[1:]:
+        if not fits(f"{text} {nxt}"):
+            break
+        text, used = f"{text} {nxt}", used + 1
+    return text, used, False
+
+
+def _cut(text: str, fits, limit: int, reader: Learner) -> str:
+    """The longest prefix of ``text`` that fits: whole words where one does, else characters of the first word."""
+    def longest(cuts: list[int]) -> int:
+        """The largest position in ``cuts`` (ascending) whose prefix fits, or 0 where none does."""
+        lo, hi, best = 0, len(cuts) - 1, 0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if fits(text[: cuts[mid]]):
+                best, lo = cuts[mid], mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    end = longest([m.end() for m in re.finditer(r"\S+", text)])
+    if not end:
+        start = len(text) - len(text.lstrip())
+        end = longest(list(range(start + 1, start + len(text.split(maxsplit=1)[0]) + 1)))
+    if not end:
+        raise ConfigError(f"method 'pack': learner {reader.name!r} cannot read even one character within its max "
+                          f"length of {limit} tokens; raise the task's max_length")
+    return text[:end]
