@@ -59,6 +59,10 @@ def cmd_list(args: argparse.Namespace) -> None:
         width = max(map(len, rows)) + 2  # a long name never runs into its description
         for name, desc in rows.items():
             print(f"{name:<{width}}{desc}")
+    elif args.what == "resources":
+        from .resources import resource_lines
+
+        print("\n".join(resource_lines()))
     elif not args.options:
         from .catalog import METHODS as DESCRIPTIONS  # the registry's, without importing torch
 
@@ -441,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kind", help="clear only this kind (evals, vectors, teachers, ...); without it, clear keeps "
                                   "converted models and downloads")
 
-    s = sub.add_parser("list", help="list methods, tasks or learners")
-    s.add_argument("what", choices=["methods", "tasks", "learners"], help="what to list")
+    s = sub.add_parser("list", help="list methods, tasks, learners or resources (named models and data)")
+    s.add_argument("what", choices=["methods", "tasks", "learners", "resources"], help="what to list")
     s.add_argument("--check", action="store_true",
                    help="tasks: load each one and count duplicates and test examples with a copy in train")
     s.add_argument("--options", action="store_true", help="methods: every option of every method, with its default")

