@@ -213,5 +213,5 @@ def test_the_paper_config_loads_as_condense_options_with_a_hub_writer():
 
     paper = yaml.safe_load((Path(__file__).parent.parent / "configs" / "condense-paper.yaml").read_text())
     cfg = CondenseConfig.from_dict(paper)
-    assert cfg.llm == "Qwen/Qwen2.5-7B-Instruct" and cfg.candidates == 16 and cfg.max_new_tokens == 128
+    assert cfg.llm == "Qwen/Qwen2.5-7B-Instruct" and cfg.select == "reward" and cfg.candidates == 10
     assert resources.resolve_model(cfg.llm) == cfg.llm  # a hub id, left for from_pretrained (not a named model)

@@ -19,7 +19,7 @@ LEARNERS = {
 METHODS = {
     "bptt": "token-embedding sentences, soft labels and step sizes learned through unrolled training",
     "attention-labels": "bptt plus learned per-layer, per-head attention labels (transformer learners)",
-    "condense": "an instruct LM condenses clusters of real examples; gradient alignment picks the generations",
+    "condense": "an instruct LM condenses mixed-class subsets of real examples; reward models pick its answers",
     "random": "uniformly random real examples per class",
     "kcenter": "greedy farthest-point (k-center) selection from a seeded random start",
     "kmeans": "per-class k-means; the real example nearest each centroid (DiLM's k-centers)",
