@@ -14,6 +14,9 @@ LEARNERS = {
     "bilstm-glove": "BiLSTM (128 per direction, mean pooling) over frozen GloVe 50d, from scratch",
     "setfit-minilm": "SetFit: all-MiniLM-L6-v2 fine-tuned on sentence pairs, logistic-regression head",
     "setfit-mpnet": "SetFit: all-mpnet-base-v2 fine-tuned on sentence pairs, logistic-regression head",
+    "smollm2-135m-lm": "SmolLM2-135M-Instruct fine-tuned on responses; judged on choice and continuation tasks",
+    "qwen2.5-0.5b-lm": "Qwen2.5-Coder-0.5B-Instruct fine-tuned on responses (fetched on first use); judged on choice "
+                       "and continuation tasks",
 }
 
 METHODS = {

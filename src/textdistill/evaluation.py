@@ -175,6 +175,12 @@ def evaluate(
     check_device(device)
     # names or Learner objects, reading the task's max_length; an unknown name fails before any run
     learners = [(name if isinstance(name, Learner) else get_learner(name)).for_task(task) for name in learners]
+    for learner in learners:
+        if task.spec.kind not in learner.task_kinds:
+            raise ConfigError(f"learner {learner.name!r} is judged on {' or '.join(learner.task_kinds)} tasks, and "
+                              f"task {task.name} is a {task.spec.kind} task: "
+                              + ("use a causal LM learner such as 'smollm2-135m-lm'" if task.spec.kind != "classification"
+                                 else "use a classifier such as 'minilm'"))
     if source is not None:
         source.check_task(task)
     test_texts, test_pairs, test_labels = task.columns("test")

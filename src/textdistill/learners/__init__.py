@@ -6,4 +6,4 @@ from .base import (  # noqa: F401
     DESCRIPTIONS, LEARNERS, AttentionLearner, FeatureLearner, FitLearner, Fitted, Learner, TokenLearner, list_learners,
     register_learner, unit)
 from .lookup import get_learner  # noqa: F401
-from . import frozen, glove, setfit, transformer  # noqa: E402,F401  (registration)
+from . import causal_lm, frozen, glove, setfit, transformer  # noqa: E402,F401  (registration)

@@ -26,6 +26,7 @@ class Learner(ABC):
     name: str
     input_kind: str = "tokens"  # tokens | features
     max_length: int = 64
+    task_kinds: tuple[str, ...] = ("classification",)  # the kinds of task (TaskSpec.kind) it is judged on
 
     @property
     @abstractmethod
