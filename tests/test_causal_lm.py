@@ -31,17 +31,6 @@ class CharTokenizer:
         return {"input_ids": [3 + (ord(c) % 20) for c in text]}
 
 
-class BigramLM(torch.nn.Module):
-    """logits at position t depend on token t only: a fixed table, so a choice's log-likelihood is a hand sum."""
-
-    def __init__(self, vocab=23, seed=0):
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed)))
-
-    def forward(self, input_ids, attention_mask=None):
-        return type("Out", (), {"logits": self.table[input_ids]})()
-
-
 def test_lm_batch_learns_the_response_only_and_keeps_the_end_of_a_long_prompt():
     tok = CharTokenizer()
     batch = lm_batch(tok, ["ab", "xyzw"], ["c", "de"], max_length=6)
@@ -62,19 +51,23 @@ def test_response_losses_average_the_response_tokens_by_hand():
     assert torch.allclose(response_losses(logits, labels), want.reshape(1))
 
 
-def test_choice_scores_pick_the_highest_log_likelihood_per_character():
-    tok, lm = CharTokenizer(), BigramLM()
-    prompts, choices = ["q1", "q2"], [["ab", "c", "dd"], ["e", "fgh"]]
-    scores = choice_scores(lm, tok, prompts, choices, max_length=32, batch_size=2)
-    logp = lm.table.detach().log_softmax(-1)
+def test_choice_scores_equal_one_plain_forward_per_choice(tiny_generator):
+    """Prompts read once (left-padded, cached, repeated per choice) score each choice exactly as a forward of the
+    whole unpadded sequence does: the log-likelihood of the choice's tokens, per character."""
+    model, tok = causal_lm.load_causal_lm(tiny_generator)
+    prompts = ["Question: what colour is the sky?\nAnswer:", "Question: name a fruit\nAnswer:", "Question: two?\nAnswer:"]
+    choices = [["blue", "green grass", "a loud noise"], ["apple", "stone"], ["yes", "no", "maybe", "never"]]
+    scores = choice_scores(model, tok, prompts, choices, max_length=64, batch_size=2)
     for i, (p, cs) in enumerate(zip(prompts, choices)):
         for j, c in enumerate(cs):
-            ids = [1] + tok(p)["input_ids"] + tok(" " + c)["input_ids"]  # the choice is read after a space
-            n = len(tok(" " + c)["input_ids"])
-            want = sum(float(logp[ids[t - 1], ids[t]]) for t in range(len(ids) - n, len(ids))) / len(c)
-            assert scores[i, j].item() == pytest.approx(want, abs=1e-5)
-    assert scores[1, 2].item() == float("-inf")  # the second row has two choices only
-    assert scores.argmax(1).tolist() == [max(range(3), key=lambda j: scores[0, j]), max(range(2), key=lambda j: scores[1, j])]
+            head = [causal_lm.start_token(tok)] + tok(p, add_special_tokens=False)["input_ids"]
+            tail = tok(" " + c, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([head + tail])).logits[0].log_softmax(-1)
+            want = sum(float(logp[len(head) + q - 1, t]) for q, t in enumerate(tail)) / len(c)
+            assert scores[i, j].item() == pytest.approx(want, abs=1e-4)
+        assert all(v == float("-inf") for v in scores[i, len(cs):].tolist())  # rows with fewer choices
+    assert scores.shape == (3, 4)
 
 
 def test_tuning_lowers_the_response_loss_of_a_tiny_lm(tiny_generator):

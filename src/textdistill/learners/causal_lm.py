@@ -146,25 +146,43 @@ def tune(model, tokenizer, prompts: list[str], responses: list[str], settings: d
 
 @torch.no_grad()
 def choice_scores(model, tokenizer, prompts: list[str], choices: list[list[str]], max_length: int = 256,
-                  batch_size: int = 16, device: str = "cpu", progress: bool = False) -> torch.Tensor:
+                  batch_size: int = 8, device: str = "cpu", progress: bool = False) -> torch.Tensor:
     """Log-likelihood of each choice after its prompt per character of the choice [n, most choices]; -inf where a
-    row has fewer choices."""
+    row has fewer choices. Each prompt is read once: its keys and values are cached, repeated for its choices, and
+    only the choices' tokens run again (left-padded prompts, explicit positions)."""
     width = max(len(c) for c in choices)
     out = torch.full((len(prompts), width), float("-inf"))
-    flat = [(i, j, p, " " + c.strip()) for i, (p, cs) in enumerate(zip(prompts, choices)) for j, c in enumerate(cs)]
-    for at in progress_bar(range(0, len(flat), batch_size), desc="score choices", disable=not progress, leave=False):
-        part = flat[at:at + batch_size]
-        batch = lm_batch(tokenizer, [p for _, _, p, _ in part], [c for _, _, _, c in part], max_length)
-        # the choice is scored without the end token lm_batch appends: an answer need not end the text
-        labels = batch["labels"].clone()
-        last = (labels != -100).long().cumsum(1).argmax(1)
-        labels[torch.arange(len(part)), last] = -100
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits.cpu()
-        mean = response_losses(logits, labels)
-        counts = (labels[:, 1:] != -100).sum(1)
-        for k, (i, j, _, c) in enumerate(part):
-            out[i, j] = -float(mean[k] * counts[k]) / max(1, len(c.strip()))
+    start = start_token(tokenizer)
+    for at in progress_bar(range(0, len(prompts), batch_size), desc="score choices", disable=not progress, leave=False):
+        rows = range(at, min(at + batch_size, len(prompts)))
+        heads = [[start] + tokenizer(prompts[i], add_special_tokens=False)["input_ids"] for i in rows]
+        tails = [[tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"] for c in choices[i]] + [[]] *
+                 (width - len(choices[i])) for i in rows]
+        tails = [[t[:max(1, max_length - len(h))] for t in ts] for h, ts in zip(heads, tails)]
+        heads = [h[max(0, len(h) - (max_length - max(map(len, ts)))):] for h, ts in zip(heads, tails)]
+        pad, hw = tokenizer.pad_token_id, max(map(len, heads))
+        head_ids = torch.tensor([[pad] * (hw - len(h)) + h for h in heads], device=device)
+        head_mask = torch.tensor([[0] * (hw - len(h)) + [1] * len(h) for h in heads], device=device)
+        head_pos = (head_mask.cumsum(1) - 1).clamp(min=0)
+        first = model(input_ids=head_ids, attention_mask=head_mask, position_ids=head_pos, use_cache=True)
+        # the prompt's last position predicts each choice's first token
+        last_logp = first.logits[:, -1].float().log_softmax(-1)
+        cache = first.cache
+        cache.batch_repeat_interleave(width)
+        flat = [t for ts in tails for t in ts]
+        tw = max(1, max(map(len, flat)))
+        tail_ids = torch.tensor([t + [pad] * (tw - len(t)) for t in flat], device=device)
+        tail_mask = torch.tensor([[1] * len(t) + [0] * (tw - len(t)) for t in flat], device=device)
+        mask = torch.cat([head_mask.repeat_interleave(width, 0), tail_mask], 1)
+        pos = head_mask.sum(1).repeat_interleave(width).unsqueeze(1) + torch.arange(tw, device=device)
+        logp = model(input_ids=tail_ids, attention_mask=mask, position_ids=pos, cache=cache).logits
+        logp = logp.float().log_softmax(-1)
+        for k, t in enumerate(flat):
+            row, j = divmod(k, width)
+            if not t or j >= len(choices[at + row]):
+                continue
+            total = float(last_logp[row, t[0]]) + sum(float(logp[k, q - 1, t[q]]) for q in range(1, len(t)))
+            out[at + row, j] = total / max(1, len(choices[at + row][j].strip()))
     return out
 
 
