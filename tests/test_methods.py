@@ -12,7 +12,7 @@ from datasets import DatasetDict
 from textdistill.errors import ConfigError, DataError
 from textdistill.evaluation import evaluate
 from textdistill.learners import get_learner
-from textdistill.methods import get_method, list_methods
+from textdistill.methods import METHODS, get_method, list_methods
 from textdistill.distilled import DistilledDataset
 
 
@@ -61,7 +61,7 @@ def own_options(method: str, request, tmp_path) -> dict:
     return {}
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", [m for m in list_methods() if "classification" in METHODS[m].task_kinds])
 def test_method_conformance(method, mr_small, tmp_path, request, check_accuracy):
     learner_name, options = CONFORMANCE.get(method, ("minilm-frozen", {}))
     if learner_name == "tiny-decoder":  # a two-layer Llama folder (conftest), read as a decoder classifier

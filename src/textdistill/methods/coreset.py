@@ -20,6 +20,7 @@ from .teacher import TeacherLabelsConfig
 class CoresetDistiller(Distiller):
     Config = TeacherLabelsConfig  # real examples, with their own labels or a teacher's
     needs_vectors = True
+    task_kinds = ("classification", "choice", "continuation")  # real picks serve any task
 
     def select(self, vectors: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """Positions (into ``vectors``, one class) of the k chosen examples."""

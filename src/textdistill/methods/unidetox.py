@@ -10,11 +10,12 @@ each next token from softmax(s) where, with log-probabilities of each model (``c
 (the adaptive plausibility constraint of contrastive decoding, Li et al. 2023, keeps the text fluent; the difference
 steers it away from what the toxic model would say). The reference code subtracts raw logits; a logit and a
 log-probability differ by one constant per position and model, so the mask and the sampled distribution are the
-same. Both models read the text through their own KV caches; sampling is seeded (one torch stream per set seed,
-drawn as ``transformers``' ``generate`` draws). ``top_k`` keeps the k highest scores, as the reference's
-``generate`` did by default (50). ``contrast: false`` samples the base LM as it is: the ablation that shows what
-the contrast adds. Every text is labelled with the task's class other than "toxic": the set teaches an LM what a
-continuation should be, and the learner (``smollm2-135m-lm``) fine-tunes on its texts whole.
+same. Both models read the text through their own KV caches; sampling is seeded from the set seed and drawn as
+``transformers``' ``generate`` draws (one multinomial draw a step for the batch; a text that has ended is padded).
+A sample that ends at once has no text and is drawn again. ``top_k`` keeps the k highest scores, as the
+reference's ``generate`` did by default (50). ``contrast: false`` samples the base LM as it is: the ablation that
+shows what the contrast adds. Every text is labelled with the task's class other than "toxic": the set teaches an
+LM what a continuation should be, and the learner (``smollm2-135m-lm``) fine-tunes on its texts whole.
 
 The toxic model is kept in the cache (safetensors, per LM, task content, fine-tuning options and seed), so a killed
 run resumes at the sampling and the budgets of one seed share it. The log holds the fine-tune's loss curve, the
@@ -22,9 +23,11 @@ judge's (``toxicity``) toxicity of the distilled texts and the seconds each stag
 
 Where this differs from the paper, and why: the paper fine-tunes GPT-2 XL on DGHS hate speech (3 epochs, lr 1e-5,
 batch 4) and samples 640 texts of 255 new tokens; neither DGHS nor GPT-2 XL is offline here, so the defaults are
-SmolLM2-135M-Instruct on ``detox-tweets``' offensive texts, a few hundred steps, and 64 new tokens (CPU-sized;
-``configs/unidetox-paper.yaml`` holds the paper's values). The paper fine-tunes on sequences of up to 512 tokens;
-here they are cut at the task's ``max_length``.
+SmolLM2-135M-Instruct on ``detox-tweets``' offensive texts, 300 steps at lr 5e-5 (a few steps need a larger one
+to move the model), and 64 new tokens (CPU-sized; ``configs/unidetox-paper.yaml`` holds the paper's values). The
+paper's set is 640 texts whatever the budget; here ``texts: 0`` makes it as many as any set of the budget holds
+(dpc x classes), all of one class. The paper fine-tunes on sequences of up to 512 tokens; here they are cut at the
+task's ``max_length``. SmolLM2's start token is ``<|im_start|>`` (its BOS), which the learner also reads first.
 """
 
 from __future__ import annotations
@@ -140,15 +143,12 @@ class UniDetox(Distiller):
     Config = UniDetoxConfig
     default_learner = "smollm2-135m-lm"
     uses_device = True  # the two LMs fine-tune and sample on distill's device
+    task_kinds = ("continuation",)
 
     @staticmethod
     def target_class(task: Task) -> int:
         """The class the distilled texts are labelled with: the one that is not "toxic"."""
-        classes = task.spec.classes
-        if task.spec.kind != "continuation":
-            raise ConfigError(f"method 'unidetox' distils text for an LM to continue prompts with, but task "
-                              f"{task.name!r} is of kind {task.spec.kind!r}; it needs a continuation task "
-                              "(e.g. detox-tweets)")
+        classes = task.spec.classes  # the task's kind is checked by Distiller.distill
         if TOXIC not in classes or len(classes) != 2:
             raise ConfigError(f"method 'unidetox': task {task.name!r} has classes {list(classes)}; it needs two, one "
                               f"of them {TOXIC!r} (whose texts train the toxic model)")
@@ -158,12 +158,13 @@ class UniDetox(Distiller):
         from ..resources import model_revision
 
         c = self.config
-        return key_of("unidetox-toxic", 1, c.lm, model_revision(c.lm), task.fingerprint, task.spec.max_length,
+        return key_of("unidetox-toxic", 2, c.lm, model_revision(c.lm), task.fingerprint, task.spec.max_length,
                       c.toxic_steps, c.toxic_lr, c.toxic_batch_size, seed)
 
     def toxic_model(self, task: Task, seed: int) -> tuple[torch.nn.Module, dict]:
         """The base LM fine-tuned on the task's toxic texts: trained once per (LM, task, options, seed) and kept in
         the cache; what the log says about it."""
+        from safetensors import safe_open
         from safetensors.torch import load_model, save_model
 
         from ..atomic import atomic_write
@@ -177,12 +178,12 @@ class UniDetox(Distiller):
             raise ConfigError(f"method 'unidetox': task {task.name!r} has no training texts of class {TOXIC!r}")
         model, tokenizer = load_causal_lm(c.lm, self.device)
         path = cache_dir() / "generators" / f"{self.toxic_key(task, seed)}.safetensors"
-        curve = path.with_suffix(".json")
         # a `cache clear` meanwhile keeps the model this run trains and reads; parallel runs train it once
         with in_use("generators"), build_lock(path):
-            if path.exists() and curve.exists():
+            if path.exists():
                 load_model(model, str(path), device=str(self.device))
-                return model.eval(), {"toxic_model": "cached", **json.loads(curve.read_text())}
+                with safe_open(str(path), "pt") as f:
+                    return model.eval(), {"toxic_model": "cached", **json.loads(f.metadata()["log"])}
             began = time.perf_counter()
             settings = {"steps": c.toxic_steps, "batch_size": c.toxic_batch_size, "lr": c.toxic_lr, "warmup": 0.0,
                         "weight_decay": 0.0}
@@ -190,8 +191,8 @@ class UniDetox(Distiller):
                           task.spec.max_length, self.device, progress=True)
             log = {"toxic_texts": len(toxic_texts), "toxic_loss": thin(losses),
                    "toxic_seconds": round(time.perf_counter() - began, 1)}
-            atomic_write(path, lambda p: save_model(model, str(p)))  # shared (tied) weights saved once
-            atomic_write(curve, lambda p: p.write_text(json.dumps(log)))
+            # one file: the weights (shared, tied ones once) and, in its metadata, the fine-tune's log
+            atomic_write(path, lambda p: save_model(model, str(p), metadata={"log": json.dumps(log)}))
         return model.eval(), {"toxic_model": "trained", **log}
 
     def run(self, task: Task, dpc: int, learner: Learner, seed: int = 0) -> DistilledDataset:
