@@ -36,6 +36,8 @@ METHODS = {
     "gradmm": "gradient matching in a decoder LM's embedding space, projected onto readable tokens by ADMM",
     "learned-labels": "coreset texts with class distributions learned through unrolled training (text, any learner)",
     "mtt": "trajectory matching against expert learners trained on the real data",
+    "prompt-mtt": "instruction embeddings of a causal LM learned by trajectory matching, written as their nearest "
+                  "tokens",
     "unidetox": "contrastive decoding of an LM against its copy fine-tuned on the toxic texts: detoxifying text for "
                 "any LM (continuation tasks)",
 }

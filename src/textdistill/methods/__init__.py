@@ -6,4 +6,4 @@ from .base import (  # noqa: F401  (re-exported)
     thin)
 from . import (  # noqa: E402,F401  (registration, in the registry's order: bptt before its variant attention_labels)
     bptt, attention_labels, condense, coreset, dc, dilm, dm, embed_invert, from_file, gradmm, learned_labels,
-    mtt, unidetox)
+    mtt, prompt_mtt, unidetox)
