@@ -185,3 +185,16 @@ def test_toxicity_judge_scores_offence_high():
     nice, rude = toxicity(["what a lovely afternoon in the park", "shut up you fucking idiot"])
     assert nice < 0.5 < rude and toxicity([]) == []
     assert math.isfinite(nice)
+
+
+def test_a_set_counts_the_tokens_the_lm_fine_tunes_on(tiny_generator):
+    from textdistill.distilled import DistilledDataset
+    from textdistill.tokens import set_tokens
+
+    learner = CausalLMLearner("tiny-lm", tiny_generator, max_length=16)
+    texts, pairs = ["Question: sky?\nAnswer:", "Question: a much longer question than the others\nAnswer:"], ["blue", "no"]
+    ds = DistilledDataset(kind="text", labels=torch.tensor([0, 1]), label_names=["A", "B"], texts=texts,
+                          text_pairs=pairs)
+    _, tok = causal_lm._template(tiny_generator)
+    want = int(lm_batch(tok, texts, pairs, 16)["attention_mask"].sum())
+    assert set_tokens(ds, learner, task=_choice_task()) == want <= 2 * 16

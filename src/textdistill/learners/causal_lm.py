@@ -239,6 +239,7 @@ class CausalLMLearner(FitLearner):
     generative task (``choice`` or ``continuation``)."""
 
     input_kind = "text"
+    reads_tokens = True  # encode gives the tokens it trains on (tokens.py counts a set's tokens with it)
     task_kinds = TASK_KINDS
     full_data = {"epochs": 1}  # a whole pool: one epoch of batches
 
@@ -303,6 +304,13 @@ class CausalLMLearner(FitLearner):
             return torch.stack([(1 - toxic).log(), toxic.log()], 1)  # -inf/0: the class said, for argmax
 
         return Fitted(logits, log)
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The tokens fine-tuning reads: [start] instruction response [end], cut at max_length."""
+        _, tokenizer = _template(self.model)
+        prompts, responses = (["" for _ in texts], list(texts)) if pairs is None else (list(texts), list(pairs))
+        batch = lm_batch(tokenizer, prompts, responses, self.max_length)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def _usefulness(self, model, tokenizer, settings: dict, device: str) -> dict:
         """Perplexity on the task's held-out clean texts and multiple-choice accuracy on its ``choice`` split."""
