@@ -200,6 +200,19 @@ class FitLearner(Learner):
             seed: int, device: str = "cpu", progress: bool = False) -> Fitted:
         """A model trained on the texts (labels: class ids [n] or class distributions [n, C]) from ``seed``."""
 
+    def overridden(self, values: dict, overrides: dict | None, names: dict[str, str]) -> dict:
+        """``values`` with evaluation's recipe overrides set on the settings ``names`` maps them to (a recipe key
+        such as ``lr`` to a setting such as ``body_lr``); None values and float32 precision are ignored, any other
+        key is refused, naming the learner and what it takes."""
+        for key, value in (overrides or {}).items():
+            if value is None or (key == "precision" and value == "float32"):
+                continue
+            if key not in names:
+                taken = ", ".join(f"{k} ({v})" if v != k else k for k, v in names.items())
+                raise ConfigError(f"learner {self.name!r} takes {taken} from a recipe, not {key}={value!r}")
+            values[names[key]] = value
+        return values
+
     def _refused(self, what: str) -> ConfigError:
         return ConfigError(f"learner {self.name!r} trains with its own fit ({type(self).__name__}), not through the "
                            f"shared training loop, so it has no {what}: it evaluates text sets (evaluate, bench); "

@@ -255,14 +255,7 @@ class CausalLMLearner(FitLearner):
         return out
 
     def settings(self, overrides: dict | None = None, full_data: bool = False) -> dict:
-        values = {**SETTINGS, "max_length": self.max_length}
-        for key, value in (overrides or {}).items():
-            if value is None or (key == "precision" and value == "float32"):
-                continue
-            if key not in OVERRIDES:
-                raise ConfigError(f"learner {self.name!r} (a causal LM) takes steps, lr and batch_size from a recipe, "
-                                  f"not {key}={value!r}")
-            values[OVERRIDES[key]] = value
+        values = self.overridden({**SETTINGS, "max_length": self.max_length}, overrides, OVERRIDES)
         if full_data and (overrides or {}).get("steps") is None:
             values["epochs"] = self.full_data["epochs"]
         for key, least in (("steps", 0), ("batch_size", 1)):  # 0 steps: the pretrained LM as it is

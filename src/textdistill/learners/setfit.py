@@ -89,14 +89,8 @@ class SetFitLearner(FitLearner):
         return self._templates["body"]
 
     def settings(self, overrides: dict | None = None, full_data: bool = False) -> dict:
-        values = {**SETTINGS, "max_length": self.max_length, **(self.full_data if full_data else {})}
-        for key, value in (overrides or {}).items():
-            if value is None or (key == "precision" and value == "float32"):
-                continue
-            if key not in OVERRIDES:
-                raise ConfigError(f"learner {self.name!r} (SetFit) takes steps (body steps), lr (body learning rate) "
-                                  f"and batch_size (pairs per step) from a recipe, not {key}={value!r}")
-            values[OVERRIDES[key]] = value
+        values = self.overridden({**SETTINGS, "max_length": self.max_length, **(self.full_data if full_data else {})},
+                                 overrides, OVERRIDES)
         for key in ("max_steps", "batch_size"):
             if values[key] is not None and (isinstance(values[key], bool) or not isinstance(values[key], int)
                                             or values[key] < 1):
