@@ -215,3 +215,59 @@ def test_the_paper_config_loads_as_condense_options_with_a_hub_writer():
     cfg = CondenseConfig.from_dict(paper)
     assert cfg.llm == "Qwen/Qwen2.5-7B-Instruct" and cfg.select == "reward" and cfg.candidates == 10
     assert resources.resolve_model(cfg.llm) == cfg.llm  # a hub id, left for from_pretrained (not a named model)
+
+
+EXAMPLE = "the plot is boring , predictable and far too long for its own good ."
+
+
+def test_no_copy_forbids_only_the_token_that_would_complete_a_run_of_an_example():
+    import torch
+
+    from textdistill.lm import NoCopy, copy_table, load_lm
+
+    tok = load_lm("smollm2-135m").tokenizer
+    table = copy_table(tok, [EXAMPLE], 3)
+    run = tok(" " + EXAMPLE, add_special_tokens=False)["input_ids"]
+    prompt = tok("Say it again:", add_special_tokens=False)["input_ids"]
+    no_copy = NoCopy(table, 3, start=len(prompt))
+    written = torch.tensor([prompt + run[:2], prompt + [run[1], run[0]]])  # a copy under way; the same tokens swapped
+    scores = no_copy(written, torch.zeros(2, len(tok)))
+    assert scores[0, run[2]] == float("-inf") and (scores[0] == float("-inf")).sum() == len(table[tuple(run[:2])])
+    assert (scores[1] == 0).all()  # no run of the example ends there
+    # the prompt's own tokens never count: a run that began in the prompt is not the writer's copy
+    assert (no_copy(torch.tensor([prompt[:-2] + run[:2]]), torch.zeros(1, len(tok))) == 0).all()
+
+
+def test_a_writer_kept_from_copying_writes_no_three_token_run_of_the_example_it_was_asked_to_repeat():
+    from textdistill.lm import load_lm
+
+    lm = load_lm("smollm2-135m")
+    prompt = f'Repeat this sentence exactly, word for word: "{EXAMPLE}"'
+
+    def copied_runs(answers: list[str]) -> int:
+        ids = [tok for a in answers for tok in (lm.tokenizer(a, add_special_tokens=False)["input_ids"],
+                                                lm.tokenizer(" " + a.strip(), add_special_tokens=False)["input_ids"])]
+        runs = {tuple(r[i:i + 3]) for r in (lm.tokenizer(" " + EXAMPLE, add_special_tokens=False)["input_ids"],
+                                             lm.tokenizer(EXAMPLE, add_special_tokens=False)["input_ids"])
+                for i in range(len(r) - 2)}
+        return sum(tuple(t[i:i + 3]) in runs for t in ids for i in range(len(t) - 2))
+
+    free = lm.generate(prompt, 2, max_new_tokens=24, seed=0)
+    kept = lm.generate(prompt, 2, max_new_tokens=24, seed=0, avoid=(EXAMPLE,), ngram=3)
+    assert copied_runs(free) >= 3, free  # asked to repeat, the writer copies
+    assert copied_runs(kept) == 0 and all(a.strip() for a in kept), kept
+
+
+def test_the_copy_ban_is_off_by_default_keeps_old_set_keys_and_refuses_an_endpoint():
+    from textdistill.errors import ConfigError
+    from textdistill.lm import OpenAIChat, cached_generate
+    from textdistill.methods.condense import CondenseConfig
+
+    assert "no_copy" not in CondenseConfig().to_dict()  # off: the sets made before the option keep their keys
+    assert CondenseConfig(no_copy=4).to_dict()["no_copy"] == 4
+    with pytest.raises(ConfigError, match="at least 2 tokens"):
+        CondenseConfig(no_copy=1)
+    with pytest.raises(ConfigError, match="needs a local writer"):
+        CondenseConfig(no_copy=4, llm="openai:http://localhost:9/v1/m")
+    with pytest.raises(ConfigError, match="cannot be kept from copying"):
+        cached_generate(OpenAIChat("openai:http://localhost:9/v1/m"), "p", 1, 8, 0, avoid=(EXAMPLE,), ngram=4)

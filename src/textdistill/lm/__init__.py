@@ -2,6 +2,8 @@
 
 ``generate`` returns raw completions; callers parse them (``first_line``) and skip what is unusable.
 ``cached_generate`` keeps every prompt's completions on disk, so a killed run resumes without asking again.
+A local writer can be forbidden to copy (``avoid`` texts, ``ngram`` tokens): a small instruct LM shown real examples
+and asked for new ones mostly copies them, and a filter after the fact can only drop the copies.
 """
 
 from __future__ import annotations
@@ -25,6 +27,37 @@ def first_line(text: str) -> str:
     return next((line.strip(" -*\"'") for line in text.splitlines() if line.strip(" -*\"'")), "")
 
 
+def copy_table(tokenizer, texts: list[str] | tuple[str, ...], ngram: int) -> dict[tuple[int, ...], set[int]]:
+    """Every run of ``ngram`` tokens of ``texts``, as it would be tokenized inside an answer (after a space or not,
+    its first letter in either case), as its first ``ngram - 1`` tokens -> the tokens that would complete it."""
+    table: dict[tuple[int, ...], set[int]] = {}
+    for text in texts:
+        for variant in {text, text[:1].upper() + text[1:], text[:1].lower() + text[1:]}:
+            for form in (variant, " " + variant):
+                ids = tokenizer(form, add_special_tokens=False)["input_ids"]
+                for i in range(len(ids) - ngram + 1):
+                    table.setdefault(tuple(ids[i:i + ngram - 1]), set()).add(ids[i + ngram - 1])
+    return table
+
+
+class NoCopy:
+    """A logits processor for ``generate``: where the last ``ngram - 1`` tokens written begin a run of ``table``
+    (``copy_table``), the token that would complete it is forbidden, so no answer holds ``ngram`` consecutive tokens
+    of the texts it was built from. Only written tokens count (``start``: the prompt's length)."""
+
+    def __init__(self, table: dict[tuple[int, ...], set[int]], ngram: int, start: int) -> None:
+        self.table, self.ngram, self.start = table, ngram, start
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.start < self.ngram - 1:
+            return scores
+        for row, tail in enumerate(input_ids[:, input_ids.shape[1] - (self.ngram - 1):].tolist()):
+            banned = self.table.get(tuple(tail))
+            if banned:
+                scores[row, sorted(banned)] = float("-inf")
+        return scores
+
+
 class CausalLM:
     """A causal LM by name, prompted through its chat template when it has one: offline ``smollm2-135m``
     (SmolLM2-135M-Instruct, the default), ``qwen2.5-coder-0.5b`` or ``qwen2.5-coder-1.5b`` (Qwen2.5-Coder-Instruct,
@@ -44,10 +77,12 @@ class CausalLM:
         dtype = "auto" if str(device).startswith("cuda") else None
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
 
-    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0) -> list[str]:
+    def generate(self, prompt: str, n: int, max_new_tokens: int = 40, seed: int = 0, avoid: tuple[str, ...] = (),
+                 ngram: int = 0) -> list[str]:
         """``n`` sampled completions of ``prompt``, reproducible from ``seed`` (torch's global random state is
-        left as it was)."""
+        left as it was); with ``ngram``, none holds ``ngram`` consecutive tokens of a text of ``avoid``."""
         import torch
+        from transformers import LogitsProcessorList
 
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -55,11 +90,14 @@ class CausalLM:
         else:
             text = prompt
         enc = self.tokenizer(text, return_tensors="pt").to(self.device)
+        start = enc["input_ids"].shape[1]
+        no_copy = [NoCopy(copy_table(self.tokenizer, avoid, ngram), ngram, start)] if ngram and avoid else []
         with torch_rng_kept(self.device), torch.no_grad():
             torch.manual_seed(seed)
             out = self.model.generate(**enc, do_sample=True, **SAMPLING, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                                      logits_processor=LogitsProcessorList(no_copy))
+        return self.tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
 
 
     def perplexity(self, texts: list[str]) -> float:
@@ -136,11 +174,18 @@ def get_lm(name: str, device: str = "cpu", timeout: float = 120.0, retries: int 
     return OpenAIChat(name, timeout, retries) if name.startswith("openai:") else load_lm(name, device)
 
 
-def cached_generate(lm: "CausalLM | OpenAIChat", prompt: str, n: int, max_new_tokens: int, seed: int) -> list[str]:
-    """``lm.generate``, kept on disk by LM, prompt and sampling settings: a rerun asks only what it has not."""
+def cached_generate(lm: "CausalLM | OpenAIChat", prompt: str, n: int, max_new_tokens: int, seed: int,
+                    avoid: tuple[str, ...] = (), ngram: int = 0) -> list[str]:
+    """``lm.generate``, kept on disk by LM, prompt and sampling settings (and the copy ban, ``avoid`` and
+    ``ngram``, when on: a local writer only): a rerun asks only what it has not."""
     from ..cache import cached_json, key_of
+    from ..errors import ConfigError
 
-    key = key_of("generate", lm.name, prompt, n, max_new_tokens, seed, SAMPLING)
+    ban = {"avoid": tuple(avoid), "ngram": ngram} if ngram and avoid else {}
+    if ban and not isinstance(lm, CausalLM):
+        raise ConfigError(f"{lm.name}: an endpoint's decoding cannot be kept from copying; the copy ban (ngram "
+                          f"{ngram}) needs a local writer")
+    key = key_of("generate", lm.name, prompt, n, max_new_tokens, seed, SAMPLING, *([ban] if ban else []))
     # only empty completions is a failure (a broken endpoint answers so): cached, a rerun would never ask again
-    return cached_json("generations", key, lambda: lm.generate(prompt, n, max_new_tokens, seed=seed),
+    return cached_json("generations", key, lambda: lm.generate(prompt, n, max_new_tokens, seed=seed, **ban),
                        keep=lambda replies: any(r.strip() for r in replies))

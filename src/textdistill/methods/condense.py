@@ -35,6 +35,9 @@ Where this differs from the paper, and why:
   its prompt (``echo_overlap``), and M_rep's class for it is the label it was written for (label consistency, the
   filter ``gradmm`` can share); repeats of an example already written are dropped too. Algorithm 1 scores the
   answers as written. An answer gives at most K' examples, and none for a class that is full.
+- A small writer shown real examples mostly copies them, and the filter can only drop the copies. ``no_copy`` (off by
+  default, as the paper's GPT-4o needs no such help) keeps a local writer from writing any run of that many tokens
+  of its prompt's real examples while it decodes (``lm.NoCopy``), so that it has to write new text.
 - When no answer of an iteration holds a usable example, the iteration keeps the K' best-rewarded real examples of
   its retrieved subset (marked ``fallback`` in the log), so that a weak LM still ends with a full set.
 - Defaults are the paper's SST-2 settings (K = 20, K' = 5, thresholds 0.8 and 0.3, weight 0.2) with 8 answers (the
@@ -116,6 +119,11 @@ ENUMERATION = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d+[.):])?\s*")  # "- ", "* ", 
 
 def ldsc_template() -> str:
     return (files(__package__) / "prompts" / "condense-ldsc.txt").read_text().strip()
+
+
+def shown_texts(members: list[tuple[str, str | None]]) -> tuple[str, ...]:
+    """The texts of a prompt's real examples (both of a pair): what ``no_copy`` keeps the writer from copying."""
+    return tuple(t for member in members for t in member if t)
 
 
 def show_labelled(label: str, text: str, pair: str | None) -> str:
@@ -267,9 +275,18 @@ class CondenseConfig(MethodConfig):
         "gt": 0, "le": 1, "help": "drop a generation sharing this fraction of the distinct words of the shorter "
                                   "text with one of its prompt's real examples (a copy or near-copy; an exact "
                                   "copy, case and whitespace aside, always)"})
+    no_copy: int = field(default=0, metadata={
+        "ge": 0, "help": "local writers: forbid every run of this many tokens of the prompt's real examples while "
+                         "writing, so that a small LM writes rather than copies (0: off)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.no_copy == 1:
+            raise ConfigError("condense: no_copy (--no-copy) is a run of at least 2 tokens (1 would forbid every "
+                              "token of the examples), or 0 for off")
+        if self.no_copy and self.llm.startswith("openai:"):
+            raise ConfigError(f"condense: no_copy (--no-copy) needs a local writer: the decoding of {self.llm!r} "
+                              "cannot be constrained")
         if self.select not in ("reward", "gradient"):
             raise ConfigError(f"condense: select (--select) must be reward or gradient, not {self.select!r}")
         if self.select == "reward":
@@ -278,6 +295,12 @@ class CondenseConfig(MethodConfig):
                 raise ConfigError(f"condense: condensed_size (--condensed-size) {self.condensed_size} must be at most "
                                   f"half of subset_size (--subset-size) {self.subset_size}: each iteration condenses "
                                   "K real examples into K/n new ones, n >= 2")
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if not self.no_copy:  # off is what every set made before the option was: the same set, the same key
+            out.pop("no_copy")
+        return out
 
 
 def head_gradient(learner: Learner, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -365,7 +388,8 @@ class Condense(Distiller):
                 count=len(rows), kind=kind, line=line, target=target, labels=", ".join(shown),
                 starts=" or ".join(f'"{label}:"' for label in shown),
                 examples="\n".join(show_labelled(classes[y[i]], *m) for i, m in zip(rows, members)))
-            raw = cached_generate(lm, prompt, cfg.candidates, cfg.max_new_tokens * target, seed * 1_000_003 + len(log))
+            raw = cached_generate(lm, prompt, cfg.candidates, cfg.max_new_tokens * target, seed * 1_000_003 + len(log),
+                                  avoid=shown_texts(members), ngram=cfg.no_copy)
             entry: dict = {"iteration": len(log), "rows": rows.tolist(), "relaxed": relaxed, "prompt": prompt,
                            "raw": raw}
             answers, skipped = self._judge(raw, task, members, out, need, target, coverage, learner, is_pair)
@@ -497,11 +521,12 @@ class Condense(Distiller):
             for k in bar:
                 rows = idx[km.labels_ == k]
                 near = rows[np.argsort(np.linalg.norm(vectors[rows] - km.cluster_centers_[k], axis=1))[: cfg.members]]
-                prompt = template.format(kind=cfg.kind, kind_one=cfg.kind.rstrip("s"), label=label, examples="\n".join(
-                    show_example(texts[i], pairs[i] if is_pair else None) for i in near))
-                raw = cached_generate(lm, prompt, cfg.candidates, cfg.max_new_tokens, seed * 1_000_003 + c * 1_009 + k)
-                parsed = [p for p in (parse_generation(r, label, is_pair) for r in raw) if p is not None]
                 members = [(texts[i], pairs[i] if is_pair else None) for i in near]
+                prompt = template.format(kind=cfg.kind, kind_one=cfg.kind.rstrip("s"), label=label,
+                                         examples="\n".join(show_example(*m) for m in members))
+                raw = cached_generate(lm, prompt, cfg.candidates, cfg.max_new_tokens, seed * 1_000_003 + c * 1_009 + k,
+                                      avoid=shown_texts(members), ngram=cfg.no_copy)
+                parsed = [p for p in (parse_generation(r, label, is_pair) for r in raw) if p is not None]
                 cands = [p for p in parsed if not echoes(p, members, cfg.echo_overlap)]
                 entry = {"class": label, "rows": rows.tolist(), "prompt": prompt, "raw": raw,
                          "skipped": len(raw) - len(parsed), "echoes": len(parsed) - len(cands)}
