@@ -452,6 +452,9 @@ def test_labelled_answers_are_parsed_line_by_line():
     assert found == [(1, "A warm, funny film about love.", None), (0, "a dull and tedious mess", None)]
     assert skipped == 4  # chatter, an unknown label, too short, about the task rather than of it
     assert parse_labelled("  \n", ("negative", "positive"), pair=False) == ([], 1)
+    # a copied prompt line keeps its mark: one label counts once, two different ones make no example
+    doubled = "negative: negative: leaves blue\npositive: negative: a warm and funny film\n- negative: - negative: dull, flat and tedious"
+    assert parse_labelled(doubled, ("negative", "positive"), pair=False) == ([(0, "dull, flat and tedious", None)], 2)
     pairs = "entailment: a man sleeps soundly || a person is resting\nneutral: only one text written here"
     assert parse_labelled(pairs, ("entailment", "neutral"), pair=True) == (
         [(0, "a man sleeps soundly", "a person is resting")], 1)

@@ -148,7 +148,14 @@ def parse_labelled(raw: str, classes: tuple[str, ...] | list[str], pair: bool
         if match is None:
             skipped += 1
             continue
-        parts = [match.group(2)] if not pair else match.group(2).split(PAIR_SEPARATOR.strip())
+        text = match.group(2)
+        # "negative: negative: ..." is a prompt line copied with its mark: its label counts once; two labels, none
+        while (again := labelled.match(ENUMERATION.sub("", text).strip(" *_\"'"))) is not None:
+            if again.group(1).casefold() != match.group(1).casefold():
+                text = ""
+                break
+            text = again.group(2)
+        parts = [text] if not pair else text.split(PAIR_SEPARATOR.strip())
         parts = [part.strip(" *_\"'") for part in parts]
         if len(parts) != (2 if pair else 1) or any(len(words(part)) < MIN_WORDS or META.search(part) for part in parts):
             skipped += 1
