@@ -78,10 +78,11 @@ from .generation_filter import MIN_WORDS, echoes, label_consistent
 from .learned_set import real_inputs
 
 GRADIENT_CHUNK = 256  # real examples per forward of a cluster's gradient: a whole large cluster runs out of memory
-# small instruct LMs often talk about the task instead of doing it ("Here's a revised version:"); such a line
-# is not an example of the class
+# small instruct LMs often talk about the task instead of doing it ("Here's a revised version:", "The sentences
+# contain negative language"); such a line is not an example of the class
 META = re.compile(r"\b(condens\w*|revised|rephras\w*|label+ed|here is|here's|original (text|sentence)s?|"
-                  r"(new|this|the following) (sentence|text|example)s?)\b", re.IGNORECASE)
+                  r"(new|this|the following) (sentence|text|example)s?|"
+                  r"(the|these|those|all|both) (sentence|text|example)s)\b", re.IGNORECASE)
 
 
 def answer_lines(raw: str) -> list[str]:
