@@ -453,7 +453,8 @@ def test_labelled_answers_are_parsed_line_by_line():
     assert skipped == 4  # chatter, an unknown label, too short, about the task rather than of it
     assert parse_labelled("  \n", ("negative", "positive"), pair=False) == ([], 1)
     # a copied prompt line keeps its mark: one label counts once, two different ones make no example
-    doubled = "negative: negative: leaves blue\npositive: negative: a warm and funny film\n- negative: - negative: dull, flat and tedious"
+    doubled = ("negative: negative: leaves blue\npositive: negative: a warm and funny film\n"
+               "- negative: - negative: dull, flat and tedious")
     assert parse_labelled(doubled, ("negative", "positive"), pair=False) == ([(0, "dull, flat and tedious", None)], 2)
     about = "negative: The sentences contain strong negative language and negative descriptors."
     assert parse_labelled(about, ("negative", "positive"), pair=False) == ([], 1)

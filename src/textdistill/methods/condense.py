@@ -37,7 +37,8 @@ Where this differs from the paper, and why:
   answers as written. An answer gives at most K' examples, and none for a class that is full.
 - A small writer shown real examples mostly copies them, and the filter can only drop the copies. ``no_copy`` (off by
   default, as the paper's GPT-4o needs no such help) keeps a local writer from writing any run of that many tokens
-  of its prompt's real examples while it decodes (``lm.NoCopy``), so that it has to write new text.
+  of its prompt's real examples while it decodes (``lm.NoCopy``). The 1.5B writer then copies around the ban,
+  dropping spaces or misspelling words, and its set is no better (docs/results.md, Table 10).
 - When no answer of an iteration holds a usable example, the iteration keeps the K' best-rewarded real examples of
   its retrieved subset (marked ``fallback`` in the log), so that a weak LM still ends with a full set.
 - Defaults are the paper's SST-2 settings (K = 20, K' = 5, thresholds 0.8 and 0.3, weight 0.2) with 8 answers (the
