@@ -192,7 +192,8 @@ def test_a_set_counts_the_tokens_the_lm_fine_tunes_on(tiny_generator):
     from textdistill.tokens import set_tokens
 
     learner = CausalLMLearner("tiny-lm", tiny_generator, max_length=16)
-    texts, pairs = ["Question: sky?\nAnswer:", "Question: a much longer question than the others\nAnswer:"], ["blue", "no"]
+    texts = ["Question: sky?\nAnswer:", "Question: a much longer question than the others\nAnswer:"]
+    pairs = ["blue", "no"]
     ds = DistilledDataset(kind="text", labels=torch.tensor([0, 1]), label_names=["A", "B"], texts=texts,
                           text_pairs=pairs)
     _, tok = causal_lm._template(tiny_generator)

@@ -192,7 +192,8 @@ def test_the_toxic_model_is_trained_once_and_read_back_from_the_cache(tiny_smoll
 def test_a_task_that_is_not_a_continuation_task_is_refused_by_name():
     from textdistill.api import distill
 
-    with pytest.raises(ConfigError, match=r"'unidetox' distils continuation tasks, and task 'toy-detox' is a classification task"):
+    with pytest.raises(ConfigError, match=r"'unidetox' distils continuation tasks, and task 'toy-detox' is a "
+                                          r"classification task"):
         distill(toy_task(kind="classification"), "unidetox", 2, progress=False)
     with pytest.raises(ConfigError, match=r"'toy-detox' has classes \['clean', 'rude'\].*'toxic'"):
         distill(toy_task(classes=("clean", "rude")), "unidetox", 2, progress=False)

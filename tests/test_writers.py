@@ -256,6 +256,8 @@ def test_a_writer_kept_from_copying_writes_no_three_token_run_of_the_example_it_
     kept = lm.generate(prompt, 2, max_new_tokens=24, seed=0, avoid=(EXAMPLE,), ngram=3)
     assert copied_runs(free) >= 3, free  # asked to repeat, the writer copies
     assert copied_runs(kept) == 0 and all(a.strip() for a in kept), kept
+    # off (ngram 0), the texts to avoid change nothing: the same draws as a writer never told of them
+    assert lm.generate(prompt, 2, max_new_tokens=24, seed=0, avoid=(EXAMPLE,), ngram=0) == free
 
 
 def test_the_copy_ban_is_off_by_default_keeps_old_set_keys_and_refuses_an_endpoint():

@@ -114,7 +114,8 @@ def cached_json(kind: str, key: str, compute: Callable[[], Any], keep: Callable[
 # What lives under the cache folder, by kind. Computed results can always be made again; models and downloads
 # are inputs (a conversion, a download), so `clear` without a kind keeps them.
 KINDS = {"evals": "evaluation runs (JSON)", "vectors": "sentence vectors (.npy)",
-         "teachers": "teacher learners for teacher labels (safetensors)", "trajectories": "mtt and prompt-mtt expert trajectories",
+         "teachers": "teacher learners for teacher labels (safetensors)",
+         "trajectories": "mtt and prompt-mtt expert trajectories",
          "generators": "dilm stage-1 language models, unidetox toxic models",
          "generations": "LM generations by prompt (condense, embed-invert search)", "dilm": "dilm stage-2 checkpoints",
          "inverters": "embed-invert's trained inverters",

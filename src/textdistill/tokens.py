@@ -26,7 +26,7 @@ def token_reader(learner: "Learner") -> "Learner":
     from .errors import ConfigError
     from .learners import Learner
 
-    if learner.input_kind == "tokens" or getattr(learner, "reads_tokens", False):
+    if learner.input_kind == "tokens" or learner.reads_tokens:
         return learner
     encoder = getattr(learner, "encoder", None)
     if isinstance(encoder, Learner) and encoder.input_kind == "tokens":

@@ -27,6 +27,8 @@ class Learner(ABC):
     input_kind: str = "tokens"  # tokens | features
     max_length: int = 64
     task_kinds: tuple[str, ...] = ("classification",)  # the kinds of task (TaskSpec.kind) it is judged on
+    # a learner of another input kind whose ``encode`` still gives the tokens it reads (a causal LM reads text)
+    reads_tokens: bool = False
 
     @property
     @abstractmethod

@@ -239,7 +239,7 @@ class CausalLMLearner(FitLearner):
     generative task (``choice`` or ``continuation``)."""
 
     input_kind = "text"
-    reads_tokens = True  # encode gives the tokens it trains on (tokens.py counts a set's tokens with it)
+    reads_tokens = True  # encode gives the tokens it fine-tunes on
     task_kinds = TASK_KINDS
     full_data = {"epochs": 1}  # a whole pool: one epoch of batches
 
