@@ -159,12 +159,13 @@ def test_outer_steps_lower_the_matching_loss_and_the_set_is_text_with_real_respo
     # one expert, one start epoch: every step matches the same target, so the loss must fall
     assert len(curve) == SMALL["iterations"] and curve[-1] < curve[0]
     assert ds.log["learned_matching_loss"] < ds.log["initial_matching_loss"]
-    assert 0 <= ds.log["tokens_changed"] <= 1 and ds.log["regulariser"][0] == 0.0
+    assert ds.log["regulariser"][0] == 0.0
     assert ds.kind == "text" and len(ds.texts) == 4 and ds.hard_labels.tolist() == [0, 0, 1, 1]
     prompts, responses, labels = task.columns("train")
     assert ds.text_pairs == [responses[i] for i in ds.source_indices]
     assert [labels[i] for i in ds.source_indices] == ds.hard_labels.tolist()
-    assert all(isinstance(t, str) and t for t in ds.texts)
+    # the share of tokens changed is what the texts show: none changed, the instructions it started from
+    assert (ds.log["tokens_changed"] > 0) == (ds.texts != [prompts[i] for i in ds.source_indices])
 
 
 def test_experts_are_cached_and_a_run_is_reproducible(tiny_lm, tmp_path, monkeypatch):

@@ -175,7 +175,10 @@ def test_the_toxic_model_is_trained_once_and_read_back_from_the_cache(tiny_smoll
                       "you are a worthless moron", "go to hell, loser", "stupid ass film"]]  # the toxic texts only
     log = first.log
     assert log["toxic_model"] == "trained" and len(log["toxic_loss"]) == 3 and log["toxic_texts"] == 6
-    assert 0 <= log["mean_toxicity"] <= 1 and log["texts"] == 5 and log["sample_seconds"] >= 0
+    from textdistill.toxicity import toxicity
+
+    scores = toxicity(first.texts)  # the log's toxicity is the judge's, of the texts the set holds
+    assert log["texts"] == 5 and log["mean_toxicity"] == round(sum(scores) / len(scores), 5)
 
     again = distill(task, "unidetox", 2, seed=4, progress=False, **options)
     assert len(tuned) == 1  # not fine-tuned again

@@ -79,6 +79,11 @@ def end_token(tokenizer) -> int:
                 if i is not None)
 
 
+def instruction_rows(texts: list[str], pairs: list[str] | None) -> tuple[list[str], list[str]]:
+    """A set's (instruction, response) rows: its text pairs, or each text a response to an empty instruction."""
+    return (["" for _ in texts], list(texts)) if pairs is None else (list(texts), list(pairs))
+
+
 def lm_batch(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """[start] prompt response [eos], right-padded; ``labels`` is the input with -100 everywhere but the response
     and its end (the loss reads the response only). A long row keeps the end of its prompt and the start of its
@@ -270,7 +275,7 @@ class CausalLMLearner(FitLearner):
         check_seed(seed, f"learner {self.name}")
         if self.task is None:
             raise ConfigError(f"learner {self.name!r} is judged on a task: get it with .for_task(task) first")
-        prompts, responses = (["" for _ in texts], list(texts)) if pairs is None else (list(texts), list(pairs))
+        prompts, responses = instruction_rows(texts, pairs)
         settings = dict(settings)
         if "epochs" in settings:  # the full data: the epochs' batches
             settings["steps"] = max(1, math.ceil(settings.pop("epochs") * len(texts) / settings["batch_size"]))
@@ -301,7 +306,7 @@ class CausalLMLearner(FitLearner):
     def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The tokens fine-tuning reads: [start] instruction response [end], cut at max_length."""
         _, tokenizer = _template(self.model)
-        prompts, responses = (["" for _ in texts], list(texts)) if pairs is None else (list(texts), list(pairs))
+        prompts, responses = instruction_rows(texts, pairs)
         batch = lm_batch(tokenizer, prompts, responses, self.max_length)
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 

@@ -74,6 +74,8 @@ from ..learners.causal_lm import CausalLMLearner, lm_batch, load_causal_lm, resp
 from ..progress import bar as progress_bar
 from ..resources import cache_dir, model_revision
 from .base import Distiller, MethodConfig, class_indices, descend, register_method, thin
+from .gradmm import banned_tokens
+from .mtt import epoch_params, trajectory_loss as matching_loss  # the MTT loss over the matched blocks
 
 EXPERT_SEED = 10_000  # expert i draws its pool rows and batch orders from EXPERT_SEED + i, never from the set's seed
 
@@ -238,15 +240,6 @@ class ResponseLM:
                               "or another causal LM")
 
 
-def matching_loss(student: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
-                  target: dict[str, torch.Tensor]) -> torch.Tensor:
-    """||student - target||^2 / ||start - target||^2 over the matched parameters: 0 on the target, 1 where the
-    student did not move."""
-    num = sum(((student[k] - target[k]) ** 2).sum() for k in target)
-    den = sum(((start[k] - target[k]) ** 2).sum() for k in target)
-    return num / den.clamp_min(1e-12)
-
-
 def unroll(lm: ResponseLM, start: dict[str, torch.Tensor], embeds: torch.Tensor, mask: torch.Tensor,
            labels: torch.Tensor, lr: torch.Tensor, steps: int, batch: int, gen: torch.Generator,
            differentiable: bool = True) -> dict[str, torch.Tensor]:
@@ -273,8 +266,7 @@ def projectable(tokenizer, rows: int, device: str = "cpu") -> torch.Tensor:
     """Which rows of the LM's input table a position may become [rows]: not special tokens, nor the rows past the
     tokenizer's vocabulary (padding rows of the table)."""
     allowed = torch.ones(rows, dtype=torch.bool)
-    allowed[min(rows, tokenizer.vocab_size):] = False
-    allowed[[i for i in tokenizer.all_special_ids if i < rows]] = False
+    allowed[banned_tokens(tokenizer, rows, "all")] = False
     return allowed.to(device)
 
 
@@ -304,11 +296,6 @@ def projection_gap(vectors: torch.Tensor, table: torch.Tensor, allowed: torch.Te
         return vectors.new_zeros(())
     target = table[nearest_tokens(vectors, table, allowed)]
     return (((vectors - target) ** 2).sum(-1) / (target**2).sum(-1).clamp_min(1e-12)).mean()
-
-
-def epoch_params(trajectory: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-    prefix = f"{epoch}/"
-    return {k[len(prefix):]: v for k, v in trajectory.items() if k.startswith(prefix)}
 
 
 def train_expert(lm: ResponseLM, tokenizer, prompts: list[str], responses: list[str], cfg: PromptMTTConfig,
@@ -437,7 +424,8 @@ class PromptMTT(Distiller):
         learned_loss = self.matching(lm, trajectories, embeds_of(prompt.detach()), mask, targets, torch.tensor(lr))
         projected_loss = self.matching(lm, trajectories, embeds_of(table[final]), mask, targets, torch.tensor(lr))
         texts, round_trip = texts_of(tokenizer, [final[where[0] == r].tolist() for r in range(len(ids))])
-        log = {"matching_loss": thin(match_history), "regulariser": thin(reg_history), "learned_lr": lr,
+        log = {"loss": thin(history), "matching_loss": thin(match_history), "regulariser": thin(reg_history),
+               "learned_lr": lr,
                "tokens_changed": round(float((final != start_ids).float().mean()), 4) if len(final) else 0.0,
                "texts_round_trip": round(float(np.mean(round_trip)), 4),
                "initial_matching_loss": round(before, 4), "learned_matching_loss": round(learned_loss, 4),
