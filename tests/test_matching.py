@@ -10,7 +10,8 @@ from textdistill.methods import dc as dc_module
 from textdistill.methods import get_method, mtt as mtt_module
 from textdistill.methods.matching import gradient_distance
 from textdistill.methods.dm import distribution_distance
-from textdistill.methods.mtt import MTTConfig, buffer, epoch_params, trajectory_loss
+from textdistill.methods.mtt import MTTConfig, buffer
+from textdistill.methods.trajectory import epoch_params, trajectory_loss
 from textdistill.methods.learned_set import SyntheticSet, fresh_parameters, real_inputs
 from textdistill.train import Recipe, train
 

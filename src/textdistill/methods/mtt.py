@@ -34,6 +34,7 @@ from ..recipe import Recipe
 from ..train import train
 from .base import Distiller, descend, register_method, thin
 from .learned_set import LearnedSetConfig, SyntheticSet, real_inputs
+from .trajectory import epoch_params, trajectory_loss
 from .unroll import inverse_softplus
 
 
@@ -100,19 +101,6 @@ def train_expert(task: Task, learner: Learner, real: dict[str, torch.Tensor], re
                        device=device, progress=progress)
         snapshots.update({f"{epoch}/{k}": params[k].detach().cpu().clone() for k in trainable})
     atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in snapshots.items()}, str(p)))
-
-
-def epoch_params(trajectory: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
-    prefix = f"{epoch}/"
-    return {k[len(prefix):]: v for k, v in trajectory.items() if k.startswith(prefix)}
-
-
-def trajectory_loss(student: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
-                    target: dict[str, torch.Tensor]) -> torch.Tensor:
-    """||student - target||^2 / ||start - target||^2 over all trainable parameters; 0 when they coincide."""
-    num = sum(((student[k] - target[k]) ** 2).sum() for k in target)
-    den = sum(((start[k] - target[k]) ** 2).sum() for k in target)
-    return num / den.clamp_min(1e-12)
 
 
 @register_method

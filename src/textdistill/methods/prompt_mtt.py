@@ -74,8 +74,7 @@ from ..learners.causal_lm import CausalLMLearner, lm_batch, load_causal_lm, resp
 from ..progress import bar as progress_bar
 from ..resources import cache_dir, model_revision
 from .base import Distiller, MethodConfig, class_indices, descend, register_method, thin
-from .gradmm import banned_tokens
-from .mtt import epoch_params, trajectory_loss as matching_loss  # the MTT loss over the matched blocks
+from .trajectory import epoch_params, trajectory_loss as matching_loss  # over the matched blocks
 
 EXPERT_SEED = 10_000  # expert i draws its pool rows and batch orders from EXPERT_SEED + i, never from the set's seed
 
@@ -266,7 +265,8 @@ def projectable(tokenizer, rows: int, device: str = "cpu") -> torch.Tensor:
     """Which rows of the LM's input table a position may become [rows]: not special tokens, nor the rows past the
     tokenizer's vocabulary (padding rows of the table)."""
     allowed = torch.ones(rows, dtype=torch.bool)
-    allowed[banned_tokens(tokenizer, rows, "all")] = False
+    allowed[min(rows, tokenizer.vocab_size):] = False
+    allowed[[i for i in tokenizer.all_special_ids if i < rows]] = False
     return allowed.to(device)
 
 
